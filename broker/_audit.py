@@ -1,0 +1,144 @@
+"""What the broker writes to the transparency log, and when.
+
+One method per entry type, each building the entry from the broker's own records so
+that no call site assembles log fields by hand. Floats never enter the log: noise
+scales and other real parameters are written as decimal strings of their ``repr``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+from typing import Any
+
+from yumen.audit import (
+    DatasetRegistered,
+    JobDecided,
+    JobExecuted,
+    JobReleased,
+    PolicyChanged,
+    TransparencyLog,
+    SQLiteLogStorage,
+    generate_log_key,
+    load_log_key,
+    save_log_key,
+)
+from yumen.catalog import DatasetRegistration
+from yumen.identity import Identity
+from yumen.jobs import JobRequest, format_epsilon
+from yumen.policy import Decision, PolicyEngine
+from yumen.tickets import Receipt
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BrokerAudit", "open_log"]
+
+
+def open_log(db_path: Path, *, key_path: Path, origin: str) -> TransparencyLog:
+    """Open the broker's log in its database; create the Ed25519 log key on first start."""
+    if key_path.exists():
+        key = load_log_key(key_path)
+    else:
+        key = generate_log_key()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        save_log_key(key, key_path)
+        log.info("created log key %s", key_path)
+    return TransparencyLog(SQLiteLogStorage(db_path), origin=origin, signing_key=key)
+
+
+def _no_floats(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _no_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_floats(v) for v in value]
+    return value
+
+
+class BrokerAudit:
+    def __init__(self, tlog: TransparencyLog, broker_id: str) -> None:
+        self.tlog = tlog
+        self.broker_id = broker_id
+
+    def dataset_registered(self, reg: DatasetRegistration, connector: Identity) -> int:
+        return self.tlog.append(DatasetRegistered(
+            dataset_id=reg.id, version=reg.version, department=reg.department,
+            registration_digest=reg.digest(), level=reg.level.value,
+            details={"connector": connector.name, "title": reg.title},
+        ))
+
+    def policy_changed(self, engine: PolicyEngine, *, previous: str = "", changed_by: str = "broker") -> int:
+        return self.tlog.append(PolicyChanged(
+            policy_version=engine.version, previous_version=previous, changed_by=changed_by,
+            details={"model": engine.model_text, "policy": engine.policy_text},
+        ))
+
+    def job_decided(self, request: JobRequest, operator: Identity, reg: DatasetRegistration, decision: Decision) -> int:
+        return self.tlog.append(JobDecided(
+            job_id=request.job_id, allowed=decision.allowed, policy_version=decision.policy_version,
+            matched_rule=decision.rule,
+            obligations=decision.obligations.to_dict() if decision.obligations else {},
+            operator=operator.name, license_id=operator.license, datasets=(reg.id,),
+            tier=request.tier.value, purpose=request.purpose.value,
+            epsilon=format_epsilon(request.epsilon), reason=decision.reason,
+            request_digest=request.digest(),
+            details={"department": reg.department, "level": reg.level.value, "dataset_version": reg.version},
+        ))
+
+    def job_executed(self, receipt: Receipt, payload: bytes, signature: bytes, connector: Identity) -> int:
+        return self.tlog.append(JobExecuted(
+            job_id=receipt.job_id, connector=connector.name, dataset_id=receipt.dataset,
+            dataset_version=receipt.dataset_version or "sha256:" + "0" * 64,
+            algorithm_digest=receipt.algorithm_digest, sandbox_backend=receipt.backend,
+            runtime_digest=receipt.runtime_digest, mechanism=receipt.mechanism or "none",
+            mechanism_params=_no_floats(receipt.mechanism_params),
+            epsilon_charged=format_epsilon(receipt.epsilon_charged) if receipt.epsilon_charged else "0",
+            output_commitment=receipt.commitment or "sha256:" + "0" * 64,
+            metering=_no_floats(receipt.metering),
+            receipt_signature=base64.b64encode(signature).decode(),
+            details={
+                "status": receipt.status,
+                "error": receipt.error,
+                "receipt": base64.b64encode(payload).decode(),
+                "connector_certificate": connector.fingerprint,
+            },
+        ))
+
+    def job_released(self, job: Any, result: dict[str, Any]) -> int:
+        return self.tlog.append(JobReleased(
+            job_id=job.job_id, result_digest=result["result_digest"],
+            bill={},
+            details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"]},
+        ))
+
+    def latest_policy_version(self) -> str:
+        """The policy version named by the last ``policy_changed`` entry ("" when none)."""
+        latest = ""
+        for _, entry in self.tlog.entries(0, self.tlog.size):
+            if isinstance(entry, PolicyChanged):
+                latest = entry.policy_version
+        return latest
+
+    def recover(self, store: Any) -> None:
+        """Append ``job_decided`` for jobs the store holds but the log lacks (crash recovery)."""
+        decided: set[str] = set()
+        size = self.tlog.size
+        for _, entry in self.tlog.entries(0, size):
+            if isinstance(entry, JobDecided) and entry.allowed:
+                decided.add(entry.job_id)
+        from yumen.jobs import JobState  # local: avoids a cycle at import time
+
+        missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in decided]
+        for job in missing:
+            req, dec = job.request, job.decision
+            self.tlog.append(JobDecided(
+                job_id=job.job_id, allowed=True, policy_version=dec["policy_version"],
+                matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
+                operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),
+                tier=req["tier"], purpose=req["purpose"], epsilon=req["epsilon"],
+                request_digest=job.request_digest, details={"recovered": True},
+            ))
+        if missing:
+            log.warning("recovered %d job decisions missing from the log", len(missing))

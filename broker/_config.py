@@ -1,0 +1,96 @@
+"""Broker configuration: one TOML file parsed once into frozen dataclasses.
+
+Relative paths are resolved against the config file's folder. Every option has a safe
+default except the TLS files, which a broker cannot run without.
+
+```toml
+[broker]
+id = "broker"
+listen = "127.0.0.1:7443"
+state_dir = "state"            # SQLite database and log live here
+ticket_ttl_s = 600
+
+[tls]
+ca = "pki/ca.crt"
+cert = "pki/broker.crt"
+key = "pki/broker.key"
+
+[policy]
+model = ""                     # empty: the packaged model
+policy = "policy.csv"          # Casbin policy lines (p and g)
+
+[log]
+origin = "yumen.example/log"   # checkpoint origin line
+key = "state/log.key"          # Ed25519 log key; created on first start
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from yumen.errors import Code, YumenError
+from yumen.policy import default_policy_paths
+from yumen.rpc import TlsFiles
+
+__all__ = ["BrokerConfig", "load_broker_config"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    id: str
+    listen: str
+    state_dir: Path
+    tls: TlsFiles
+    policy_model: Path
+    policy_file: Path
+    log_origin: str
+    log_key: Path
+    ticket_ttl_s: int = 600
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "broker.db"
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    sec = doc.get(name, {})
+    if not isinstance(sec, dict):
+        raise YumenError(Code.CONFIG, f"[{name}] must be a table")
+    return sec
+
+
+def load_broker_config(path: Path) -> BrokerConfig:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise YumenError(Code.CONFIG, f"cannot read broker config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise YumenError(Code.CONFIG, f"broker config {path} is not valid TOML: {e}") from None
+    base = path.parent.resolve()
+
+    def p(value: str) -> Path:
+        q = Path(value)
+        return q if q.is_absolute() else base / q
+
+    b, tls, pol, lg = (_section(doc, n) for n in ("broker", "tls", "policy", "log"))
+    for key in ("ca", "cert", "key"):
+        if key not in tls:
+            raise YumenError(Code.CONFIG, f"broker config {path}: [tls] {key} is required")
+    model_default, policy_default = default_policy_paths()
+    state_dir = p(b.get("state_dir", "state"))
+    return BrokerConfig(
+        id=str(b.get("id", "broker")),
+        listen=str(b.get("listen", "127.0.0.1:7443")),
+        state_dir=state_dir,
+        tls=TlsFiles(ca=p(tls["ca"]), cert=p(tls["cert"]), key=p(tls["key"])),
+        policy_model=p(pol["model"]) if pol.get("model") else model_default,
+        policy_file=p(pol["policy"]) if pol.get("policy") else policy_default,
+        log_origin=str(lg.get("origin", "yumen.local/log")),
+        log_key=p(lg["key"]) if lg.get("key") else state_dir / "log.key",
+        ticket_ttl_s=int(b.get("ticket_ttl_s", 600)),
+    )

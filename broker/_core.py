@@ -1,0 +1,366 @@
+"""The broker's job path, free of gRPC: decide, reserve, ticket, collect, combine, release.
+
+The broker never sees a raw row or a pre-noise value: it forwards signed tickets to the
+department's connector and receives signed receipts carrying only released values.
+
+Ordering and failure: a job and its budget reservation are written in one transaction
+(:meth:`Store.create_job`); the decision is then appended to the log. If the broker dies
+between the two, :meth:`Broker.recover` appends the missing decision at the next start,
+so the ledger and the log agree. Budget is never refunded once a ticket has been issued,
+because from then on the department may have touched the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import uuid
+from fractions import Fraction
+from typing import Any, Iterator
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from yumen.canonical import digest_of
+from yumen.catalog import DatasetRegistration
+from yumen.errors import Code, YumenError
+from yumen.identity import Identity, Role
+from yumen.jobs import JobRequest, JobState, Tier, format_epsilon
+from yumen.policy import Decision, DecisionRequest, PolicyEngine
+from yumen.tickets import Receipt, Ticket
+
+from yumen.broker._audit import BrokerAudit
+from yumen.broker._store import EventRecord, JobRecord, Reservation, SqliteStore, now_ms
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Broker", "ConnectorLink", "OutgoingTicket"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutgoingTicket:
+    payload: bytes
+    signature: bytes
+    algorithm_source: bytes
+
+
+class ConnectorLink:
+    """One connected connector: identity, certificate and the queue of tickets for it."""
+
+    def __init__(self, identity: Identity, certificate: x509.Certificate) -> None:
+        self.identity = identity
+        self.certificate = certificate
+        self.outbox: "queue.Queue[OutgoingTicket | None]" = queue.Queue()
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.outbox.put(None)
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        broker_id: str,
+        store: SqliteStore,
+        policy: PolicyEngine,
+        audit: BrokerAudit,
+        signing_key: ec.EllipticCurvePrivateKey,
+        ticket_ttl_s: int = 600,
+    ) -> None:
+        self.id = broker_id
+        self.store = store
+        self._policy = policy
+        self.audit = audit
+        self._key = signing_key
+        self._ttl_ms = ticket_ttl_s * 1000
+        self._links: dict[str, ConnectorLink] = {}
+        self._links_lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._job_locks: dict[str, threading.Lock] = {}
+        self._job_locks_guard = threading.Lock()
+
+    # -- policy ------------------------------------------------------------------
+    @property
+    def policy(self) -> PolicyEngine:
+        return self._policy
+
+    def set_policy(self, engine: PolicyEngine) -> None:
+        """Swap the policy atomically: a request sees the old or the new version, never half."""
+        if engine.version != self._policy.version:
+            self.audit.policy_changed(engine)
+        self._policy = engine
+
+    # -- catalog -----------------------------------------------------------------
+    def catalog(self) -> list[tuple[DatasetRegistration, bool]]:
+        with self._links_lock:
+            online = set(self._links)
+        return [(reg, conn in online) for reg, conn in self.store.list_datasets()]
+
+    def dataset(self, dataset_id: str) -> tuple[DatasetRegistration, bool]:
+        found = self.store.get_dataset(dataset_id)
+        if found is None:
+            raise YumenError(
+                Code.NOT_FOUND,
+                f"no dataset {dataset_id!r} in the catalog",
+                hint="list the catalog with `yumen catalog list`",
+            )
+        reg, conn = found
+        with self._links_lock:
+            return reg, conn in self._links
+
+    # -- connectors --------------------------------------------------------------
+    def connect(
+        self, identity: Identity, certificate: x509.Certificate, registrations: list[DatasetRegistration]
+    ) -> tuple[ConnectorLink, list[str]]:
+        """Register a connector's datasets and open its ticket queue."""
+        if identity.role is not Role.CONNECTOR:
+            raise YumenError(Code.PERMISSION_DENIED, "only connector certificates may open a connector stream")
+        accepted: list[str] = []
+        for reg in registrations:
+            if reg.department != identity.department:
+                log.warning("connector %s offered dataset %s of department %s; refused",
+                            identity.name, reg.id, reg.department)
+                continue
+            existing = self.store.get_dataset(reg.id)
+            if existing and existing[1] != identity.name:
+                log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
+                continue
+            if existing is None or existing[0].digest() != reg.digest():
+                self.store.put_dataset(reg, identity.name)
+                self.audit.dataset_registered(reg, identity)
+            accepted.append(reg.id)
+        link = ConnectorLink(identity, certificate)
+        with self._links_lock:
+            old = self._links.get(identity.name)
+            self._links[identity.name] = link
+        if old is not None:
+            old.close()
+        log.info("connector %s connected with %d datasets", identity.name, len(accepted))
+        self._dispatch_waiting(identity.name)
+        return link, accepted
+
+    def disconnect(self, link: ConnectorLink) -> None:
+        with self._links_lock:
+            if self._links.get(link.identity.name) is link:
+                del self._links[link.identity.name]
+        link.close()
+        log.info("connector %s disconnected", link.identity.name)
+
+    # -- jobs --------------------------------------------------------------------
+    def _lock_for(self, job_id: str) -> threading.Lock:
+        with self._job_locks_guard:
+            return self._job_locks.setdefault(job_id, threading.Lock())
+
+    def submit(self, identity: Identity, request: JobRequest) -> JobRecord:
+        if identity.role is not Role.OPERATOR:
+            raise YumenError(Code.PERMISSION_DENIED, "only operator certificates may submit jobs")
+        if len(request.datasets) != 1:
+            raise YumenError(
+                Code.INVALID_ARGUMENT,
+                f"this broker runs a job on one dataset at a time; the job names {len(request.datasets)}",
+                hint="submit one job per dataset",
+            )
+        existing = self.store.get_job(request.job_id)
+        if existing and existing.operator == identity.name and existing.request_digest == request.digest():
+            return existing  # idempotent retry: no second decision, no second reservation
+        policy = self._policy
+        regs = [self.dataset(d)[0] for d in request.datasets]
+        decisions: list[tuple[DatasetRegistration, Decision]] = []
+        for reg in regs:
+            self._validate_work(request, reg)
+            decision = policy.decide(DecisionRequest(
+                license=identity.license, department=reg.department, dataset=reg.id,
+                level=reg.level.value, tier=request.tier.value, purpose=request.purpose.value,
+            ))
+            if decision.allowed and decision.obligations and request.epsilon > decision.obligations.max_epsilon:
+                decision = dataclasses.replace(
+                    decision, allowed=False,
+                    reason=(f"ε {format_epsilon(request.epsilon)} is above the {format_epsilon(decision.obligations.max_epsilon)} "
+                            f"allowed per job on dataset {reg.id} by rule {decision.rule}; ask for a smaller ε"),
+                )
+            if not decision.allowed:
+                self.audit.job_decided(request, identity, reg, decision)
+                raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
+            decisions.append((reg, decision))
+        created = now_ms()
+        reg0, dec0 = decisions[0]
+        record = JobRecord(
+            job_id=request.job_id, operator=identity.name, license=identity.license,
+            request_digest=request.digest(), request=request.to_dict(),
+            algorithm_source=request.algorithm.source if request.algorithm else b"",
+            state=JobState.PENDING, message="accepted; waiting for the department's connector",
+            decision=dec0.to_dict(), created_ms=created, updated_ms=created,
+        )
+        reservations = [
+            Reservation(dataset=reg.id, license=identity.license, epsilon=request.epsilon,
+                        cap=dec.obligations.epsilon_cap)  # type: ignore[union-attr]
+            for reg, dec in decisions
+        ]
+        try:
+            record, created_now = self.store.create_job(record, reservations)
+        except YumenError as e:
+            if e.code is Code.BUDGET_EXHAUSTED:
+                denied = dataclasses.replace(dec0, allowed=False, reason=e.message)
+                self.audit.job_decided(request, identity, reg0, denied)
+            raise
+        if created_now:
+            for reg, dec in decisions:
+                self.audit.job_decided(request, identity, reg, dec)
+            self._notify()
+            self._dispatch(record)
+        return self.store.get_job(record.job_id) or record
+
+    def _validate_work(self, request: JobRequest, reg: DatasetRegistration) -> None:
+        if request.query is not None:
+            q = request.query
+            if q.column:
+                col = reg.column(q.column)
+                if not col.numeric:
+                    raise YumenError(Code.INVALID_ARGUMENT, f"column {q.column!r} of {reg.id} is not numeric; {q.aggregate.value} needs a numeric column")
+            if q.group_by:
+                col = reg.column(q.group_by)
+                if not col.categories:
+                    raise YumenError(
+                        Code.INVALID_ARGUMENT,
+                        f"column {q.group_by!r} of {reg.id} has no declared categories; only declared category columns can be grouped by",
+                        hint="group by one of: " + ", ".join(c.name for c in reg.columns if c.categories),
+                    )
+
+    def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str) -> OutgoingTicket:
+        req = job.request
+        work = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
+        ticket = Ticket(
+            job_id=job.job_id, broker=self.id, connector=connector, department=reg.department,
+            dataset=reg.id, dataset_version=reg.version, operator=job.operator, license=job.license,
+            tier=req["tier"], purpose=req["purpose"], epsilon=Fraction(req["epsilon"]), work=work,
+            obligations=job.decision.get("obligations") or {}, policy_version=job.decision["policy_version"],
+            rule=job.decision.get("rule", ""), issued_at_ms=now_ms(), expires_at_ms=now_ms() + self._ttl_ms,
+        )
+        payload, sig = ticket.sign(self._key)
+        return OutgoingTicket(payload=payload, signature=sig, algorithm_source=job.algorithm_source)
+
+    def _dispatch(self, job: JobRecord) -> None:
+        partials = self.store.partials(job.job_id)
+        for ds in job.request["datasets"]:
+            if ds in partials:
+                continue
+            found = self.store.get_dataset(ds)
+            if found is None:
+                continue
+            reg, conn = found
+            with self._links_lock:
+                link = self._links.get(conn)
+            if link is None:
+                continue
+            link.outbox.put(self._ticket_for(job, reg, conn))
+            if job.state is JobState.PENDING:
+                self._set_state(job.job_id, JobState.RUNNING, f"ticket sent to department {reg.department}")
+
+    def _dispatch_waiting(self, connector: str) -> None:
+        for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
+            self._dispatch(job)
+
+    def _set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord:
+        ev = self.store.set_state(job_id, state, message, result=result)
+        self._notify()
+        return ev
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def _own_job(self, identity: Identity, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None or (identity.role is Role.OPERATOR and job.operator != identity.name):
+            raise YumenError(Code.NOT_FOUND, f"no job {job_id!r} of yours", hint="check the job id")
+        if identity.role not in (Role.OPERATOR, Role.ADMIN, Role.AUDITOR):
+            raise YumenError(Code.PERMISSION_DENIED, "jobs are visible to their operator, auditors and administrators")
+        return job
+
+    def get_job(self, identity: Identity, job_id: str) -> JobRecord:
+        return self._own_job(identity, job_id)
+
+    def watch(self, identity: Identity, job_id: str, *, stop: threading.Event | None = None) -> Iterator[EventRecord]:
+        self._own_job(identity, job_id)
+        seq = 0
+        while True:
+            for ev in self.store.events(job_id, seq):
+                seq = ev.seq
+                yield ev
+                if ev.state.final:
+                    return
+            if stop is not None and stop.is_set():
+                return
+            with self._changed:
+                self._changed.wait(timeout=0.5)
+
+    def result(self, identity: Identity, job_id: str) -> JobRecord:
+        job = self._own_job(identity, job_id)
+        if job.state is JobState.SUCCEEDED:
+            return job
+        if job.state.final:
+            raise YumenError(Code.JOB_FAILED, f"job {job_id} {job.state.value}: {job.message}")
+        raise YumenError(Code.JOB_NOT_READY, f"job {job_id} is {job.state.value}", hint="wait with `yumen job watch`")
+
+    # -- receipts ----------------------------------------------------------------
+    def on_receipt(self, link: ConnectorLink, payload: bytes, signature: bytes) -> None:
+        receipt = Receipt.verify(payload, signature, link.certificate)
+        if receipt.connector != link.identity.name:
+            raise YumenError(Code.VERIFICATION_FAILED, f"receipt names connector {receipt.connector}, sent by {link.identity.name}")
+        with self._lock_for(receipt.job_id):
+            job = self.store.get_job(receipt.job_id)
+            if job is None or receipt.dataset not in job.request["datasets"]:
+                raise YumenError(Code.VERIFICATION_FAILED, f"receipt for unknown job/dataset {receipt.job_id}/{receipt.dataset}")
+            owner = self.store.get_dataset(receipt.dataset)
+            if owner is None or owner[1] != link.identity.name:
+                raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {receipt.dataset}")
+            if not self.store.put_partial(job.job_id, receipt.dataset, {
+                "payload": payload.decode(), "signature": signature.hex(),
+            }):
+                log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
+                return
+            index = self.audit.job_executed(receipt, payload, signature, link.identity)
+            if job.state.final:
+                return
+            dept = link.identity.department
+            if receipt.status == "refused":
+                self._set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
+                return
+            if receipt.status == "failed":
+                self._set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
+                return
+            partials = self.store.partials(job.job_id)
+            if set(partials) != set(job.request["datasets"]):
+                self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
+                return
+            result = self._combine(job, [Receipt.from_dict(__import__("json").loads(p["payload"])) for p in partials.values()])
+            result["log_index_executed"] = index
+            result["log_index"] = self.audit.job_released(job, result)
+            self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
+
+    def _combine(self, job: JobRecord, receipts: list[Receipt]) -> dict[str, Any]:
+        """Assemble the released result. One dataset per job for now: the receipt's values."""
+        (r,) = receipts
+        values = [v.to_dict() for v in r.values]
+        provenance = [{
+            "dataset": r.dataset, "department": r.department, "dataset_version": r.dataset_version,
+            "receipt_digest": r.digest(),
+        }]
+        body = {"job_id": job.job_id, "values": values, "mechanism": r.mechanism,
+                "epsilon_spent": format_epsilon(r.epsilon_charged), "provenance": provenance}
+        body["result_digest"] = digest_of(body)
+        return body
+
+    # -- recovery ----------------------------------------------------------------
+    def recover(self) -> None:
+        """Bring the log level with the store after a crash (see module docstring)."""
+        self.audit.recover(self.store)
+
+
+def new_job_id() -> str:
+    return "job-" + time.strftime("%Y%m%d") + "-" + uuid.uuid4().hex[:12]

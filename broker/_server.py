@@ -1,0 +1,99 @@
+"""Assemble and run a broker: store, policy, log, gRPC server with health and reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from yumen.errors import Code, YumenError
+from yumen.identity import Role, load_private_key
+from yumen.policy import PolicyEngine
+from yumen.rpc import MAX_MESSAGE_BYTES, caller, require_role, server_credentials
+from yumen.v1 import catalog_pb2, catalog_pb2_grpc, connector_pb2, connector_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+
+from yumen.broker._audit import BrokerAudit, open_log
+from yumen.broker._config import BrokerConfig
+from yumen.broker._core import Broker
+from yumen.broker._service import CatalogServicer, ConnectorServicer, JobServicer
+from yumen.broker._store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BrokerServer", "build_broker"]
+
+
+def build_broker(config: BrokerConfig) -> Broker:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(config.db_path)
+    tlog = open_log(config.db_path, key_path=config.log_key, origin=config.log_origin)
+    audit = BrokerAudit(tlog, config.id)
+    engine = PolicyEngine.from_files(config.policy_model, config.policy_file)
+    broker = Broker(
+        broker_id=config.id, store=store, policy=engine, audit=audit,
+        signing_key=load_private_key(config.tls.key), ticket_ttl_s=config.ticket_ttl_s,
+    )
+    broker.recover()
+    if audit.latest_policy_version() != engine.version:
+        audit.policy_changed(engine, previous=audit.latest_policy_version(), changed_by=config.id)
+    return broker
+
+
+class BrokerServer:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.broker = build_broker(config)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ],
+        )
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.broker), self.server)
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.broker), self.server)
+        connector_pb2_grpc.add_ConnectorServiceServicer_to_server(ConnectorServicer(self.broker), self.server)
+        self._add_audit_service()
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [
+            catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
+            jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+            connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_secure_port(config.listen, server_credentials(config.tls))
+        if self.port == 0:
+            raise YumenError(Code.CONFIG, f"cannot listen on {config.listen}", hint="is the port taken?")
+
+    def _add_audit_service(self) -> None:
+        pass  # INTEGRATE: AuditService
+
+    def start(self) -> None:
+        self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        log.info("broker %s listening on %s", self.config.id, self.config.listen)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+    def serve_forever(self) -> None:
+        self.start()
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        print(f"broker {self.config.id} listening on {self.config.listen}", flush=True)
+        done.wait()
+        self.stop()

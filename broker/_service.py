@@ -1,0 +1,158 @@
+"""gRPC servicers of the broker: catalog, jobs, and the connectors' stream.
+
+Thin: each method reads the caller's identity from its certificate, converts the
+request with :mod:`yumen.wire`, calls :class:`~yumen.broker._core.Broker`, and converts
+back. Errors are mapped by :func:`yumen.rpc.rpc_method`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Iterator
+
+import grpc
+from cryptography import x509
+
+from yumen.errors import Code, YumenError
+from yumen.identity import Role
+from yumen.jobs import format_epsilon
+from yumen.rpc import caller, require_role, rpc_method, rpc_stream
+from yumen.v1 import catalog_pb2, catalog_pb2_grpc, connector_pb2, connector_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto
+
+from yumen.broker._core import Broker
+from yumen.broker._store import JobRecord
+
+log = logging.getLogger(__name__)
+
+
+def _status(job: JobRecord) -> jobs_pb2.JobStatus:
+    req = job.request
+    return jobs_pb2.JobStatus(
+        job_id=job.job_id, state=job.state.value, message=job.message, operator=job.operator,
+        license=job.license, datasets=req["datasets"], tier=req["tier"], epsilon=req["epsilon"],
+        created_unix_ms=job.created_ms, updated_unix_ms=job.updated_ms,
+        matched_rule=job.decision.get("rule", ""), policy_version=job.decision.get("policy_version", ""),
+    )
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @rpc_method
+    def ListDatasets(self, request: catalog_pb2.ListDatasetsRequest, context: grpc.ServicerContext) -> catalog_pb2.ListDatasetsResponse:
+        caller(context)
+        kw = request.keyword.lower()
+        out = []
+        for reg, online in self.broker.catalog():
+            if request.department and reg.department != request.department:
+                continue
+            if request.level and reg.level.value != request.level:
+                continue
+            if kw and kw not in f"{reg.id} {reg.title} {reg.description}".lower():
+                continue
+            out.append(dataset_to_proto(reg, online=online))
+        return catalog_pb2.ListDatasetsResponse(datasets=out)
+
+    @rpc_method
+    def GetDataset(self, request: catalog_pb2.GetDatasetRequest, context: grpc.ServicerContext) -> catalog_pb2.Dataset:
+        caller(context)
+        reg, online = self.broker.dataset(request.id)
+        return dataset_to_proto(reg, online=online)
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @rpc_method
+    def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        who = caller(context)
+        require_role(who, Role.OPERATOR)
+        job = self.broker.submit(who, job_from_proto(request.job))
+        return _status(job)
+
+    @rpc_method
+    def GetJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        return _status(self.broker.get_job(caller(context), request.job_id))
+
+    @rpc_stream
+    def WatchJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
+        stop = threading.Event()
+        context.add_callback(stop.set)
+        for ev in self.broker.watch(caller(context), request.job_id, stop=stop):
+            yield jobs_pb2.JobEvent(job_id=ev.job_id, state=ev.state.value, message=ev.message, at_unix_ms=ev.at_ms)
+
+    @rpc_method
+    def GetResult(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.Result:
+        job = self.broker.result(caller(context), request.job_id)
+        r = job.result or {}
+        return jobs_pb2.Result(
+            job_id=job.job_id,
+            values=[jobs_pb2.ReleasedValue(**v) for v in r.get("values", [])],
+            mechanism=r.get("mechanism", ""), epsilon_spent=r.get("epsilon_spent", ""),
+            result_digest=r.get("result_digest", ""),
+            provenance=[jobs_pb2.Provenance(**p) for p in r.get("provenance", [])],
+            log_index=int(r.get("log_index", 0)),
+        )
+
+
+class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
+    """The long-lived stream a connector dials out on: tickets down, receipts up."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def Connect(self, request_iterator: Iterator[connector_pb2.ConnectorMessage], context: grpc.ServicerContext) -> Iterator[connector_pb2.BrokerMessage]:
+        try:
+            who = caller(context)
+            require_role(who, Role.CONNECTOR)
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("kind") != "hello":
+                raise YumenError(Code.INVALID_ARGUMENT, "a connector stream must start with Hello")
+            if first.hello.connector_id != who.name:
+                raise YumenError(Code.PERMISSION_DENIED, f"Hello names {first.hello.connector_id!r} but the certificate is {who.name!r}")
+            regs = [dataset_from_proto(d) for d in first.hello.datasets]
+            cert = x509.load_pem_x509_certificate(context.auth_context()["x509_pem_cert"][0])
+            link, accepted = self.broker.connect(who, cert, regs)
+        except YumenError as e:
+            from yumen.errors import grpc_status
+
+            context.abort(grpc_status(e.code), e.message)
+            return
+
+        def read_receipts() -> None:
+            try:
+                for msg in request_iterator:
+                    kind = msg.WhichOneof("kind")
+                    if kind == "receipt":
+                        try:
+                            self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature)
+                        except YumenError as e:
+                            log.warning("receipt from %s rejected: %s", who.name, e)
+                        except Exception:  # noqa: BLE001 - a bad receipt must not kill the stream
+                            log.exception("receipt from %s failed", who.name)
+            except grpc.RpcError:
+                pass
+            finally:
+                self.broker.disconnect(link)
+
+        reader = threading.Thread(target=read_receipts, name=f"receipts-{who.name}", daemon=True)
+        reader.start()
+        context.add_callback(lambda: self.broker.disconnect(link))
+        yield connector_pb2.BrokerMessage(welcome=connector_pb2.Welcome(broker_id=self.broker.id, accepted_datasets=accepted))
+        while not link.closed.is_set():
+            try:
+                item = link.outbox.get(timeout=15)
+            except queue.Empty:
+                yield connector_pb2.BrokerMessage(heartbeat=connector_pb2.Heartbeat())
+                continue
+            if item is None:
+                break
+            yield connector_pb2.BrokerMessage(ticket=connector_pb2.JobTicket(
+                ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
+                algorithm_source=item.algorithm_source,
+            ))

@@ -1,0 +1,322 @@
+"""Broker state: catalog, jobs, budget ledger and partial results.
+
+``Store`` is the contract; :class:`SqliteStore` is the embedded default (WAL, synchronous
+FULL, one connection per thread, write transactions taken with ``BEGIN IMMEDIATE`` so
+budget reservations are serialized). Budgets are stored as exact fractions ("n/d").
+
+Job creation and budget reservation happen in one transaction: a job either exists with
+its budget reserved, or neither happened. Job ids are idempotency keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+from yumen.catalog import DatasetRegistration
+from yumen.errors import Code, YumenError
+from yumen.jobs import JobState, format_epsilon
+
+__all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "now_ms"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _frac(text: str) -> Fraction:
+    return Fraction(text)
+
+
+def _frac_text(f: Fraction) -> str:
+    return f"{f.numerator}/{f.denominator}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Reservation:
+    dataset: str
+    license: str
+    epsilon: Fraction
+    cap: Fraction
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    job_id: str
+    operator: str
+    license: str
+    request_digest: str
+    request: dict[str, Any]
+    algorithm_source: bytes
+    state: JobState
+    message: str
+    decision: dict[str, Any]
+    created_ms: int
+    updated_ms: int
+    result: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EventRecord:
+    job_id: str
+    seq: int
+    state: JobState
+    message: str
+    at_ms: int
+
+
+class Store(Protocol):
+    def put_dataset(self, reg: DatasetRegistration, connector: str) -> None: ...
+    def list_datasets(self) -> list[tuple[DatasetRegistration, str]]: ...
+    def get_dataset(self, dataset_id: str) -> tuple[DatasetRegistration, str] | None: ...
+    def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]: ...
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def jobs_in_state(self, *states: JobState) -> list[JobRecord]: ...
+    def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord: ...
+    def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
+    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any]) -> bool: ...
+    def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
+    def spent(self, license: str, dataset: str) -> Fraction: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    connector TEXT NOT NULL,
+    registration TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    operator TEXT NOT NULL,
+    license TEXT NOT NULL,
+    request_digest TEXT NOT NULL,
+    request TEXT NOT NULL,
+    algorithm_source BLOB NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    result TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS budget (
+    license TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    spent TEXT NOT NULL,
+    PRIMARY KEY (license, dataset)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    job_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    license TEXT NOT NULL,
+    epsilon TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, dataset)
+);
+CREATE TABLE IF NOT EXISTS partials (
+    job_id TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    receipt TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, dataset)
+);
+"""
+
+
+class SqliteStore:
+    """The embedded store (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> "SqliteStore._Tx":
+        return SqliteStore._Tx(self._db())
+
+    # -- catalog -------------------------------------------------------------
+    def put_dataset(self, reg: DatasetRegistration, connector: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO datasets(id, connector, registration, updated_ms) VALUES (?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET connector=excluded.connector, "
+                "registration=excluded.registration, updated_ms=excluded.updated_ms",
+                (reg.id, connector, json.dumps(reg.to_dict()), now_ms()),
+            )
+
+    def list_datasets(self) -> list[tuple[DatasetRegistration, str]]:
+        rows = self._db().execute("SELECT registration, connector FROM datasets ORDER BY id").fetchall()
+        return [(DatasetRegistration.from_dict(json.loads(r)), c) for r, c in rows]
+
+    def get_dataset(self, dataset_id: str) -> tuple[DatasetRegistration, str] | None:
+        row = self._db().execute("SELECT registration, connector FROM datasets WHERE id=?", (dataset_id,)).fetchone()
+        return (DatasetRegistration.from_dict(json.loads(row[0])), row[1]) if row else None
+
+    # -- jobs ----------------------------------------------------------------
+    def _row_to_job(self, row: tuple[Any, ...]) -> JobRecord:
+        return JobRecord(
+            job_id=row[0], operator=row[1], license=row[2], request_digest=row[3],
+            request=json.loads(row[4]), algorithm_source=bytes(row[5]), state=JobState(row[6]),
+            message=row[7], decision=json.loads(row[8]),
+            result=json.loads(row[9]) if row[9] else None, created_ms=row[10], updated_ms=row[11],
+        )
+
+    _JOB_COLS = (
+        "job_id, operator, license, request_digest, request, algorithm_source, state, message, "
+        "decision, result, created_ms, updated_ms"
+    )
+
+    def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]:
+        """Insert ``job`` and reserve its budget atomically.
+
+        Returns ``(job, True)`` when created, ``(existing, False)`` when the same operator
+        already submitted the same request under this id (idempotent retry). Raises
+        ``BUDGET_EXHAUSTED`` (nothing written) when a reservation would pass its cap.
+        """
+        with self._tx() as db:
+            row = db.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id=?", (job.job_id,)).fetchone()
+            if row:
+                existing = self._row_to_job(row)
+                if existing.operator == job.operator and existing.request_digest == job.request_digest:
+                    return existing, False
+                raise YumenError(
+                    Code.ALREADY_EXISTS,
+                    f"job id {job.job_id!r} is already taken by a different job",
+                    hint="choose a new job id, or omit it to have one generated",
+                )
+            for r in reservations:
+                spent_row = db.execute(
+                    "SELECT spent FROM budget WHERE license=? AND dataset=?", (r.license, r.dataset)
+                ).fetchone()
+                spent = _frac(spent_row[0]) if spent_row else Fraction(0)
+                if spent + r.epsilon > r.cap:
+                    left = max(r.cap - spent, Fraction(0))
+                    raise YumenError(
+                        Code.BUDGET_EXHAUSTED,
+                        f"budget exhausted: {format_epsilon(left)} of {format_epsilon(r.cap)} ε left on dataset "
+                        f"{r.dataset} for license {r.license}; this job asks for {format_epsilon(r.epsilon)}",
+                        hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "the budget for this dataset is spent",
+                    )
+                db.execute(
+                    "INSERT INTO budget(license, dataset, spent) VALUES (?,?,?) "
+                    "ON CONFLICT(license, dataset) DO UPDATE SET spent=excluded.spent",
+                    (r.license, r.dataset, _frac_text(spent + r.epsilon)),
+                )
+                db.execute(
+                    "INSERT INTO reservations(job_id, dataset, license, epsilon, at_ms) VALUES (?,?,?,?,?)",
+                    (job.job_id, r.dataset, r.license, _frac_text(r.epsilon), job.created_ms),
+                )
+            db.execute(
+                f"INSERT INTO jobs({self._JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.job_id, job.operator, job.license, job.request_digest, json.dumps(job.request),
+                    job.algorithm_source, job.state.value, job.message, json.dumps(job.decision),
+                    json.dumps(job.result) if job.result else None, job.created_ms, job.updated_ms,
+                ),
+            )
+            db.execute(
+                "INSERT INTO job_events(job_id, seq, state, message, at_ms) VALUES (?,?,?,?,?)",
+                (job.job_id, 1, job.state.value, job.message, job.created_ms),
+            )
+        return job, True
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db().execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return self._row_to_job(row) if row else None
+
+    def jobs_in_state(self, *states: JobState) -> list[JobRecord]:
+        marks = ",".join("?" for _ in states)
+        rows = self._db().execute(
+            f"SELECT {self._JOB_COLS} FROM jobs WHERE state IN ({marks}) ORDER BY created_ms",
+            [s.value for s in states],
+        ).fetchall()
+        return [self._row_to_job(r) for r in rows]
+
+    def set_state(
+        self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None
+    ) -> EventRecord:
+        at = now_ms()
+        with self._tx() as db:
+            row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                raise YumenError(Code.NOT_FOUND, f"no job {job_id!r}")
+            if JobState(row[0]).final:
+                raise YumenError(Code.INTERNAL, f"job {job_id} is already {row[0]}; cannot move it to {state.value}")
+            db.execute(
+                "UPDATE jobs SET state=?, message=?, updated_ms=?, result=COALESCE(?, result) WHERE job_id=?",
+                (state.value, message, at, json.dumps(result) if result is not None else None, job_id),
+            )
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM job_events WHERE job_id=?", (job_id,)).fetchone()[0]
+            db.execute(
+                "INSERT INTO job_events(job_id, seq, state, message, at_ms) VALUES (?,?,?,?,?)",
+                (job_id, seq, state.value, message, at),
+            )
+        return EventRecord(job_id=job_id, seq=seq, state=state, message=message, at_ms=at)
+
+    def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
+        rows = self._db().execute(
+            "SELECT seq, state, message, at_ms FROM job_events WHERE job_id=? AND seq>? ORDER BY seq",
+            (job_id, after_seq),
+        ).fetchall()
+        return [EventRecord(job_id=job_id, seq=s, state=JobState(st), message=m, at_ms=a) for s, st, m, a in rows]
+
+    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any]) -> bool:
+        """Store a connector's receipt once; a duplicate delivery returns False."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO partials(job_id, dataset, receipt, at_ms) VALUES (?,?,?,?)",
+                (job_id, dataset, json.dumps(receipt), now_ms()),
+            )
+            return cur.rowcount == 1
+
+    def partials(self, job_id: str) -> dict[str, dict[str, Any]]:
+        rows = self._db().execute("SELECT dataset, receipt FROM partials WHERE job_id=?", (job_id,)).fetchall()
+        return {d: json.loads(r) for d, r in rows}
+
+    def spent(self, license: str, dataset: str) -> Fraction:
+        row = self._db().execute("SELECT spent FROM budget WHERE license=? AND dataset=?", (license, dataset)).fetchone()
+        return _frac(row[0]) if row else Fraction(0)
+
+    def iter_reservations(self) -> Iterator[tuple[str, str, str, Fraction]]:
+        for job_id, dataset, lic, eps in self._db().execute(
+            "SELECT job_id, dataset, license, epsilon FROM reservations ORDER BY at_ms, job_id"
+        ):
+            yield job_id, dataset, lic, _frac(eps)

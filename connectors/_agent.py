@@ -1,0 +1,123 @@
+"""The connector's link to the broker: one long-lived outbound mTLS stream.
+
+The department opens no inbound port. The agent dials the broker, says Hello with its
+registrations, and then receives tickets and sends receipts on the same stream. When the
+broker goes away it reconnects with capped exponential backoff and jitter; receipts for
+jobs finished while disconnected are re-sent when the broker re-delivers their tickets.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from concurrent import futures
+from typing import Iterator
+
+import grpc
+from cryptography import x509
+
+from yumen import __version__
+from yumen.identity import load_private_key
+from yumen.rpc import secure_channel
+from yumen.v1 import connector_pb2, connector_pb2_grpc
+from yumen.wire import dataset_to_proto
+
+from yumen.connectors._config import ConnectorConfig
+from yumen.connectors._executor import Executor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ConnectorAgent"]
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+
+class ConnectorAgent:
+    def __init__(self, config: ConnectorConfig) -> None:
+        self.config = config
+        key = load_private_key(config.tls.key)
+        try:
+            broker_cert = x509.load_pem_x509_certificate(config.broker_certificate.read_bytes())
+        except (OSError, ValueError) as e:
+            from yumen.errors import Code, YumenError
+
+            raise YumenError(Code.CONFIG, f"cannot read the pinned broker certificate {config.broker_certificate}: {e}") from None
+        self.executor = Executor(config, key, broker_cert)
+        self._pool = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="job")
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _messages(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]") -> Iterator[connector_pb2.ConnectorMessage]:
+        regs = [d.refresh() for d in self.executor.datasets.values()]
+        yield connector_pb2.ConnectorMessage(hello=connector_pb2.Hello(
+            connector_id=self.config.id, datasets=[dataset_to_proto(r) for r in regs], software_version=__version__,
+        ))
+        while not self._stop.is_set():
+            try:
+                msg = outbox.get(timeout=15)
+            except queue.Empty:
+                yield connector_pb2.ConnectorMessage(heartbeat=connector_pb2.Heartbeat(at_unix_ms=int(time.time() * 1000)))
+                continue
+            if msg is None:
+                return
+            yield msg
+
+    def _run_ticket(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", t: connector_pb2.JobTicket) -> None:
+        try:
+            out = self.executor.handle(t.ticket.payload, t.ticket.signature, t.algorithm_source)
+        except Exception:  # noqa: BLE001
+            log.exception("ticket handling failed")
+            return
+        if out is not None:
+            payload, sig = out
+            outbox.put(connector_pb2.ConnectorMessage(
+                receipt=connector_pb2.Receipt(receipt=connector_pb2.Signed(payload=payload, signature=sig))
+            ))
+
+    def session(self) -> None:
+        """One connection, until the stream ends. Raises grpc.RpcError on failure."""
+        outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]" = queue.Queue()
+        channel = secure_channel(self.config.broker, self.config.tls)
+        try:
+            stub = connector_pb2_grpc.ConnectorServiceStub(channel)
+            responses = stub.Connect(self._messages(outbox))
+            stopper = threading.Thread(target=lambda: (self._stop.wait(), responses.cancel()), daemon=True)
+            stopper.start()
+            for msg in responses:
+                kind = msg.WhichOneof("kind")
+                if kind == "welcome":
+                    self.connected.set()
+                    log.info("connected to broker %s; serving %s", msg.welcome.broker_id, ", ".join(msg.welcome.accepted_datasets))
+                    print(f"connector {self.config.id} connected to broker {msg.welcome.broker_id}; "
+                          f"serving {', '.join(msg.welcome.accepted_datasets) or 'no datasets'}", flush=True)
+                elif kind == "ticket":
+                    self._pool.submit(self._run_ticket, outbox, msg.ticket)
+        finally:
+            self.connected.clear()
+            outbox.put(None)
+            channel.close()
+
+    def run_forever(self) -> None:
+        backoff = _BACKOFF_START_S
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.session()
+            except grpc.RpcError as e:
+                if self._stop.is_set():
+                    break
+                log.warning("broker stream ended: %s %s", e.code(), e.details())  # type: ignore[attr-defined]
+            if time.monotonic() - started > 10:
+                backoff = _BACKOFF_START_S  # the link was healthy for a while: start over
+            delay = backoff * (0.5 + random.random())
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            log.info("reconnecting to the broker in %.1f s", delay)
+            self._stop.wait(delay)
+        self._pool.shutdown(wait=True, cancel_futures=False)

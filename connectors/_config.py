@@ -1,0 +1,155 @@
+"""Connector configuration: the one file a department writes.
+
+```toml
+[connector]
+id = "weather-bureau"            # must equal the name in the connector's certificate
+department = "weather-bureau"
+broker = "127.0.0.1:7443"        # the connector dials out; it opens no port of its own
+state_dir = "state"              # local ledger, receipts, snapshots
+sandbox = "bwrap"                # bwrap | docker | gvisor
+max_parallel_jobs = 2
+
+[tls]
+ca = "pki/ca.crt"
+cert = "pki/weather-bureau.crt"
+key = "pki/weather-bureau.key"
+broker_certificate = "pki/broker.crt"   # pinned at enrolment: tickets must verify against it
+
+[local_policy]                   # the department's own limits, checked before data is touched
+max_epsilon_per_job = "1"
+tiers = ["query", "approved-algorithm", "custom-algorithm"]
+purposes = ["public-interest", "research", "commercial"]
+
+[[datasets]]                     # registration fields (see docs/catalog.md) and a source
+id = "weather-daily"
+title = "Daily readings of weather stations"
+level = "L1"
+columns = [ { name = "temp_mean_c", type = "float", unit = "°C", lower = -40, upper = 45 } ]
+source = { kind = "parquet", path = "data/weather-daily.parquet" }
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from yumen.catalog import DatasetRegistration
+from yumen.connectors._sources import SourceSpec
+from yumen.errors import Code, YumenError
+from yumen.jobs import Purpose, Tier, parse_epsilon
+from yumen.rpc import TlsFiles
+
+__all__ = ["ConnectorConfig", "DatasetConfig", "LocalPolicy", "load_connector_config"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LocalPolicy:
+    """The department's own usage limits; the safe default allows what the broker allows."""
+
+    max_epsilon_per_job: Fraction = Fraction(1)
+    tiers: frozenset[str] = frozenset(t.value for t in Tier)
+    purposes: frozenset[str] = frozenset(p.value for p in Purpose)
+
+    def refusal(self, *, tier: str, purpose: str, epsilon: Fraction) -> str:
+        """Why the department refuses this job, or ``""`` when it does not."""
+        if tier not in self.tiers:
+            return f"the department does not accept {tier} jobs (accepted: {', '.join(sorted(self.tiers))})"
+        if purpose not in self.purposes:
+            return f"the department does not accept the purpose {purpose} (accepted: {', '.join(sorted(self.purposes))})"
+        if epsilon > self.max_epsilon_per_job:
+            return f"ε {float(epsilon):g} is above the department's limit of {float(self.max_epsilon_per_job):g} per job"
+        return ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetConfig:
+    registration: DatasetRegistration  # version is empty here; the connector fills it from the source
+    source: SourceSpec
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectorConfig:
+    id: str
+    department: str
+    broker: str
+    state_dir: Path
+    sandbox: str
+    max_parallel_jobs: int
+    tls: TlsFiles
+    broker_certificate: Path
+    local_policy: LocalPolicy
+    datasets: tuple[DatasetConfig, ...]
+    path: Path
+
+
+def _err(path: Path, what: str, hint: str = "") -> YumenError:
+    return YumenError(Code.CONFIG, f"connector config {path}: {what}", hint=hint)
+
+
+def load_connector_config(path: Path) -> ConnectorConfig:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise YumenError(Code.CONFIG, f"cannot read connector config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise YumenError(Code.CONFIG, f"connector config {path} is not valid TOML: {e}") from None
+    base = path.parent.resolve()
+
+    def p(v: str) -> Path:
+        q = Path(v)
+        return q if q.is_absolute() else base / q
+
+    c = doc.get("connector") or {}
+    tls = doc.get("tls") or {}
+    for key in ("id", "department", "broker"):
+        if not c.get(key):
+            raise _err(path, f"[connector] {key} is required")
+    for key in ("ca", "cert", "key", "broker_certificate"):
+        if not tls.get(key):
+            raise _err(path, f"[tls] {key} is required", "point it at the files `yumen pki issue` wrote")
+    lp = doc.get("local_policy") or {}
+    try:
+        local = LocalPolicy(
+            max_epsilon_per_job=parse_epsilon(str(lp.get("max_epsilon_per_job", "1"))),
+            tiers=frozenset(lp.get("tiers", [t.value for t in Tier])),
+            purposes=frozenset(lp.get("purposes", [q.value for q in Purpose])),
+        )
+    except YumenError as e:
+        raise _err(path, f"[local_policy] {e.message}") from None
+    datasets = []
+    raw = doc.get("datasets") or []
+    if not raw:
+        raise _err(path, "no [[datasets]] are configured", "add at least one dataset with its source")
+    for i, d in enumerate(raw):
+        d = dict(d)
+        src = d.pop("source", None)
+        if not isinstance(src, dict):
+            raise _err(path, f"datasets[{i}] ({d.get('id', '?')}) has no source table", 'add source = { kind = "parquet", path = "…" }')
+        d.setdefault("department", c["department"])
+        if d["department"] != c["department"]:
+            raise _err(path, f"dataset {d.get('id')} names department {d['department']}, but this connector serves {c['department']}")
+        try:
+            reg = DatasetRegistration.from_dict(d)
+            spec = SourceSpec.from_dict(src, base_dir=base)
+        except YumenError as e:
+            raise _err(path, f"datasets[{i}] ({d.get('id', '?')}): {e.message}", e.hint) from None
+        datasets.append(DatasetConfig(registration=reg, source=spec))
+    ids = [d.registration.id for d in datasets]
+    if len(set(ids)) != len(ids):
+        raise _err(path, "a dataset id appears twice")
+    sandbox = str(c.get("sandbox", "bwrap"))
+    if sandbox not in ("bwrap", "docker", "gvisor"):
+        raise _err(path, f"sandbox {sandbox!r} is unknown", "use bwrap, docker or gvisor")
+    return ConnectorConfig(
+        id=str(c["id"]), department=str(c["department"]), broker=str(c["broker"]),
+        state_dir=p(str(c.get("state_dir", "state"))), sandbox=sandbox,
+        max_parallel_jobs=max(1, int(c.get("max_parallel_jobs", 2))),
+        tls=TlsFiles(ca=p(tls["ca"]), cert=p(tls["cert"]), key=p(tls["key"])),
+        broker_certificate=p(tls["broker_certificate"]), local_policy=local,
+        datasets=tuple(datasets), path=path,
+    )

@@ -1,0 +1,74 @@
+from yumen.v1 import catalog_pb2 as _catalog_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Signed(_message.Message):
+    __slots__ = ("payload", "signature")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    signature: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("connector_id", "datasets", "software_version")
+    CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    connector_id: str
+    datasets: _containers.RepeatedCompositeFieldContainer[_catalog_pb2.Dataset]
+    software_version: str
+    def __init__(self, connector_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[_catalog_pb2.Dataset, _Mapping]]] = ..., software_version: _Optional[str] = ...) -> None: ...
+
+class JobTicket(_message.Message):
+    __slots__ = ("ticket", "algorithm_source")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ticket: Signed
+    algorithm_source: bytes
+    def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("receipt",)
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    receipt: Signed
+    def __init__(self, receipt: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("at_unix_ms",)
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    at_unix_ms: int
+    def __init__(self, at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ConnectorMessage(_message.Message):
+    __slots__ = ("hello", "receipt", "heartbeat")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    receipt: Receipt
+    heartbeat: Heartbeat
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("broker_id", "accepted_datasets")
+    BROKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    broker_id: str
+    accepted_datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, broker_id: _Optional[str] = ..., accepted_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BrokerMessage(_message.Message):
+    __slots__ = ("welcome", "ticket", "heartbeat")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    ticket: JobTicket
+    heartbeat: Heartbeat
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...

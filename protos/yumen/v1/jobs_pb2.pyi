@@ -1,0 +1,155 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Query(_message.Message):
+    __slots__ = ("aggregate", "column", "group_by")
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    aggregate: str
+    column: str
+    group_by: str
+    def __init__(self, aggregate: _Optional[str] = ..., column: _Optional[str] = ..., group_by: _Optional[str] = ...) -> None: ...
+
+class OutputRange(_message.Message):
+    __slots__ = ("name", "lower", "upper")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lower: float
+    upper: float
+    def __init__(self, name: _Optional[str] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ...) -> None: ...
+
+class Algorithm(_message.Message):
+    __slots__ = ("source", "outputs", "params_json", "timeout_s", "memory_mb")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    source: bytes
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputRange]
+    params_json: str
+    timeout_s: float
+    memory_mb: int
+    def __init__(self, source: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[OutputRange, _Mapping]]] = ..., params_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("job_id", "datasets", "tier", "purpose", "epsilon", "query", "algorithm")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    tier: str
+    purpose: str
+    epsilon: str
+    query: Query
+    algorithm: Algorithm
+    def __init__(self, job_id: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., algorithm: _Optional[_Union[Algorithm, _Mapping]] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "message", "operator", "license", "datasets", "tier", "epsilon", "created_unix_ms", "updated_unix_ms", "matched_rule", "policy_version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_RULE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    message: str
+    operator: str
+    license: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    tier: str
+    epsilon: str
+    created_unix_ms: int
+    updated_unix_ms: int
+    matched_rule: str
+    policy_version: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., operator: _Optional[str] = ..., license: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., epsilon: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("job_id", "state", "message", "at_unix_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    message: str
+    at_unix_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ReleasedValue(_message.Message):
+    __slots__ = ("name", "group", "value", "noise_scale", "ci95")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    NOISE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CI95_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    group: str
+    value: float
+    noise_scale: float
+    ci95: float
+    def __init__(self, name: _Optional[str] = ..., group: _Optional[str] = ..., value: _Optional[float] = ..., noise_scale: _Optional[float] = ..., ci95: _Optional[float] = ...) -> None: ...
+
+class Provenance(_message.Message):
+    __slots__ = ("dataset", "department", "dataset_version", "receipt_digest")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    department: str
+    dataset_version: str
+    receipt_digest: str
+    def __init__(self, dataset: _Optional[str] = ..., department: _Optional[str] = ..., dataset_version: _Optional[str] = ..., receipt_digest: _Optional[str] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROVENANCE_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    values: _containers.RepeatedCompositeFieldContainer[ReleasedValue]
+    mechanism: str
+    epsilon_spent: str
+    result_digest: str
+    provenance: _containers.RepeatedCompositeFieldContainer[Provenance]
+    log_index: int
+    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ...) -> None: ...

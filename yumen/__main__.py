@@ -1,0 +1,3 @@
+from yumen.cli import run
+
+run()

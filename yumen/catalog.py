@@ -1,0 +1,215 @@
+"""Dataset registration records: what a department declares about a public data resource.
+
+The registration is the single source of truth for everything a privacy mechanism needs
+(per-column bounds, category lists, the privacy unit). Operators never supply bounds; a
+query or algorithm that names a column outside the registration is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from typing import Any
+
+from yumen.canonical import digest_of
+from yumen.errors import Code, YumenError
+
+__all__ = [
+    "ColumnType",
+    "Level",
+    "Column",
+    "PrivacyUnit",
+    "DatasetRegistration",
+]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def _bad(field: str, what: str) -> YumenError:
+    return YumenError(Code.INVALID_ARGUMENT, f"registration field {field!r}: {what}")
+
+
+class ColumnType(enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    CATEGORY = "category"
+    STRING = "string"  # identifiers and free text: never aggregated, never released
+    DATE = "date"
+
+
+class Level(enum.Enum):
+    """Classification and grading of public data (L1 open … L4 prohibited)."""
+
+    L1 = "L1"  # open
+    L2 = "L2"  # conditional
+    L3 = "L3"  # restricted
+    L4 = "L4"  # prohibited from authorized operation
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Column:
+    name: str
+    type: ColumnType
+    unit: str = ""
+    description: str = ""
+    lower: float | None = None
+    upper: float | None = None
+    categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", self.name):
+            raise _bad("columns.name", f"{self.name!r} is not a plain identifier (letters, digits, _)")
+        if self.type in (ColumnType.INT, ColumnType.FLOAT):
+            if self.lower is None or self.upper is None:
+                raise _bad(
+                    f"columns.{self.name}",
+                    "numeric columns need 'lower' and 'upper' bounds; DP clamps to them",
+                )
+            if not self.lower < self.upper:
+                raise _bad(f"columns.{self.name}", f"lower {self.lower} must be below upper {self.upper}")
+        if self.type is ColumnType.CATEGORY:
+            if not self.categories:
+                raise _bad(f"columns.{self.name}", "category columns need their 'categories' listed")
+            if len(set(self.categories)) != len(self.categories):
+                raise _bad(f"columns.{self.name}", "categories repeat")
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in (ColumnType.INT, ColumnType.FLOAT)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "type": self.type.value}
+        if self.unit:
+            d["unit"] = self.unit
+        if self.description:
+            d["description"] = self.description
+        if self.lower is not None:
+            d["lower"] = self.lower
+        if self.upper is not None:
+            d["upper"] = self.upper
+        if self.categories:
+            d["categories"] = list(self.categories)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Column":
+        try:
+            ctype = ColumnType(d.get("type", ""))
+        except ValueError:
+            raise _bad(
+                f"columns.{d.get('name', '?')}.type",
+                f"{d.get('type')!r} is not one of {[t.value for t in ColumnType]}",
+            ) from None
+        return cls(
+            name=str(d.get("name", "")),
+            type=ctype,
+            unit=str(d.get("unit", "")),
+            description=str(d.get("description", "")),
+            lower=None if d.get("lower") is None else float(d["lower"]),
+            upper=None if d.get("upper") is None else float(d["upper"]),
+            categories=tuple(str(c) for c in d.get("categories", ())),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyUnit:
+    """Whom DP protects: rows sharing ``column`` belong to one person (or household, firm).
+
+    ``max_contributions`` is the most rows one unit may add; the platform truncates to it.
+    With ``column`` empty, each row is its own unit (``max_contributions`` must be 1).
+    """
+
+    column: str = ""
+    max_contributions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_contributions < 1:
+            raise _bad("privacy_unit.max_contributions", "must be at least 1")
+        if not self.column and self.max_contributions != 1:
+            raise _bad("privacy_unit", "without an identifier column each row is one unit: max_contributions must be 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetRegistration:
+    id: str
+    title: str
+    department: str
+    level: Level
+    columns: tuple[Column, ...]
+    privacy_unit: PrivacyUnit = PrivacyUnit()
+    description: str = ""
+    update_frequency: str = ""
+    source_system: str = ""
+    price_class: str = "standard"
+    version: str = ""  # content digest of the data version the connector serves
+
+    def __post_init__(self) -> None:
+        if not _ID.match(self.id):
+            raise _bad("id", f"{self.id!r} must be lowercase letters, digits, '.', '_' or '-' (max 64)")
+        if not self.title:
+            raise _bad("title", "is empty")
+        if not _ID.match(self.department):
+            raise _bad("department", f"{self.department!r} must be a lowercase id")
+        if not self.columns:
+            raise _bad("columns", "a dataset needs at least one column")
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise _bad("columns", "column names repeat")
+        if self.privacy_unit.column and self.privacy_unit.column not in names:
+            raise _bad("privacy_unit.column", f"{self.privacy_unit.column!r} is not a declared column")
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise YumenError(
+            Code.INVALID_ARGUMENT,
+            f"dataset {self.id!r} has no column {name!r}",
+            hint=f"declared columns: {', '.join(c.name for c in self.columns)}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "department": self.department,
+            "level": self.level.value,
+            "columns": [c.to_dict() for c in self.columns],
+            "privacy_unit": {
+                "column": self.privacy_unit.column,
+                "max_contributions": self.privacy_unit.max_contributions,
+            },
+            "update_frequency": self.update_frequency,
+            "source_system": self.source_system,
+            "price_class": self.price_class,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DatasetRegistration":
+        try:
+            level = Level(d.get("level", "L2"))
+        except ValueError:
+            raise _bad("level", f"{d.get('level')!r} is not one of L1, L2, L3, L4") from None
+        pu = d.get("privacy_unit") or {}
+        return cls(
+            id=str(d.get("id", "")),
+            title=str(d.get("title", "")),
+            description=str(d.get("description", "")),
+            department=str(d.get("department", "")),
+            level=level,
+            columns=tuple(Column.from_dict(c) for c in d.get("columns", ())),
+            privacy_unit=PrivacyUnit(
+                column=str(pu.get("column", "")),
+                max_contributions=int(pu.get("max_contributions", 1)),
+            ),
+            update_frequency=str(d.get("update_frequency", "")),
+            source_system=str(d.get("source_system", "")),
+            price_class=str(d.get("price_class", "standard")),
+            version=str(d.get("version", "")),
+        )
+
+    def digest(self) -> str:
+        return digest_of(self.to_dict())

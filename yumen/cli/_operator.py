@@ -1,0 +1,271 @@
+"""Operator commands: ``yumen catalog …``, ``yumen submit …``, ``yumen job …``.
+
+Connection settings come from flags or the environment (``YUMEN_BROKER``, ``YUMEN_CA``,
+``YUMEN_CERT``, ``YUMEN_KEY``). Every command that shows a result takes ``--json`` and
+then prints exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from yumen.errors import Code, YumenError
+from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, Tier, parse_epsilon
+from yumen.rpc import TlsFiles
+
+
+def _conn_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--broker", default=os.environ.get("YUMEN_BROKER", "127.0.0.1:7443"), help="broker address (env YUMEN_BROKER)")
+    g.add_argument("--ca", default=os.environ.get("YUMEN_CA"), help="data space CA certificate (env YUMEN_CA)")
+    g.add_argument("--cert", default=os.environ.get("YUMEN_CERT"), help="your certificate (env YUMEN_CERT)")
+    g.add_argument("--key", default=os.environ.get("YUMEN_KEY"), help="your private key (env YUMEN_KEY)")
+
+
+def client(args: argparse.Namespace) -> Any:
+    from yumen.client import YumenClient
+
+    missing = [n for n in ("ca", "cert", "key") if not getattr(args, n)]
+    if missing:
+        raise YumenError(
+            Code.CONFIG,
+            f"no {', '.join('--' + m for m in missing)} given",
+            hint="pass them or set YUMEN_CA, YUMEN_CERT and YUMEN_KEY",
+        )
+    return YumenClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key)))
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+# -- catalog ----------------------------------------------------------------------
+def _catalog_list(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        rows = c.catalog(department=args.department or "", level=args.level or "", keyword=args.keyword or "")
+    if args.json:
+        _print_json({"datasets": [dict(r.to_dict(), online=on) for r, on in rows]})
+        return 0
+    if not rows:
+        print("no datasets match")
+        return 0
+    print(f"{'DATASET':<22} {'LEVEL':<5} {'DEPARTMENT':<20} {'ONLINE':<6} TITLE")
+    for reg, online in rows:
+        print(f"{reg.id:<22} {reg.level.value:<5} {reg.department:<20} {'yes' if online else 'no':<6} {reg.title}")
+    return 0
+
+
+def _catalog_show(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        reg, online = c.dataset(args.dataset)
+    if args.json:
+        _print_json(dict(reg.to_dict(), online=online))
+        return 0
+    print(f"{reg.id}: {reg.title}")
+    if reg.description:
+        print(f"  {reg.description}")
+    print(f"  department {reg.department}, level {reg.level.value}, {'online' if online else 'offline'}")
+    print(f"  version {reg.version}")
+    pu = reg.privacy_unit
+    print(f"  privacy unit: {pu.column or 'each row'} (at most {pu.max_contributions} rows each)")
+    print("  columns:")
+    for col in reg.columns:
+        extra = ""
+        if col.numeric:
+            extra = f" in [{col.lower:g}, {col.upper:g}]"
+        elif col.categories:
+            extra = f" one of {', '.join(col.categories)}"
+        unit = f" ({col.unit})" if col.unit else ""
+        print(f"    {col.name:<20} {col.type.value:<8}{unit}{extra}")
+    return 0
+
+
+# -- submit -------------------------------------------------------------------------
+def _job_id(args: argparse.Namespace) -> str:
+    from yumen.broker._core import new_job_id
+
+    return args.job_id or new_job_id()
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise YumenError(Code.INVALID_ARGUMENT, f"parameter {text!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _parse_output(text: str) -> OutputRange:
+    name, sep, rng = text.partition("=")
+    lo, sep2, hi = rng.partition(":")
+    if not (sep and sep2):
+        raise YumenError(Code.INVALID_ARGUMENT, f"output {text!r} is not NAME=LOWER:UPPER", hint="e.g. --output mean_temp=-40:50")
+    try:
+        return OutputRange(name=name, lower=float(lo), upper=float(hi))
+    except ValueError:
+        raise YumenError(Code.INVALID_ARGUMENT, f"output {text!r}: bounds must be numbers") from None
+
+
+def _run(args: argparse.Namespace, request: JobRequest) -> int:
+    with client(args) as c:
+        info = c.submit(request)
+        if not args.json:
+            print(f"job {info.job_id} accepted under rule {info.matched_rule} "
+                  f"(policy {info.policy_version[:19]}…); ε {info.epsilon} reserved", file=sys.stderr)
+        if args.no_wait:
+            if args.json:
+                _print_json({"job": info.to_dict()})
+            return 0
+        final = None
+        for ev in c.watch(info.job_id, timeout=args.wait):
+            if not args.json:
+                print(f"  {ev.state:<10} {ev.message}", file=sys.stderr)
+            final = ev
+        info = c.job(info.job_id)
+        if info.state != "succeeded":
+            if args.json:
+                _print_json({"job": info.to_dict(), "result": None})
+            else:
+                print(f"job {info.job_id} {info.state}: {info.message}", file=sys.stderr)
+            code = Code.DEPARTMENT_REFUSED if info.state == "refused" else Code.JOB_FAILED
+            from yumen.errors import exit_code
+
+            return exit_code(code)
+        result = c.result(info.job_id)
+    if args.json:
+        _print_json({"job": info.to_dict(), "result": result.to_dict()})
+    else:
+        _print_result(result)
+    del final
+    return 0
+
+
+def _print_result(result: Any) -> None:
+    print(f"result of {result.job_id} ({result.mechanism}, ε spent {result.epsilon_spent}):")
+    for v in result.values:
+        label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
+        print(f"  {label:<32} {v['value']:>14.3f}   ±{v['ci95']:.3f} (95%, noise scale {v['noise_scale']:.3g})")
+    for p in result.provenance:
+        print(f"  from {p['dataset']} of {p['department']}, version {p['dataset_version'][:19]}…")
+    print(f"  result digest {result.result_digest}, log entry {result.log_index}")
+
+
+def _submit_query(args: argparse.Namespace) -> int:
+    request = JobRequest(
+        job_id=_job_id(args), datasets=tuple(args.dataset), tier=Tier.QUERY, purpose=Purpose(args.purpose),
+        epsilon=parse_epsilon(args.epsilon),
+        query=Query(aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or ""),
+    )
+    return _run(args, request)
+
+
+def _submit_algorithm(args: argparse.Namespace) -> int:
+    path = Path(args.algorithm)
+    try:
+        source = path.read_bytes()
+    except OSError as e:
+        raise YumenError(Code.INVALID_ARGUMENT, f"cannot read algorithm {path}: {e.strerror}") from None
+    request = JobRequest(
+        job_id=_job_id(args), datasets=tuple(args.dataset), tier=Tier(args.tier), purpose=Purpose(args.purpose),
+        epsilon=parse_epsilon(args.epsilon),
+        algorithm=Algorithm(
+            source=source, outputs=tuple(_parse_output(o) for o in args.output or ()),
+            params=dict(_parse_param(p) for p in args.param or ()), timeout_s=args.timeout, memory_mb=args.memory,
+        ),
+    )
+    return _run(args, request)
+
+
+# -- job ------------------------------------------------------------------------------
+def _job_status(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        info = c.job(args.job_id)
+    if args.json:
+        _print_json({"job": info.to_dict()})
+    else:
+        print(f"{info.job_id}: {info.state} — {info.message}")
+    return 0
+
+
+def _job_watch(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        events = [dict(state=e.state, message=e.message, at_ms=e.at_ms) for e in c.watch(args.job_id)]
+        for e in events if not args.json else ():
+            print(f"{e['state']:<10} {e['message']}")
+    if args.json:
+        _print_json({"job_id": args.job_id, "events": events})
+    return 0
+
+
+def _job_result(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        result = c.result(args.job_id)
+    if args.json:
+        _print_json({"result": result.to_dict()})
+    else:
+        _print_result(result)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    cat = sub.add_parser("catalog", help="browse the catalog of public data resources (metadata only)")
+    csub = cat.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
+    ls = csub.add_parser("list", help="list datasets")
+    ls.add_argument("--department")
+    ls.add_argument("--level", choices=["L1", "L2", "L3", "L4"])
+    ls.add_argument("--keyword")
+    ls.add_argument("--json", action="store_true")
+    _conn_args(ls)
+    ls.set_defaults(func=_catalog_list)
+    show = csub.add_parser("show", help="show one dataset's registration")
+    show.add_argument("dataset")
+    show.add_argument("--json", action="store_true")
+    _conn_args(show)
+    show.set_defaults(func=_catalog_show)
+
+    s = sub.add_parser("submit", help="submit a job and print its released result")
+    ssub = s.add_subparsers(dest="submit_command", metavar="TIER", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", action="append", required=True, help="dataset id")
+        p.add_argument("--epsilon", required=True, help="privacy budget for this job, e.g. 0.5")
+        p.add_argument("--purpose", required=True, choices=[x.value for x in Purpose])
+        p.add_argument("--job-id", help="idempotency key (default: generated)")
+        p.add_argument("--no-wait", action="store_true", help="return once the job is accepted")
+        p.add_argument("--wait", type=float, default=600, help="seconds to wait for the result (default 600)")
+        p.add_argument("--json", action="store_true")
+        _conn_args(p)
+
+    q = ssub.add_parser("query", help="a declarative DP aggregate")
+    q.add_argument("--aggregate", required=True, choices=[a.value for a in Aggregate])
+    q.add_argument("--column", help="numeric column (sum, mean)")
+    q.add_argument("--group-by", help="a declared category column")
+    common(q)
+    q.set_defaults(func=_submit_query)
+    a = ssub.add_parser("algorithm", help="a Python algorithm run in a sandbox next to the data")
+    a.add_argument("algorithm", help="the algorithm file (writes /data/output/result.json)")
+    a.add_argument("--output", action="append", help="declared output and its range, NAME=LOWER:UPPER (repeatable)")
+    a.add_argument("--param", action="append", help="parameter KEY=VALUE, VALUE parsed as JSON when it can be")
+    a.add_argument("--tier", default=Tier.CUSTOM_ALGORITHM.value, choices=[Tier.APPROVED_ALGORITHM.value, Tier.CUSTOM_ALGORITHM.value])
+    a.add_argument("--timeout", type=float, default=60.0, help="wall-time limit in seconds")
+    a.add_argument("--memory", type=int, default=512, help="memory limit in MB")
+    common(a)
+    a.set_defaults(func=_submit_algorithm)
+
+    j = sub.add_parser("job", help="follow a submitted job")
+    jsub = j.add_subparsers(dest="job_command", metavar="ACTION", required=True)
+    for name, fn, helptext in (("status", _job_status, "show a job's state"),
+                               ("watch", _job_watch, "stream a job's progress until it ends"),
+                               ("result", _job_result, "fetch a job's released result")):
+        jp = jsub.add_parser(name, help=helptext)
+        jp.add_argument("job_id")
+        jp.add_argument("--json", action="store_true")
+        _conn_args(jp)
+        jp.set_defaults(func=fn)

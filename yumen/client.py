@@ -1,0 +1,123 @@
+"""The operator's SDK: a typed client for the broker's catalog and job services.
+
+Generated protobuf types stay inside this module; callers get plain records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import grpc
+
+from yumen.catalog import DatasetRegistration
+from yumen.jobs import JobRequest
+from yumen.rpc import TlsFiles, call, secure_channel
+from yumen.v1 import catalog_pb2, catalog_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from yumen.wire import dataset_from_proto, job_to_proto
+
+__all__ = ["YumenClient", "JobInfo", "JobUpdate", "JobResult"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobInfo:
+    job_id: str
+    state: str
+    message: str
+    operator: str
+    license: str
+    datasets: tuple[str, ...]
+    tier: str
+    epsilon: str
+    matched_rule: str
+    policy_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["datasets"] = list(self.datasets)
+        return d
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobUpdate:
+    job_id: str
+    state: str
+    message: str
+    at_ms: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobResult:
+    job_id: str
+    values: tuple[dict[str, Any], ...]
+    mechanism: str
+    epsilon_spent: str
+    result_digest: str
+    provenance: tuple[dict[str, str], ...]
+    log_index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "values": list(self.values), "mechanism": self.mechanism,
+            "epsilon_spent": self.epsilon_spent, "result_digest": self.result_digest,
+            "provenance": list(self.provenance), "log_index": self.log_index,
+        }
+
+
+def _info(s: jobs_pb2.JobStatus) -> JobInfo:
+    return JobInfo(
+        job_id=s.job_id, state=s.state, message=s.message, operator=s.operator, license=s.license,
+        datasets=tuple(s.datasets), tier=s.tier, epsilon=s.epsilon, matched_rule=s.matched_rule,
+        policy_version=s.policy_version,
+    )
+
+
+class YumenClient:
+    def __init__(self, target: str, tls: TlsFiles) -> None:
+        self.channel = secure_channel(target, tls)
+        self._catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
+        self._jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "YumenClient":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def catalog(self, *, department: str = "", level: str = "", keyword: str = "") -> list[tuple[DatasetRegistration, bool]]:
+        resp = call(self._catalog.ListDatasets, catalog_pb2.ListDatasetsRequest(department=department, level=level, keyword=keyword), timeout=30)
+        return [(dataset_from_proto(d), d.online) for d in resp.datasets]
+
+    def dataset(self, dataset_id: str) -> tuple[DatasetRegistration, bool]:
+        d = call(self._catalog.GetDataset, catalog_pb2.GetDatasetRequest(id=dataset_id), timeout=30)
+        return dataset_from_proto(d), d.online
+
+    def submit(self, request: JobRequest) -> JobInfo:
+        return _info(call(self._jobs.SubmitJob, jobs_pb2.SubmitJobRequest(job=job_to_proto(request)), timeout=60))
+
+    def job(self, job_id: str) -> JobInfo:
+        return _info(call(self._jobs.GetJob, jobs_pb2.JobRef(job_id=job_id), timeout=30))
+
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobUpdate]:
+        stream = self._jobs.WatchJob(jobs_pb2.JobRef(job_id=job_id), timeout=timeout)
+        try:
+            for ev in stream:
+                yield JobUpdate(job_id=ev.job_id, state=ev.state, message=ev.message, at_ms=ev.at_unix_ms)
+        except grpc.RpcError as e:
+            from yumen.errors import YumenError
+
+            raise YumenError.from_status(e.code(), e.details()) from None  # type: ignore[attr-defined]
+
+    def result(self, job_id: str) -> JobResult:
+        r = call(self._jobs.GetResult, jobs_pb2.JobRef(job_id=job_id), timeout=30)
+        return JobResult(
+            job_id=r.job_id,
+            values=tuple({"name": v.name, "group": v.group, "value": v.value, "noise_scale": v.noise_scale, "ci95": v.ci95} for v in r.values),
+            mechanism=r.mechanism, epsilon_spent=r.epsilon_spent, result_digest=r.result_digest,
+            provenance=tuple({"dataset": p.dataset, "department": p.department, "dataset_version": p.dataset_version,
+                              "receipt_digest": p.receipt_digest} for p in r.provenance),
+            log_index=r.log_index,
+        )

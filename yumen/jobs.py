@@ -1,0 +1,223 @@
+"""Job records: what an operator asks for, independent of how it travels.
+
+Privacy budgets are exact: ``epsilon`` is a ``Fraction`` parsed from a decimal string,
+never a float, so that the ledger's sums are exact (0.1 + 0.2 == 0.3 here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from fractions import Fraction
+from typing import Any
+
+from yumen.canonical import digest_of, sha256_hex
+from yumen.errors import Code, YumenError
+
+__all__ = [
+    "Tier",
+    "Purpose",
+    "Aggregate",
+    "Query",
+    "OutputRange",
+    "Algorithm",
+    "JobRequest",
+    "JobState",
+    "parse_epsilon",
+    "format_epsilon",
+]
+
+
+def _bad(what: str, hint: str = "") -> YumenError:
+    return YumenError(Code.INVALID_ARGUMENT, what, hint=hint)
+
+
+class Tier(enum.Enum):
+    QUERY = "query"
+    APPROVED_ALGORITHM = "approved-algorithm"
+    CUSTOM_ALGORITHM = "custom-algorithm"
+
+
+class Purpose(enum.Enum):
+    PUBLIC_INTEREST = "public-interest"
+    RESEARCH = "research"
+    COMMERCIAL = "commercial"
+
+
+class Aggregate(enum.Enum):
+    COUNT = "count"
+    SUM = "sum"
+    MEAN = "mean"
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"        # accepted, budget reserved, waiting for a connector
+    RUNNING = "running"        # ticket delivered
+    SUCCEEDED = "succeeded"    # result released
+    FAILED = "failed"          # ran and failed; budget stays spent once data was touched
+    REFUSED = "refused"        # refused by the department's connector
+    DENIED = "denied"          # refused by policy or budget at the broker (never stored as a job)
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REFUSED, JobState.DENIED)
+
+
+def parse_epsilon(text: str | int | Fraction) -> Fraction:
+    """Parse ε from a decimal string exactly ("0.5" -> 1/2). Floats are refused."""
+    if isinstance(text, float):
+        raise _bad("ε must be given as a decimal string, not a float", "write it as \"0.5\"")
+    if isinstance(text, (int, Fraction)):
+        eps = Fraction(text)
+    else:
+        if not re.fullmatch(r"\d+(\.\d{1,9})?", text.strip()):
+            raise _bad(f"ε {text!r} is not a positive decimal", "write it like 0.5 (up to 9 decimals)")
+        eps = Fraction(text.strip())
+    if eps <= 0:
+        raise _bad(f"ε must be positive, got {text}", "ask for a positive ε such as 0.5")
+    return eps
+
+
+def format_epsilon(eps: Fraction) -> str:
+    """Render an exact ε as a decimal string, rounding *up* past 9 places (conservative)."""
+    scaled = eps * 10**9
+    units = math.ceil(scaled)
+    whole, frac = divmod(units, 10**9)
+    if frac == 0:
+        return str(whole)
+    return f"{whole}.{frac:09d}".rstrip("0")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Query:
+    """A declarative aggregate. Bounds come from the dataset registration, never from here."""
+
+    aggregate: Aggregate
+    column: str = ""  # required for sum and mean
+    group_by: str = ""  # a category column declared in the registration
+
+    def __post_init__(self) -> None:
+        if self.aggregate in (Aggregate.SUM, Aggregate.MEAN) and not self.column:
+            raise _bad(f"a {self.aggregate.value} query needs a column", "pass --column NAME")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"aggregate": self.aggregate.value, "column": self.column, "group_by": self.group_by}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Query":
+        try:
+            agg = Aggregate(d.get("aggregate", ""))
+        except ValueError:
+            raise _bad(
+                f"unknown aggregate {d.get('aggregate')!r}",
+                f"use one of {', '.join(a.value for a in Aggregate)}",
+            ) from None
+        return cls(aggregate=agg, column=str(d.get("column", "")), group_by=str(d.get("group_by", "")))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputRange:
+    """A named output of an algorithm and the range the connector clamps it to before noise."""
+
+    name: str
+    lower: float
+    upper: float
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.name):
+            raise _bad(f"output name {self.name!r} is not a plain identifier")
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
+            raise _bad(
+                f"output {self.name!r}: range [{self.lower}, {self.upper}] is not a finite interval with lower < upper",
+                "declare it as NAME=LOWER:UPPER, e.g. mean_temp=-40:50",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "lower": self.lower, "upper": self.upper}
+
+
+MAX_ALGORITHM_BYTES = 256 * 1024
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Algorithm:
+    source: bytes
+    outputs: tuple[OutputRange, ...]
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timeout_s: float = 60.0
+    memory_mb: int = 512
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise _bad("the algorithm file is empty")
+        if len(self.source) > MAX_ALGORITHM_BYTES:
+            raise _bad(f"the algorithm is {len(self.source)} bytes; the limit is {MAX_ALGORITHM_BYTES}")
+        if not self.outputs:
+            raise _bad("an algorithm must declare its outputs and their ranges", "pass --output NAME=LOWER:UPPER")
+        names = [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise _bad("output names repeat")
+        if not 0 < self.timeout_s <= 3600:
+            raise _bad(f"timeout {self.timeout_s}s is outside 0–3600 s")
+        if not 16 <= self.memory_mb <= 16384:
+            raise _bad(f"memory {self.memory_mb} MB is outside 16–16384 MB")
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + sha256_hex(self.source)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobRequest:
+    """What the operator submits. The broker adds identity, decision and ticket."""
+
+    job_id: str
+    datasets: tuple[str, ...]
+    tier: Tier
+    purpose: Purpose
+    epsilon: Fraction
+    query: Query | None = None
+    algorithm: Algorithm | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", self.job_id):
+            raise _bad(f"job id {self.job_id!r} is not valid", "use letters, digits, '.', '_' or '-' (max 80)")
+        if not self.datasets:
+            raise _bad("a job must name at least one dataset")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise _bad("a dataset is named twice")
+        if self.epsilon <= 0:
+            raise _bad("ε must be positive")
+        if self.tier is Tier.QUERY:
+            if self.query is None or self.algorithm is not None:
+                raise _bad("a query job carries exactly one query")
+        else:
+            if self.algorithm is None or self.query is not None:
+                raise _bad("an algorithm job carries exactly one algorithm")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical description (no source bytes, only their digest)."""
+        d: dict[str, Any] = {
+            "job_id": self.job_id,
+            "datasets": list(self.datasets),
+            "tier": self.tier.value,
+            "purpose": self.purpose.value,
+            "epsilon": format_epsilon(self.epsilon),
+        }
+        if self.query is not None:
+            d["query"] = self.query.to_dict()
+        if self.algorithm is not None:
+            a = self.algorithm
+            d["algorithm"] = {
+                "digest": a.digest,
+                "outputs": [o.to_dict() for o in a.outputs],
+                "params": a.params,
+                "timeout_s": a.timeout_s,
+                "memory_mb": a.memory_mb,
+            }
+        return d
+
+    def digest(self) -> str:
+        return digest_of(self.to_dict())

@@ -1,0 +1,230 @@
+"""A whole data space on one machine: CA, broker, connectors, operators, as real processes.
+
+Used by ``yumen demo``, by the end-to-end tests and by the benchmarks, so all three
+exercise exactly what a department and an operator would run: ``yumen broker serve`` and
+``yumen connector serve`` as separate processes talking mutual-TLS gRPC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from yumen.errors import Code, YumenError
+from yumen.identity import Role, init_ca, issue
+from yumen.policy import default_policy_paths
+from yumen.rpc import TlsFiles
+
+__all__ = ["LocalSpace", "Department", "OPERATOR_LICENSE"]
+
+OPERATOR_LICENSE = "LIC-2026-0001"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Department:
+    id: str
+    datasets: tuple[tuple[str, int], ...]  # (demo dataset id, rows)
+    local_policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+DEFAULT_DEPARTMENTS = (
+    Department(id="weather-bureau", datasets=(("weather-daily", 36_500),)),
+    Department(id="health-commission", datasets=(("outpatient-visits", 200_000),)),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+class LocalSpace:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        departments: tuple[Department, ...] = DEFAULT_DEPARTMENTS,
+        port: int | None = None,
+        sandbox: str = "bwrap",
+        extra_policy: str = "",
+        seed: int = 2026,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.departments = departments
+        self.port = port or free_port()
+        self.sandbox = sandbox
+        self.extra_policy = extra_policy
+        self.seed = seed
+        self.pki = self.root / "pki"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # -- setup ----------------------------------------------------------------------
+    def setup(self) -> None:
+        from yumen.connectors._demodata import demo_registration, generate
+
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        (self.root / "logs").mkdir(parents=True)
+        init_ca(self.pki, name="Yumen Local Data Space CA")
+        issue(self.pki, role=Role.BROKER, name="broker")
+        issue(self.pki, role=Role.OPERATOR, name="operator-1", license=OPERATOR_LICENSE)
+        issue(self.pki, role=Role.AUDITOR, name="auditor-1")
+        issue(self.pki, role=Role.ADMIN, name="admin-1")
+        _, policy_default = default_policy_paths()
+        policy = policy_default.read_text() + f"\n# licensed operators\ng, {OPERATOR_LICENSE}, licensed\n" + self.extra_policy
+        (self.root / "policy.csv").write_text(policy)
+        (self.root / "broker.toml").write_text(
+            "[broker]\n"
+            f'id = "broker"\nlisten = "{self.address}"\nstate_dir = "broker-state"\n\n'
+            '[tls]\nca = "pki/ca.crt"\ncert = "pki/broker.crt"\nkey = "pki/broker.key"\n\n'
+            '[policy]\npolicy = "policy.csv"\n\n'
+            '[log]\norigin = "yumen.local/log"\nkey = "broker-state/log.key"\n'
+        )
+        for dep in self.departments:
+            issue(self.pki, role=Role.CONNECTOR, name=dep.id, department=dep.id)
+            lines = [
+                "[connector]", f'id = "{dep.id}"', f'department = "{dep.id}"', f'broker = "{self.address}"',
+                f'state_dir = "{dep.id}-state"', f'sandbox = "{self.sandbox}"', "",
+                "[tls]", 'ca = "pki/ca.crt"', f'cert = "pki/{dep.id}.crt"', f'key = "pki/{dep.id}.key"',
+                'broker_certificate = "pki/broker.crt"', "",
+            ]
+            if dep.local_policy:
+                lines.append("[local_policy]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in dep.local_policy.items()]
+                lines.append("")
+            for ds, rows in dep.datasets:
+                path = self.root / "data" / dep.id / f"{ds}.parquet"
+                generate(ds, rows, self.seed, path)
+                reg = demo_registration(ds)
+                reg["source"] = {"kind": "parquet", "path": str(path.relative_to(self.root))}
+                lines.append("[[datasets]]")
+                for k, v in reg.items():
+                    lines.append(f"{k} = {_toml_value(v)}")
+                lines.append("")
+            (self.root / f"{dep.id}.toml").write_text("\n".join(lines))
+
+    # -- processes ------------------------------------------------------------------
+    def _spawn(self, name: str, *args: str) -> None:
+        log = open(self.root / "logs" / f"{name}.log", "ab")
+        env = dict(os.environ, YUMEN_LOG_LEVEL=os.environ.get("YUMEN_LOG_LEVEL", "INFO"), PYTHONUNBUFFERED="1")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "yumen", *args], cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+            env=env, start_new_session=True,
+        )
+
+    def start_broker(self) -> None:
+        self._spawn("broker", "broker", "serve", "--config", "broker.toml")
+        self._wait_health()
+
+    def start_connector(self, department: str) -> None:
+        self._spawn(department, "connector", "serve", "--config", f"{department}.toml")
+
+    def start(self, *, timeout: float = 60) -> None:
+        self.start_broker()
+        for dep in self.departments:
+            self.start_connector(dep.id)
+        self.wait_online([ds for dep in self.departments for ds, _ in dep.datasets], timeout=timeout)
+
+    def _wait_health(self, timeout: float = 30) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from yumen.rpc import secure_channel
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive("broker")
+            ch = secure_channel(self.address, self.tls("operator-1"))
+            try:
+                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            finally:
+                ch.close()
+            time.sleep(0.2)
+        raise YumenError(Code.UNAVAILABLE, f"the broker did not become healthy in {timeout:.0f} s", hint=f"see {self.root}/logs/broker.log")
+
+    def wait_online(self, datasets: list[str], *, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while time.monotonic() < deadline:
+                for name in self.procs:
+                    self._check_alive(name)
+                online = {reg.id for reg, on in c.catalog() if on}
+                if set(datasets) <= online:
+                    return
+                time.sleep(0.2)
+        raise YumenError(Code.UNAVAILABLE, f"datasets {datasets} did not come online in {timeout:.0f} s", hint=f"see {self.root}/logs/")
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            tail = (self.root / "logs" / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise YumenError(Code.INTERNAL, f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop_process(self, name: str, *, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def stop(self) -> None:
+        for name in [n for n in self.procs if n != "broker"] + ["broker"]:
+            self.stop_process(name)
+
+    def __enter__(self) -> "LocalSpace":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+    # -- clients ----------------------------------------------------------------------
+    def tls(self, name: str) -> TlsFiles:
+        return TlsFiles(ca=self.pki / "ca.crt", cert=self.pki / f"{name}.crt", key=self.pki / f"{name}.key")
+
+    def client(self, name: str = "operator-1") -> Any:
+        from yumen.client import YumenClient
+
+        return YumenClient(self.address, self.tls(name))
+
+    def cli_env(self, name: str = "operator-1") -> dict[str, str]:
+        t = self.tls(name)
+        return dict(os.environ, YUMEN_BROKER=self.address, YUMEN_CA=str(t.ca), YUMEN_CERT=str(t.cert), YUMEN_KEY=str(t.key))

@@ -1,0 +1,127 @@
+"""The edge between generated protobuf types and Yumen's domain records.
+
+Only this module (and the servicers and clients that call it) touches ``yumen.v1``
+generated classes; everything else works with the frozen records of ``yumen.catalog``,
+``yumen.jobs`` and ``yumen.tickets``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from yumen.catalog import Column, ColumnType, DatasetRegistration, Level, PrivacyUnit
+from yumen.errors import Code, YumenError
+from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, Tier, parse_epsilon
+from yumen.v1 import catalog_pb2, jobs_pb2
+
+__all__ = [
+    "dataset_to_proto",
+    "dataset_from_proto",
+    "job_to_proto",
+    "job_from_proto",
+]
+
+
+def dataset_to_proto(reg: DatasetRegistration, *, online: bool = False) -> catalog_pb2.Dataset:
+    return catalog_pb2.Dataset(
+        id=reg.id, title=reg.title, description=reg.description, department=reg.department,
+        level=reg.level.value,
+        columns=[
+            catalog_pb2.Column(
+                name=c.name, type=c.type.value, unit=c.unit, description=c.description,
+                lower=c.lower, upper=c.upper, categories=list(c.categories),
+            )
+            for c in reg.columns
+        ],
+        privacy_unit=catalog_pb2.PrivacyUnit(
+            column=reg.privacy_unit.column, max_contributions=reg.privacy_unit.max_contributions
+        ),
+        update_frequency=reg.update_frequency, source_system=reg.source_system,
+        price_class=reg.price_class, version=reg.version, online=online,
+    )
+
+
+def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
+    cols = []
+    for c in msg.columns:
+        try:
+            ctype = ColumnType(c.type)
+        except ValueError:
+            raise YumenError(Code.INVALID_ARGUMENT, f"column {c.name!r} has unknown type {c.type!r}") from None
+        cols.append(Column(
+            name=c.name, type=ctype, unit=c.unit, description=c.description,
+            lower=c.lower if c.HasField("lower") else None,
+            upper=c.upper if c.HasField("upper") else None,
+            categories=tuple(c.categories),
+        ))
+    try:
+        level = Level(msg.level)
+    except ValueError:
+        raise YumenError(Code.INVALID_ARGUMENT, f"dataset {msg.id!r} has unknown level {msg.level!r}") from None
+    return DatasetRegistration(
+        id=msg.id, title=msg.title, description=msg.description, department=msg.department,
+        level=level, columns=tuple(cols),
+        privacy_unit=PrivacyUnit(
+            column=msg.privacy_unit.column, max_contributions=msg.privacy_unit.max_contributions or 1
+        ),
+        update_frequency=msg.update_frequency, source_system=msg.source_system,
+        price_class=msg.price_class or "standard", version=msg.version,
+    )
+
+
+def job_to_proto(req: JobRequest) -> jobs_pb2.Job:
+    msg = jobs_pb2.Job(
+        job_id=req.job_id, datasets=list(req.datasets), tier=req.tier.value,
+        purpose=req.purpose.value, epsilon=req.to_dict()["epsilon"],
+    )
+    if req.query is not None:
+        msg.query.CopyFrom(jobs_pb2.Query(
+            aggregate=req.query.aggregate.value, column=req.query.column, group_by=req.query.group_by
+        ))
+    if req.algorithm is not None:
+        a = req.algorithm
+        msg.algorithm.CopyFrom(jobs_pb2.Algorithm(
+            source=a.source,
+            outputs=[jobs_pb2.OutputRange(name=o.name, lower=o.lower, upper=o.upper) for o in a.outputs],
+            params_json=json.dumps(a.params, sort_keys=True), timeout_s=a.timeout_s, memory_mb=a.memory_mb,
+        ))
+    return msg
+
+
+def _enum(kind: type, value: str, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise YumenError(
+            Code.INVALID_ARGUMENT, f"unknown {what} {value!r}", hint=f"use one of: {', '.join(k.value for k in kind)}"
+        ) from None
+
+
+def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
+    tier = _enum(Tier, msg.tier, "tier")
+    purpose = _enum(Purpose, msg.purpose, "purpose")
+    query = algorithm = None
+    kind = msg.WhichOneof("work")
+    if kind == "query":
+        q = msg.query
+        query = Query(aggregate=_enum(Aggregate, q.aggregate, "aggregate"), column=q.column, group_by=q.group_by)
+    elif kind == "algorithm":
+        a = msg.algorithm
+        try:
+            params = json.loads(a.params_json) if a.params_json else {}
+        except ValueError as e:
+            raise YumenError(Code.INVALID_ARGUMENT, f"algorithm parameters are not JSON: {e}") from None
+        if not isinstance(params, dict):
+            raise YumenError(Code.INVALID_ARGUMENT, "algorithm parameters must be a JSON object")
+        algorithm = Algorithm(
+            source=a.source,
+            outputs=tuple(OutputRange(name=o.name, lower=o.lower, upper=o.upper) for o in a.outputs),
+            params=params, timeout_s=a.timeout_s or 60.0, memory_mb=a.memory_mb or 512,
+        )
+    else:
+        raise YumenError(Code.INVALID_ARGUMENT, "the job carries neither a query nor an algorithm")
+    return JobRequest(
+        job_id=msg.job_id, datasets=tuple(msg.datasets), tier=tier, purpose=purpose,
+        epsilon=parse_epsilon(msg.epsilon), query=query, algorithm=algorithm,
+    )
