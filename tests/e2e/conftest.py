@@ -1,0 +1,58 @@
+"""One real local data space (broker + four connectors as processes) shared by the e2e tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from yumen.localspace import Department, LocalSpace
+
+ROOT = Path(__file__).resolve().parents[2]
+ALGOS = ROOT / "tests" / "e2e" / "algorithms"
+
+DEPARTMENTS = (
+    Department(id="weather-bureau", datasets=(("weather-daily", 7_300),)),
+    Department(id="health-commission", datasets=(("outpatient-visits", 20_000),)),
+    Department(id="transport-dept", datasets=(("bus-trips", 20_000),)),
+    # This department accepts at most ε 0.25 per job, whatever the broker allows.
+    Department(id="culture-tourism", datasets=(("scenic-visits", 20_000),), local_policy={"max_epsilon_per_job": "0.25"}),
+)
+
+
+@pytest.fixture(scope="session")
+def space(tmp_path_factory):
+    s = LocalSpace(tmp_path_factory.mktemp("space"), departments=DEPARTMENTS)
+    s.setup()
+    try:
+        s.start(timeout=90)
+        yield s
+    finally:
+        s.stop()
+
+
+class Cli:
+    def __init__(self, space: LocalSpace, name: str) -> None:
+        self.env = space.cli_env(name)
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "yumen", *args], env=self.env, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def json(self, *args: str) -> dict:
+        proc = self(*args, "--json")
+        assert proc.stdout, f"no JSON output; stderr: {proc.stderr}"
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def operator(space):
+    return Cli(space, "operator-1")
+
+
+@pytest.fixture(scope="session")
+def auditor(space):
+    return Cli(space, "auditor-1")

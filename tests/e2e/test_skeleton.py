@@ -1,0 +1,156 @@
+"""End to end over real processes and real mTLS: both tiers, denials, bad input, budget."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from yumen.errors import Code, exit_code
+from yumen.identity import Role, init_ca, issue
+from yumen.localspace import OPERATOR_LICENSE
+from yumen.rpc import TlsFiles, secure_channel
+from yumen.v1 import catalog_pb2, catalog_pb2_grpc
+
+ALGOS = __import__("pathlib").Path(__file__).parent / "algorithms"
+
+pytestmark = pytest.mark.e2e
+
+
+def test_catalog_lists_metadata_of_every_connected_dataset(operator):
+    out = operator.json("catalog", "list")
+    ids = {d["id"]: d for d in out["datasets"]}
+    assert {"weather-daily", "outpatient-visits", "bus-trips", "scenic-visits"} <= set(ids)
+    ov = ids["outpatient-visits"]
+    assert ov["online"] and ov["level"] == "L3" and ov["version"].startswith("sha256:")
+    assert all("rows" not in d and "data" not in d for d in out["datasets"])
+
+
+def test_dp_query_is_released_with_noise_scale_and_provenance(operator):
+    out = operator.json("submit", "query", "--dataset", "outpatient-visits", "--aggregate", "count",
+                        "--epsilon", "0.25", "--purpose", "research")
+    assert out["job"]["state"] == "succeeded"
+    (v,) = out["result"]["values"]
+    assert v["name"] == "count" and v["noise_scale"] > 0 and v["ci95"] > 0
+    # 20,000 rows; with ε 0.25 and 10 rows per patient the noise is in the hundreds, not thousands
+    assert abs(v["value"] - 20_000) < 2_000
+    (p,) = out["result"]["provenance"]
+    assert p["department"] == "health-commission" and p["dataset_version"].startswith("sha256:")
+    assert out["result"]["result_digest"].startswith("sha256:")
+
+
+def test_grouped_mean_returns_every_declared_category_and_only_those(operator):
+    catalog = operator.json("catalog", "show", "outpatient-visits")
+    regions = next(c["categories"] for c in catalog["columns"] if c["name"] == "region")
+    out = operator.json("submit", "query", "--dataset", "outpatient-visits", "--aggregate", "mean",
+                        "--column", "cost_yuan", "--group-by", "region", "--epsilon", "0.25", "--purpose", "research")
+    groups = [v["group"] for v in out["result"]["values"]]
+    assert groups == regions
+
+
+def test_policy_denial_is_permission_denied_with_an_actionable_reason(operator):
+    proc = operator("submit", "query", "--dataset", "outpatient-visits", "--aggregate", "count",
+                    "--epsilon", "0.1", "--purpose", "commercial")
+    assert proc.returncode == exit_code(Code.POLICY_DENIED)
+    assert "denied by policy" in proc.stderr and "allowed purposes: public-interest, research" in proc.stderr
+
+
+def test_unknown_dataset_is_not_found_with_a_hint(operator):
+    proc = operator("submit", "query", "--dataset", "no-such-data", "--aggregate", "count",
+                    "--epsilon", "0.1", "--purpose", "research")
+    assert proc.returncode == exit_code(Code.NOT_FOUND)
+    assert "no dataset 'no-such-data'" in proc.stderr and "yumen catalog list" in proc.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--aggregate", "sum", "--epsilon", "0.1"], "needs a column"),
+    (["--aggregate", "count", "--group-by", "cost_yuan", "--epsilon", "0.1"], "no declared categories"),
+    (["--aggregate", "sum", "--column", "no_such_column", "--epsilon", "0.1"], "has no column"),
+    (["--aggregate", "count", "--epsilon", "-1"], "not a positive decimal"),
+    (["--aggregate", "count", "--epsilon", "5"], "above the"),
+])
+def test_malformed_query_gets_a_clear_error_and_spends_nothing(space, operator, args, needle):
+    job_id = f"bad-{abs(hash(tuple(args))) % 10**8}"
+    proc = operator("submit", "query", "--dataset", "outpatient-visits", *args, "--purpose", "research", "--job-id", job_id)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    status = operator("job", "status", job_id)
+    assert status.returncode == exit_code(Code.NOT_FOUND)
+
+
+def test_budget_overrun_is_refused_with_what_is_left_and_leaves_no_job(operator):
+    # bus-trips is L2: commercial queries may spend at most 0.5 per job and 2 in all.
+    for i in range(4):
+        out = operator.json("submit", "query", "--dataset", "bus-trips", "--aggregate", "count",
+                            "--epsilon", "0.5", "--purpose", "commercial", "--job-id", f"budget-{i}")
+        assert out["job"]["state"] == "succeeded"
+    proc = operator("submit", "query", "--dataset", "bus-trips", "--aggregate", "count",
+                    "--epsilon", "0.5", "--purpose", "commercial", "--job-id", "budget-over")
+    assert proc.returncode == exit_code(Code.BUDGET_EXHAUSTED)
+    assert "0 of 2 ε left on dataset bus-trips" in proc.stderr
+    assert operator("job", "status", "budget-over").returncode == exit_code(Code.NOT_FOUND)
+
+
+def test_resubmitting_the_same_job_id_is_idempotent(operator):
+    args = ["submit", "query", "--dataset", "weather-daily", "--aggregate", "count", "--epsilon", "0.1",
+            "--purpose", "research", "--job-id", "idem-1"]
+    first = operator.json(*args)
+    second = operator.json(*args)
+    assert first["result"]["result_digest"] == second["result"]["result_digest"]
+
+
+def test_department_vetoes_a_job_the_broker_allowed(operator):
+    out = operator.json("submit", "query", "--dataset", "scenic-visits", "--aggregate", "count",
+                        "--epsilon", "0.5", "--purpose", "research")
+    assert out["job"]["state"] == "refused"
+    assert "refused by department culture-tourism" in out["job"]["message"]
+    assert "limit of 0.25" in out["job"]["message"]
+
+
+def _catalog_call(space, tls: TlsFiles) -> None:
+    ch = secure_channel(space.address, tls)
+    try:
+        catalog_pb2_grpc.CatalogServiceStub(ch).ListDatasets(catalog_pb2.ListDatasetsRequest(), timeout=5)
+    finally:
+        ch.close()
+
+
+def test_client_with_a_certificate_from_another_ca_is_refused(space, tmp_path):
+    init_ca(tmp_path / "rogue")
+    cert, key = issue(tmp_path / "rogue", role=Role.OPERATOR, name="operator-1", license=OPERATOR_LICENSE)
+    tls = TlsFiles(ca=space.pki / "ca.crt", cert=cert, key=key)
+    with pytest.raises(grpc.RpcError) as e:
+        _catalog_call(space, tls)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
+
+
+def test_client_without_a_certificate_is_refused(space):
+    creds = grpc.ssl_channel_credentials(root_certificates=(space.pki / "ca.crt").read_bytes())
+    ch = grpc.secure_channel(space.address, creds)
+    with pytest.raises(grpc.RpcError) as e:
+        catalog_pb2_grpc.CatalogServiceStub(ch).ListDatasets(catalog_pb2.ListDatasetsRequest(), timeout=5)
+    ch.close()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_connector_certificate_cannot_submit_jobs(space):
+    from yumen.client import YumenClient
+    from yumen.errors import YumenError
+    from yumen.jobs import Aggregate, JobRequest, Purpose, Query, Tier
+    from fractions import Fraction
+
+    with YumenClient(space.address, space.tls("weather-bureau")) as c:
+        with pytest.raises(YumenError) as e:
+            c.submit(JobRequest(job_id="x1", datasets=("weather-daily",), tier=Tier.QUERY, purpose=Purpose.RESEARCH,
+                                epsilon=Fraction(1, 10), query=Query(aggregate=Aggregate.COUNT)))
+    assert e.value.code is Code.PERMISSION_DENIED
+
+
+def test_connector_reconnects_after_the_broker_restarts(space, operator):
+    space.stop_process("broker")
+    space.start_broker()
+    space.wait_online(["weather-daily", "outpatient-visits"], timeout=60)
+    out = operator.json("submit", "query", "--dataset", "weather-daily", "--aggregate", "count",
+                        "--epsilon", "0.1", "--purpose", "research")
+    assert out["job"]["state"] == "succeeded"

@@ -1,0 +1,76 @@
+"""``yumen demo``: the whole data space on this machine, and one job of each kind.
+
+Starts a broker and two department connectors as separate processes with their own
+certificates, then, as a licensed operator over mutual TLS: lists the catalog, runs a
+DP query, runs a sandboxed algorithm, and submits a job the policy denies. It ends by
+exporting and verifying the transparency log, and leaves everything in ``.yumen-demo/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from yumen.errors import Code, YumenError
+
+_EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "algorithms"
+
+
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _yumen(env: dict[str, str], *args: str, expect: int = 0) -> None:
+    print("$ yumen " + " ".join(args), flush=True)
+    proc = subprocess.run([sys.executable, "-m", "yumen", *args], env=env, text=True, capture_output=True)
+    for stream in (proc.stderr, proc.stdout):
+        if stream.strip():
+            print("\n".join("  " + line for line in stream.rstrip().splitlines()), flush=True)
+    if proc.returncode != expect:
+        raise YumenError(Code.INTERNAL, f"`yumen {' '.join(args)}` exited {proc.returncode}, expected {expect}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from yumen.localspace import LocalSpace
+
+    root = Path(args.dir).resolve()
+    _step("preparing the sandbox runtime (built once, then reused)")
+    from yumen.sandbox import ensure_runtime
+
+    print(f"  runtime {ensure_runtime().digest}")
+    _step(f"setting up a local data space in {root}")
+    space = LocalSpace(root)
+    space.setup()
+    print("  CA, broker, 2 department connectors, 1 licensed operator, 1 auditor; synthetic data generated")
+    with space:
+        space.start()
+        print(f"  broker on {space.address}; connectors of weather-bureau and health-commission connected (outbound streams)")
+        env = space.cli_env("operator-1")
+        _step("the operator browses the catalog (metadata only, never rows)")
+        _yumen(env, "catalog", "list")
+        _step("a DP query: mean outpatient cost by region (L3 data, research purpose)")
+        _yumen(env, "submit", "query", "--dataset", "outpatient-visits", "--aggregate", "mean",
+               "--column", "cost_yuan", "--group-by", "region", "--epsilon", "0.5", "--purpose", "research")
+        _step("a sandboxed algorithm: seasonal temperatures, run next to the weather data")
+        _yumen(env, "submit", "algorithm", str(_EXAMPLES / "seasonal_temperature.py"), "--dataset", "weather-daily",
+               "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--epsilon", "2",
+               "--purpose", "public-interest")
+        _step("a job the policy denies: commercial use of restricted (L3) health data")
+        _yumen(env, "submit", "query", "--dataset", "outpatient-visits", "--aggregate", "count",
+               "--epsilon", "0.5", "--purpose", "commercial", expect=4)
+        _step("the auditor exports and verifies the transparency log")
+        audit_env = space.cli_env("auditor-1")
+        out = root / "audit"
+        _yumen(audit_env, "audit", "export", "--out", str(out))
+        _yumen(audit_env, "audit", "verify", "--from", str(out), "--state", str(root / "auditor-state"))
+    _step("done")
+    print(f"  state (certificates, databases, log, process logs) is in {root}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the whole data space locally and show a real job end to end")
+    p.add_argument("--dir", default=".yumen-demo", help="where to keep the demo's state (default .yumen-demo)")
+    p.set_defaults(func=_demo)
