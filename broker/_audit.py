@@ -72,7 +72,7 @@ class BrokerAudit:
     def policy_changed(self, engine: PolicyEngine, *, previous: str = "", changed_by: str = "broker") -> int:
         return self.tlog.append(PolicyChanged(
             policy_version=engine.version, previous_version=previous, changed_by=changed_by,
-            details={"model": engine.model_text, "policy": engine.policy_text},
+            details=engine.bundle.to_dict(),
         ))
 
     def job_decided(self, request: JobRequest, operator: Identity, reg: DatasetRegistration, decision: Decision) -> int:
@@ -84,7 +84,29 @@ class BrokerAudit:
             tier=request.tier.value, purpose=request.purpose.value,
             epsilon=format_epsilon(request.epsilon), reason=decision.reason,
             request_digest=request.digest(),
-            details={"department": reg.department, "level": reg.level.value, "dataset_version": reg.version},
+            details={"department": reg.department, "level": reg.level.value, "dataset_version": reg.version,
+                     "gate": decision.gate, "price": str(decision.price), "price_class": reg.price_class},
+        ))
+
+    def job_cancelled(self, job: Any, reason: str) -> int:
+        """A second decision on a queued job: denied before any ticket ran (e.g. license revoked)."""
+        req, dec = job.request, job.decision
+        return self.tlog.append(JobDecided(
+            job_id=job.job_id, allowed=False, policy_version=dec["policy_version"],
+            matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
+            operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),
+            tier=req["tier"], purpose=req["purpose"], epsilon=req["epsilon"], reason=reason,
+            request_digest=job.request_digest, details={"cancelled": True, "gate": "license"},
+        ))
+
+    def license_changed(self, record: dict[str, Any], action: str, changed_by: str, reason: str = "") -> int:
+        from yumen.audit import LicenseChanged
+        from yumen.canonical import digest_of
+
+        return self.tlog.append(LicenseChanged(
+            license_id=record["id"], operator=record["organization"], action=action,
+            license_digest=digest_of(record), changed_by=changed_by,
+            details={"license": record, "reason": reason},
         ))
 
     def job_executed(self, receipt: Receipt, payload: bytes, signature: bytes, connector: Identity) -> int:

@@ -15,9 +15,10 @@ ca = "pki/ca.crt"
 cert = "pki/broker.crt"
 key = "pki/broker.key"
 
-[policy]
-model = ""                     # empty: the packaged model
-policy = "policy.csv"          # Casbin policy lines (p and g)
+[policy]                       # seeds the first policy version; later versions are set
+model = ""                     # with `yumen admin policy set` and kept in the state
+rules = "policy.csv"           # Casbin p and g lines (empty: the packaged default)
+settings = "policy.toml"       # level defaults, rule obligations, pricing (empty: default)
 
 [log]
 origin = "yumen.example/log"   # checkpoint origin line
@@ -46,7 +47,8 @@ class BrokerConfig:
     state_dir: Path
     tls: TlsFiles
     policy_model: Path
-    policy_file: Path
+    policy_rules: Path
+    policy_settings: Path
     log_origin: str
     log_key: Path
     ticket_ttl_s: int = 600
@@ -81,7 +83,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
     for key in ("ca", "cert", "key"):
         if key not in tls:
             raise YumenError(Code.CONFIG, f"broker config {path}: [tls] {key} is required")
-    model_default, policy_default = default_policy_paths()
+    model_default, rules_default, settings_default = default_policy_paths()
     state_dir = p(b.get("state_dir", "state"))
     return BrokerConfig(
         id=str(b.get("id", "broker")),
@@ -89,7 +91,8 @@ def load_broker_config(path: Path) -> BrokerConfig:
         state_dir=state_dir,
         tls=TlsFiles(ca=p(tls["ca"]), cert=p(tls["cert"]), key=p(tls["key"])),
         policy_model=p(pol["model"]) if pol.get("model") else model_default,
-        policy_file=p(pol["policy"]) if pol.get("policy") else policy_default,
+        policy_rules=p(pol["rules"]) if pol.get("rules") else rules_default,
+        policy_settings=p(pol["settings"]) if pol.get("settings") else settings_default,
         log_origin=str(lg.get("origin", "yumen.local/log")),
         log_key=p(lg["key"]) if lg.get("key") else state_dir / "log.key",
         ticket_ttl_s=int(b.get("ticket_ttl_s", 600)),

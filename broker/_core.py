@@ -13,6 +13,7 @@ because from then on the department may have touched the data.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import queue
 import threading
@@ -29,7 +30,7 @@ from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role
 from yumen.jobs import JobRequest, JobState, Tier, format_epsilon
-from yumen.policy import Decision, DecisionRequest, PolicyEngine
+from yumen.policy import Decision, DecisionRequest, License, LicenseStatus, PolicyBundle, PolicyEngine
 from yumen.tickets import Receipt, Ticket
 
 from yumen.broker._audit import BrokerAudit
@@ -75,6 +76,7 @@ class Broker:
         self.id = broker_id
         self.store = store
         self._policy = policy
+        self._started = time.monotonic()
         self.audit = audit
         self._key = signing_key
         self._ttl_ms = ticket_ttl_s * 1000
@@ -84,16 +86,39 @@ class Broker:
         self._job_locks: dict[str, threading.Lock] = {}
         self._job_locks_guard = threading.Lock()
 
-    # -- policy ------------------------------------------------------------------
+    # -- policy and licenses (see also yumen.broker._admin) -------------------------
     @property
     def policy(self) -> PolicyEngine:
         return self._policy
 
-    def set_policy(self, engine: PolicyEngine) -> None:
-        """Swap the policy atomically: a request sees the old or the new version, never half."""
-        if engine.version != self._policy.version:
-            self.audit.policy_changed(engine)
+    def set_policy(self, bundle: PolicyBundle, *, changed_by: str) -> PolicyEngine:
+        """Validate, store, log and swap in a new policy version atomically.
+
+        A request sees the old or the new engine, never half of one: the engine is built and
+        validated completely before the single reference assignment.
+        """
+        engine = PolicyEngine(bundle)  # raises CONFIG with the reason when invalid
+        previous = self._policy.version if self._policy else ""
+        if engine.version == previous:
+            return engine
+        self.store.put_policy_version(engine.version, bundle.to_dict(), current=True)
+        self.audit.policy_changed(engine, previous=previous, changed_by=changed_by)
         self._policy = engine
+        return engine
+
+    def license(self, license_id: str) -> License | None:
+        record = self.store.get_license(license_id)
+        return License.from_dict(record) if record else None
+
+    def decide(self, identity: Identity, request: JobRequest, reg: DatasetRegistration, *, at: dt.datetime | None = None) -> Decision:
+        return self._policy.decide(
+            DecisionRequest(
+                license=identity.license, department=reg.department, dataset=reg.id, level=reg.level.value,
+                tier=request.tier.value, purpose=request.purpose.value, epsilon=request.epsilon,
+                price_class=reg.price_class, at=at or dt.datetime.now(dt.timezone.utc),
+            ),
+            self.license(identity.license),
+        )
 
     # -- catalog -----------------------------------------------------------------
     def catalog(self) -> list[tuple[DatasetRegistration, bool]]:
@@ -168,21 +193,11 @@ class Broker:
         existing = self.store.get_job(request.job_id)
         if existing and existing.operator == identity.name and existing.request_digest == request.digest():
             return existing  # idempotent retry: no second decision, no second reservation
-        policy = self._policy
         regs = [self.dataset(d)[0] for d in request.datasets]
         decisions: list[tuple[DatasetRegistration, Decision]] = []
         for reg in regs:
             self._validate_work(request, reg)
-            decision = policy.decide(DecisionRequest(
-                license=identity.license, department=reg.department, dataset=reg.id,
-                level=reg.level.value, tier=request.tier.value, purpose=request.purpose.value,
-            ))
-            if decision.allowed and decision.obligations and request.epsilon > decision.obligations.max_epsilon:
-                decision = dataclasses.replace(
-                    decision, allowed=False,
-                    reason=(f"ε {format_epsilon(request.epsilon)} is above the {format_epsilon(decision.obligations.max_epsilon)} "
-                            f"allowed per job on dataset {reg.id} by rule {decision.rule}; ask for a smaller ε"),
-                )
+            decision = self.decide(identity, request, reg)
             if not decision.allowed:
                 self.audit.job_decided(request, identity, reg, decision)
                 raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
@@ -194,18 +209,14 @@ class Broker:
             request_digest=request.digest(), request=request.to_dict(),
             algorithm_source=request.algorithm.source if request.algorithm else b"",
             state=JobState.PENDING, message="accepted; waiting for the department's connector",
-            decision=dec0.to_dict(), created_ms=created, updated_ms=created,
+            decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": reg0.level.value}, created_ms=created, updated_ms=created,
         )
-        reservations = [
-            Reservation(dataset=reg.id, license=identity.license, epsilon=request.epsilon,
-                        cap=dec.obligations.epsilon_cap)  # type: ignore[union-attr]
-            for reg, dec in decisions
-        ]
+        reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
         try:
             record, created_now = self.store.create_job(record, reservations)
         except YumenError as e:
             if e.code is Code.BUDGET_EXHAUSTED:
-                denied = dataclasses.replace(dec0, allowed=False, reason=e.message)
+                denied = dataclasses.replace(dec0, allowed=False, gate="budget", reason=e.message)
                 self.audit.job_decided(request, identity, reg0, denied)
             raise
         if created_now:
@@ -214,6 +225,55 @@ class Broker:
             self._notify()
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record
+
+    @staticmethod
+    def period_of(period_days: int, at: dt.datetime | None = None) -> str:
+        """Budget windows of ``period_days`` days counted from the Unix epoch (UTC)."""
+        at = at or dt.datetime.now(dt.timezone.utc)
+        day = int(at.timestamp() // 86400)
+        return f"{period_days}d:{day // period_days}"
+
+    def _reservation(self, license_id: str, reg: DatasetRegistration, epsilon: Fraction, dec: Decision) -> Reservation:
+        ob = dec.obligations
+        if ob is None:
+            raise YumenError(Code.INTERNAL, "an allowed decision carries obligations")
+        return Reservation(
+            dataset=reg.id, license=license_id, epsilon=epsilon, cap=ob.epsilon_cap,
+            period=self.period_of(ob.period_days), max_runs=ob.max_runs, dataset_cap=ob.dataset_epsilon_cap,
+        )
+
+    def explain(self, identity: Identity, request: JobRequest) -> dict[str, Any]:
+        """What :meth:`submit` would decide, with budget and price, touching nothing."""
+        if identity.role is not Role.OPERATOR:
+            raise YumenError(Code.PERMISSION_DENIED, "only operator certificates may ask for explanations")
+        (ds,) = request.datasets[:1] or ("",)
+        reg = self.dataset(ds)[0]
+        self._validate_work(request, reg)
+        decision = self.decide(identity, request, reg)
+        out: dict[str, Any] = {
+            "allowed": decision.allowed, "reason": decision.reason, "gate": decision.gate,
+            "matched_rule": decision.rule, "policy_version": decision.policy_version,
+            "obligations": decision.obligations.to_dict() if decision.obligations else {},
+            "epsilon_requested": format_epsilon(request.epsilon), "price": str(decision.price),
+            "epsilon_remaining": "", "epsilon_remaining_after": "", "runs_remaining": 0, "period": "",
+        }
+        if decision.obligations is not None:
+            r = self._reservation(identity.license, reg, request.epsilon, decision)
+            spent, runs = self.store.spent(r.license, reg.id, r.period), self.store.runs(r.license, reg.id, r.period)
+            left = max(r.cap - spent, Fraction(0))
+            out.update(period=r.period, epsilon_remaining=format_epsilon(left) if left else "0",
+                       runs_remaining=max(r.max_runs - runs, 0))
+            after = left - request.epsilon
+            out["epsilon_remaining_after"] = format_epsilon(after) if after > 0 else "0"
+            if decision.allowed and after < 0:
+                out.update(allowed=False, gate="budget",
+                           reason=f"budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(r.cap)} ε "
+                                  f"left on dataset {reg.id} for license {r.license} in period {r.period}; "
+                                  f"ask for ε ≤ {format_epsilon(left) if left else '0'}")
+            elif decision.allowed and r.max_runs and runs >= r.max_runs:
+                out.update(allowed=False, gate="budget",
+                           reason=f"run limit reached: {runs} of {r.max_runs} jobs on dataset {reg.id} in period {r.period}")
+        return out
 
     def _validate_work(self, request: JobRequest, reg: DatasetRegistration) -> None:
         if request.query is not None:
@@ -244,7 +304,29 @@ class Broker:
         payload, sig = ticket.sign(self._key)
         return OutgoingTicket(payload=payload, signature=sig, algorithm_source=job.algorithm_source)
 
+    def _license_still_valid(self, job: JobRecord) -> str:
+        """Why a queued job's license no longer covers it (revoked, suspended, expired), or ""."""
+        lic = self.license(job.license)
+        if lic is None:
+            return f"license {job.license} is no longer registered"
+        return lic.refusal(purpose=job.request["purpose"], level=job.decision["level"], at=dt.datetime.now(dt.timezone.utc))
+
+    def cancel_unstarted(self, job: JobRecord, reason: str) -> None:
+        """Cancel a job no connector has started: its budget is given back, and it is logged."""
+        with self._lock_for(job.job_id):
+            current = self.store.get_job(job.job_id)
+            if current is None or current.state is not JobState.PENDING:
+                return
+            self.store.release_reservation(job.job_id)
+            self.audit.job_cancelled(current, reason)
+            self._set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}")
+
     def _dispatch(self, job: JobRecord) -> None:
+        if job.state is JobState.PENDING:
+            why = self._license_still_valid(job)
+            if why:
+                self.cancel_unstarted(job, why)
+                return
         partials = self.store.partials(job.job_id)
         for ds in job.request["datasets"]:
             if ds in partials:
@@ -329,6 +411,8 @@ class Broker:
                 return
             dept = link.identity.department
             if receipt.status == "refused":
+                # The connector refuses before it reads any data, so the budget is given back.
+                self.store.release_reservation(job.job_id)
                 self._set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
                 return
             if receipt.status == "failed":
@@ -352,7 +436,9 @@ class Broker:
             "receipt_digest": r.digest(),
         }]
         body = {"job_id": job.job_id, "values": values, "mechanism": r.mechanism,
-                "epsilon_spent": format_epsilon(r.epsilon_charged), "provenance": provenance}
+                "epsilon_spent": format_epsilon(r.epsilon_charged), "provenance": provenance,
+                "bill": {"amount": job.decision.get("price", "0"), "currency": "CNY",
+                         "purpose": job.request["purpose"], "price_class": job.decision.get("price_class", "")}}
         body["result_digest"] = digest_of(body)
         return body
 

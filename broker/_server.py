@@ -14,14 +14,24 @@ from grpc_reflection.v1alpha import reflection
 
 from yumen.errors import Code, YumenError
 from yumen.identity import Role, load_private_key
-from yumen.policy import PolicyEngine
+from yumen.policy import PolicyBundle, PolicyEngine
 from yumen.rpc import MAX_MESSAGE_BYTES, caller, require_role, server_credentials
-from yumen.v1 import catalog_pb2, catalog_pb2_grpc, connector_pb2, connector_pb2_grpc, jobs_pb2, jobs_pb2_grpc
+from yumen.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    connector_pb2,
+    connector_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
 
 from yumen.broker._audit import BrokerAudit, open_log
 from yumen.broker._config import BrokerConfig
 from yumen.broker._core import Broker
-from yumen.broker._service import CatalogServicer, ConnectorServicer, JobServicer
+from yumen.broker._admin import Administration
+from yumen.broker._service import AdminServicer, CatalogServicer, ConnectorServicer, JobServicer
 from yumen.broker._store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -34,14 +44,23 @@ def build_broker(config: BrokerConfig) -> Broker:
     store = SqliteStore(config.db_path)
     tlog = open_log(config.db_path, key_path=config.log_key, origin=config.log_origin)
     audit = BrokerAudit(tlog, config.id)
-    engine = PolicyEngine.from_files(config.policy_model, config.policy_file)
+    seed = PolicyBundle.from_files(config.policy_model, config.policy_rules, config.policy_settings)
+    current = store.current_policy_version()
+    stored = store.policy_version(current) if current else None
+    if stored is not None and current != seed.version:
+        log.warning("policy files differ from the current policy version %s, which stays in force; "
+                    "change policy with `yumen admin policy set`", current)
+    bundle = PolicyBundle(**stored) if stored is not None else seed
+    engine = PolicyEngine(bundle)
     broker = Broker(
         broker_id=config.id, store=store, policy=engine, audit=audit,
         signing_key=load_private_key(config.tls.key), ticket_ttl_s=config.ticket_ttl_s,
     )
     broker.recover()
-    if audit.latest_policy_version() != engine.version:
-        audit.policy_changed(engine, previous=audit.latest_policy_version(), changed_by=config.id)
+    if stored is None or audit.latest_policy_version() != engine.version:
+        store.put_policy_version(engine.version, bundle.to_dict(), current=True)
+        if audit.latest_policy_version() != engine.version:
+            audit.policy_changed(engine, previous=audit.latest_policy_version(), changed_by=config.id)
     return broker
 
 
@@ -62,6 +81,7 @@ class BrokerServer:
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.broker), self.server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.broker), self.server)
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server(ConnectorServicer(self.broker), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Administration(self.broker)), self.server)
         self._add_audit_service()
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -69,6 +89,7 @@ class BrokerServer:
             catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
             jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
             connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

@@ -19,9 +19,20 @@ from yumen.errors import Code, YumenError
 from yumen.identity import Role
 from yumen.jobs import format_epsilon
 from yumen.rpc import caller, require_role, rpc_method, rpc_stream
-from yumen.v1 import catalog_pb2, catalog_pb2_grpc, connector_pb2, connector_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto
+from yumen.policy import PolicyBundle
+from yumen.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    connector_pb2,
+    connector_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
+from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto, license_from_proto, license_to_proto
 
+from yumen.broker._admin import Administration
 from yumen.broker._core import Broker
 from yumen.broker._store import JobRecord
 
@@ -74,6 +85,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         require_role(who, Role.OPERATOR)
         job = self.broker.submit(who, job_from_proto(request.job))
         return _status(job)
+
+    @rpc_method
+    def ExplainJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Explanation:
+        out = self.broker.explain(caller(context), job_from_proto(request.job))
+        out["obligations"] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in out["obligations"].items()}
+        return jobs_pb2.Explanation(**out)
 
     @rpc_method
     def GetJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
@@ -156,3 +173,35 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
                 algorithm_source=item.algorithm_source,
             ))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """The data authority's RPCs: licenses and policy versions (administrator certificates)."""
+
+    def __init__(self, admin: Administration) -> None:
+        self.admin = admin
+
+    @rpc_method
+    def IssueLicense(self, request: admin_pb2.License, context: grpc.ServicerContext) -> admin_pb2.License:
+        return license_to_proto(self.admin.issue_license(caller(context), license_from_proto(request)))
+
+    @rpc_method
+    def ChangeLicense(self, request: admin_pb2.LicenseChange, context: grpc.ServicerContext) -> admin_pb2.License:
+        lic = self.admin.change_license(caller(context), request.id, request.action,
+                                       valid_until=request.valid_until, reason=request.reason)
+        return license_to_proto(lic)
+
+    @rpc_method
+    def ListLicenses(self, request: admin_pb2.ListLicensesRequest, context: grpc.ServicerContext) -> admin_pb2.ListLicensesResponse:
+        return admin_pb2.ListLicensesResponse(licenses=[license_to_proto(x) for x in self.admin.licenses(caller(context))])
+
+    @rpc_method
+    def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> admin_pb2.Policy:
+        version, bundle = self.admin.policy(caller(context), request.version)
+        return admin_pb2.Policy(version=version, **bundle)
+
+    @rpc_method
+    def SetPolicy(self, request: admin_pb2.Policy, context: grpc.ServicerContext) -> admin_pb2.Policy:
+        bundle = PolicyBundle(model=request.model, rules=request.rules, settings=request.settings)
+        version = self.admin.set_policy(caller(context), bundle)
+        return admin_pb2.Policy(version=version, **bundle.to_dict())

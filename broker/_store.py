@@ -40,10 +40,20 @@ def _frac_text(f: Fraction) -> str:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Reservation:
+    """ε to reserve for one dataset of a job, with the limits it must stay within.
+
+    ``period`` names the budget window (e.g. ``30d:683``); ``cap`` bounds this license on
+    this dataset in the window, ``dataset_cap`` all licenses together (0: no total cap),
+    and ``max_runs`` the number of jobs of this license on this dataset in the window.
+    """
+
     dataset: str
     license: str
     epsilon: Fraction
     cap: Fraction
+    period: str = "total"
+    max_runs: int = 0
+    dataset_cap: Fraction = Fraction(0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,7 +92,14 @@ class Store(Protocol):
     def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
     def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any]) -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
-    def spent(self, license: str, dataset: str) -> Fraction: ...
+    def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
+    def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]: ...
+    def put_license(self, record: dict[str, Any]) -> None: ...
+    def get_license(self, license_id: str) -> dict[str, Any] | None: ...
+    def list_licenses(self) -> list[dict[str, Any]]: ...
+    def put_policy_version(self, version: str, bundle: dict[str, str], *, current: bool) -> None: ...
+    def policy_version(self, version: str) -> dict[str, str] | None: ...
+    def current_policy_version(self) -> str: ...
 
 
 _SCHEMA = """
@@ -116,18 +133,36 @@ CREATE TABLE IF NOT EXISTS job_events (
     PRIMARY KEY (job_id, seq)
 );
 CREATE TABLE IF NOT EXISTS budget (
-    license TEXT NOT NULL,
+    license TEXT NOT NULL,      -- '*' for the dataset's total over all licenses
     dataset TEXT NOT NULL,
+    period TEXT NOT NULL,
     spent TEXT NOT NULL,
-    PRIMARY KEY (license, dataset)
+    runs INTEGER NOT NULL,
+    PRIMARY KEY (license, dataset, period)
 );
 CREATE TABLE IF NOT EXISTS reservations (
     job_id TEXT NOT NULL,
     dataset TEXT NOT NULL,
     license TEXT NOT NULL,
+    period TEXT NOT NULL,
     epsilon TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0,  -- 1: given back because no data was touched
     PRIMARY KEY (job_id, dataset)
+);
+CREATE TABLE IF NOT EXISTS licenses (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policy_versions (
+    version TEXT PRIMARY KEY,
+    bundle TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS partials (
     job_id TEXT NOT NULL,
@@ -223,27 +258,7 @@ class SqliteStore:
                     hint="choose a new job id, or omit it to have one generated",
                 )
             for r in reservations:
-                spent_row = db.execute(
-                    "SELECT spent FROM budget WHERE license=? AND dataset=?", (r.license, r.dataset)
-                ).fetchone()
-                spent = _frac(spent_row[0]) if spent_row else Fraction(0)
-                if spent + r.epsilon > r.cap:
-                    left = max(r.cap - spent, Fraction(0))
-                    raise YumenError(
-                        Code.BUDGET_EXHAUSTED,
-                        f"budget exhausted: {format_epsilon(left)} of {format_epsilon(r.cap)} ε left on dataset "
-                        f"{r.dataset} for license {r.license}; this job asks for {format_epsilon(r.epsilon)}",
-                        hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "the budget for this dataset is spent",
-                    )
-                db.execute(
-                    "INSERT INTO budget(license, dataset, spent) VALUES (?,?,?) "
-                    "ON CONFLICT(license, dataset) DO UPDATE SET spent=excluded.spent",
-                    (r.license, r.dataset, _frac_text(spent + r.epsilon)),
-                )
-                db.execute(
-                    "INSERT INTO reservations(job_id, dataset, license, epsilon, at_ms) VALUES (?,?,?,?,?)",
-                    (job.job_id, r.dataset, r.license, _frac_text(r.epsilon), job.created_ms),
-                )
+                self._reserve(db, job.job_id, r, job.created_ms)
             db.execute(
                 f"INSERT INTO jobs({self._JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -257,6 +272,113 @@ class SqliteStore:
                 (job.job_id, 1, job.state.value, job.message, job.created_ms),
             )
         return job, True
+
+    @staticmethod
+    def _budget_row(db: sqlite3.Connection, license: str, dataset: str, period: str) -> tuple[Fraction, int]:
+        row = db.execute(
+            "SELECT spent, runs FROM budget WHERE license=? AND dataset=? AND period=?", (license, dataset, period)
+        ).fetchone()
+        return (_frac(row[0]), int(row[1])) if row else (Fraction(0), 0)
+
+    @staticmethod
+    def _budget_add(db: sqlite3.Connection, license: str, dataset: str, period: str, eps: Fraction, runs: int) -> None:
+        row = db.execute(
+            "SELECT spent, runs FROM budget WHERE license=? AND dataset=? AND period=?", (license, dataset, period)
+        ).fetchone()
+        spent, n = (_frac(row[0]), int(row[1])) if row else (Fraction(0), 0)
+        db.execute(
+            "INSERT INTO budget(license, dataset, period, spent, runs) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(license, dataset, period) DO UPDATE SET spent=excluded.spent, runs=excluded.runs",
+            (license, dataset, period, _frac_text(spent + eps), n + runs),
+        )
+
+    def _reserve(self, db: sqlite3.Connection, job_id: str, r: Reservation, at_ms: int) -> None:
+        spent, runs = self._budget_row(db, r.license, r.dataset, r.period)
+        if spent + r.epsilon > r.cap:
+            left = max(r.cap - spent, Fraction(0))
+            raise YumenError(
+                Code.BUDGET_EXHAUSTED,
+                f"budget exhausted: {format_epsilon(left)} of {format_epsilon(r.cap)} ε left on dataset "
+                f"{r.dataset} for license {r.license} in period {r.period}; this job asks for {format_epsilon(r.epsilon)}",
+                hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
+            )
+        if r.max_runs and runs + 1 > r.max_runs:
+            raise YumenError(
+                Code.BUDGET_EXHAUSTED,
+                f"run limit reached: license {r.license} has run {runs} of {r.max_runs} jobs allowed on dataset "
+                f"{r.dataset} in period {r.period}",
+                hint="wait for the next budget period",
+            )
+        if r.dataset_cap:
+            total, _ = self._budget_row(db, "*", r.dataset, r.period)
+            if total + r.epsilon > r.dataset_cap:
+                left = max(r.dataset_cap - total, Fraction(0))
+                raise YumenError(
+                    Code.BUDGET_EXHAUSTED,
+                    f"dataset budget exhausted: {format_epsilon(left)} of {format_epsilon(r.dataset_cap)} ε left on "
+                    f"dataset {r.dataset} for all licenses together in period {r.period}",
+                    hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
+                )
+            self._budget_add(db, "*", r.dataset, r.period, r.epsilon, 1)
+        self._budget_add(db, r.license, r.dataset, r.period, r.epsilon, 1)
+        db.execute(
+            "INSERT INTO reservations(job_id, dataset, license, period, epsilon, at_ms) VALUES (?,?,?,?,?,?)",
+            (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms),
+        )
+
+    def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]:
+        """Give back a job's budget. Only for jobs whose data was never touched (no ticket
+        executed: revoked before dispatch, or refused by the department before reading)."""
+        out = []
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT dataset, license, period, epsilon FROM reservations WHERE job_id=? AND released=0", (job_id,)
+            ).fetchall()
+            for dataset, lic, period, eps_text in rows:
+                eps = _frac(eps_text)
+                self._budget_add(db, lic, dataset, period, -eps, -1)
+                total = db.execute("SELECT 1 FROM budget WHERE license='*' AND dataset=? AND period=?", (dataset, period)).fetchone()
+                if total:
+                    self._budget_add(db, "*", dataset, period, -eps, -1)
+                db.execute("UPDATE reservations SET released=1 WHERE job_id=? AND dataset=?", (job_id, dataset))
+                out.append((dataset, eps))
+        return out
+
+    # -- licenses and policy versions ---------------------------------------------
+    def put_license(self, record: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO licenses(id, record, updated_ms) VALUES (?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET record=excluded.record, updated_ms=excluded.updated_ms",
+                (record["id"], json.dumps(record, sort_keys=True), now_ms()),
+            )
+
+    def get_license(self, license_id: str) -> dict[str, Any] | None:
+        row = self._db().execute("SELECT record FROM licenses WHERE id=?", (license_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def list_licenses(self) -> list[dict[str, Any]]:
+        return [json.loads(r) for (r,) in self._db().execute("SELECT record FROM licenses ORDER BY id")]
+
+    def put_policy_version(self, version: str, bundle: dict[str, str], *, current: bool) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO policy_versions(version, bundle, created_ms) VALUES (?,?,?)",
+                (version, json.dumps(bundle, sort_keys=True), now_ms()),
+            )
+            if current:
+                db.execute(
+                    "INSERT INTO settings(key, value) VALUES ('policy_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (version,),
+                )
+
+    def policy_version(self, version: str) -> dict[str, str] | None:
+        row = self._db().execute("SELECT bundle FROM policy_versions WHERE version=?", (version,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def current_policy_version(self) -> str:
+        row = self._db().execute("SELECT value FROM settings WHERE key='policy_version'").fetchone()
+        return row[0] if row else ""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         row = self._db().execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
@@ -311,12 +433,15 @@ class SqliteStore:
         rows = self._db().execute("SELECT dataset, receipt FROM partials WHERE job_id=?", (job_id,)).fetchall()
         return {d: json.loads(r) for d, r in rows}
 
-    def spent(self, license: str, dataset: str) -> Fraction:
-        row = self._db().execute("SELECT spent FROM budget WHERE license=? AND dataset=?", (license, dataset)).fetchone()
-        return _frac(row[0]) if row else Fraction(0)
+    def spent(self, license: str, dataset: str, period: str = "total") -> Fraction:
+        """ε spent by ``license`` (or ``"*"``: all licenses) on ``dataset`` in ``period``."""
+        return self._budget_row(self._db(), license, dataset, period)[0]
 
-    def iter_reservations(self) -> Iterator[tuple[str, str, str, Fraction]]:
-        for job_id, dataset, lic, eps in self._db().execute(
-            "SELECT job_id, dataset, license, epsilon FROM reservations ORDER BY at_ms, job_id"
+    def runs(self, license: str, dataset: str, period: str = "total") -> int:
+        return self._budget_row(self._db(), license, dataset, period)[1]
+
+    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool]]:
+        for job_id, dataset, lic, period, eps, released in self._db().execute(
+            "SELECT job_id, dataset, license, period, epsilon, released FROM reservations ORDER BY at_ms, job_id"
         ):
-            yield job_id, dataset, lic, _frac(eps)
+            yield job_id, dataset, lic, period, _frac(eps), bool(released)

@@ -1,9 +1,28 @@
-"""Usage control: Casbin decides, this package explains and attaches obligations.
+"""Usage control: licenses, classification levels, Casbin rules, obligations, prices.
 
 The broker is the policy decision point; each connector also enforces its department's
-own policy before it touches data.
+own policy before it touches data. See docs/policy.md.
 """
 
-from yumen.policy._engine import Decision, DecisionRequest, Obligations, PolicyEngine, default_policy_paths
+from yumen.policy._engine import (
+    Decision,
+    DecisionRequest,
+    Obligations,
+    PolicyBundle,
+    PolicyEngine,
+    default_policy_paths,
+)
+from yumen.policy._licenses import License, LicenseStatus, format_time, parse_time
 
-__all__ = ["Decision", "DecisionRequest", "Obligations", "PolicyEngine", "default_policy_paths"]
+__all__ = [
+    "Decision",
+    "DecisionRequest",
+    "License",
+    "LicenseStatus",
+    "Obligations",
+    "PolicyBundle",
+    "PolicyEngine",
+    "default_policy_paths",
+    "format_time",
+    "parse_time",
+]

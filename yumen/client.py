@@ -12,11 +12,12 @@ import grpc
 
 from yumen.catalog import DatasetRegistration
 from yumen.jobs import JobRequest
+from yumen.policy import License, PolicyBundle
 from yumen.rpc import TlsFiles, call, secure_channel
 from yumen.v1 import catalog_pb2, catalog_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from yumen.wire import dataset_from_proto, job_to_proto
 
-__all__ = ["YumenClient", "JobInfo", "JobUpdate", "JobResult"]
+__all__ = ["AdminClient", "YumenClient", "JobInfo", "JobUpdate", "JobResult"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -98,6 +99,17 @@ class YumenClient:
     def submit(self, request: JobRequest) -> JobInfo:
         return _info(call(self._jobs.SubmitJob, jobs_pb2.SubmitJobRequest(job=job_to_proto(request)), timeout=60))
 
+    def explain(self, request: JobRequest) -> dict[str, Any]:
+        """What policy would decide for ``request``, its budget and price; nothing is spent."""
+        e = call(self._jobs.ExplainJob, jobs_pb2.SubmitJobRequest(job=job_to_proto(request)), timeout=30)
+        return {
+            "allowed": e.allowed, "reason": e.reason, "gate": e.gate, "matched_rule": e.matched_rule,
+            "policy_version": e.policy_version, "obligations": dict(e.obligations),
+            "epsilon_requested": e.epsilon_requested, "epsilon_remaining": e.epsilon_remaining,
+            "epsilon_remaining_after": e.epsilon_remaining_after, "runs_remaining": e.runs_remaining,
+            "price": e.price, "period": e.period,
+        }
+
     def job(self, job_id: str) -> JobInfo:
         return _info(call(self._jobs.GetJob, jobs_pb2.JobRef(job_id=job_id), timeout=30))
 
@@ -121,3 +133,53 @@ class YumenClient:
                               "receipt_digest": p.receipt_digest} for p in r.provenance),
             log_index=r.log_index,
         )
+
+
+class AdminClient:
+    """The data authority's client: licenses and policy versions."""
+
+    def __init__(self, target: str, tls: TlsFiles) -> None:
+        from yumen.v1 import admin_pb2_grpc
+
+        self.channel = secure_channel(target, tls)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "AdminClient":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def issue_license(self, lic: License) -> License:
+        from yumen.wire import license_from_proto, license_to_proto
+
+        return license_from_proto(call(self._admin.IssueLicense, license_to_proto(lic), timeout=30))
+
+    def change_license(self, license_id: str, action: str, *, valid_until: str = "", reason: str = "") -> License:
+        from yumen.v1 import admin_pb2
+        from yumen.wire import license_from_proto
+
+        msg = admin_pb2.LicenseChange(id=license_id, action=action, valid_until=valid_until, reason=reason)
+        return license_from_proto(call(self._admin.ChangeLicense, msg, timeout=30))
+
+    def licenses(self) -> list[License]:
+        from yumen.v1 import admin_pb2
+        from yumen.wire import license_from_proto
+
+        resp = call(self._admin.ListLicenses, admin_pb2.ListLicensesRequest(), timeout=30)
+        return [license_from_proto(x) for x in resp.licenses]
+
+    def policy(self, version: str = "") -> tuple[str, PolicyBundle]:
+        from yumen.v1 import admin_pb2
+
+        p = call(self._admin.GetPolicy, admin_pb2.GetPolicyRequest(version=version), timeout=30)
+        return p.version, PolicyBundle(model=p.model, rules=p.rules, settings=p.settings)
+
+    def set_policy(self, bundle: PolicyBundle) -> str:
+        from yumen.v1 import admin_pb2
+
+        p = call(self._admin.SetPolicy, admin_pb2.Policy(**bundle.to_dict()), timeout=30)
+        return p.version

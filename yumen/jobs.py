@@ -57,12 +57,12 @@ class JobState(enum.Enum):
     RUNNING = "running"        # ticket delivered
     SUCCEEDED = "succeeded"    # result released
     FAILED = "failed"          # ran and failed; budget stays spent once data was touched
-    REFUSED = "refused"        # refused by the department's connector
-    DENIED = "denied"          # refused by policy or budget at the broker (never stored as a job)
+    REFUSED = "refused"        # refused by the department's connector before touching data
+    CANCELLED = "cancelled"    # stopped before any ticket ran (e.g. its license was revoked)
 
     @property
     def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REFUSED, JobState.DENIED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REFUSED, JobState.CANCELLED)
 
 
 def parse_epsilon(text: str | int | Fraction) -> Fraction:

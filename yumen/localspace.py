@@ -98,14 +98,14 @@ class LocalSpace:
         issue(self.pki, role=Role.OPERATOR, name="operator-1", license=OPERATOR_LICENSE)
         issue(self.pki, role=Role.AUDITOR, name="auditor-1")
         issue(self.pki, role=Role.ADMIN, name="admin-1")
-        _, policy_default = default_policy_paths()
-        policy = policy_default.read_text() + f"\n# licensed operators\ng, {OPERATOR_LICENSE}, licensed\n" + self.extra_policy
-        (self.root / "policy.csv").write_text(policy)
+        _, rules_default, settings_default = default_policy_paths()
+        (self.root / "policy.csv").write_text(rules_default.read_text() + self.extra_policy)
+        (self.root / "policy.toml").write_text(settings_default.read_text())
         (self.root / "broker.toml").write_text(
             "[broker]\n"
             f'id = "broker"\nlisten = "{self.address}"\nstate_dir = "broker-state"\n\n'
             '[tls]\nca = "pki/ca.crt"\ncert = "pki/broker.crt"\nkey = "pki/broker.key"\n\n'
-            '[policy]\npolicy = "policy.csv"\n\n'
+            '[policy]\nrules = "policy.csv"\nsettings = "policy.toml"\n\n'
             '[log]\norigin = "yumen.local/log"\nkey = "broker-state/log.key"\n'
         )
         for dep in self.departments:
@@ -147,8 +147,27 @@ class LocalSpace:
     def start_connector(self, department: str) -> None:
         self._spawn(department, "connector", "serve", "--config", f"{department}.toml")
 
+    def issue_license(self) -> None:
+        """As the data authority, license the local operator for L1–L3 data for a year."""
+        import datetime as dt
+
+        from yumen.catalog import Level
+        from yumen.client import AdminClient
+        from yumen.jobs import Purpose
+        from yumen.policy import License
+
+        now = dt.datetime.now(dt.timezone.utc)
+        with AdminClient(self.address, self.tls("admin-1")) as admin:
+            if OPERATOR_LICENSE not in {x.id for x in admin.licenses()}:
+                admin.issue_license(License(
+                    id=OPERATOR_LICENSE, organization="Hexi Corridor Analytics Co.",
+                    purposes=frozenset(Purpose), levels=frozenset({Level.L1, Level.L2, Level.L3}),
+                    valid_from=now - dt.timedelta(minutes=5), valid_until=now + dt.timedelta(days=365),
+                ))
+
     def start(self, *, timeout: float = 60) -> None:
         self.start_broker()
+        self.issue_license()
         for dep in self.departments:
             self.start_connector(dep.id)
         self.wait_online([ds for dep in self.departments for ds, _ in dep.datasets], timeout=timeout)

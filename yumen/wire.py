@@ -13,13 +13,16 @@ from typing import Any
 from yumen.catalog import Column, ColumnType, DatasetRegistration, Level, PrivacyUnit
 from yumen.errors import Code, YumenError
 from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, Tier, parse_epsilon
-from yumen.v1 import catalog_pb2, jobs_pb2
+from yumen.v1 import admin_pb2, catalog_pb2, jobs_pb2
+from yumen.policy import License
 
 __all__ = [
     "dataset_to_proto",
     "dataset_from_proto",
     "job_to_proto",
     "job_from_proto",
+    "license_from_proto",
+    "license_to_proto",
 ]
 
 
@@ -125,3 +128,22 @@ def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
         job_id=msg.job_id, datasets=tuple(msg.datasets), tier=tier, purpose=purpose,
         epsilon=parse_epsilon(msg.epsilon), query=query, algorithm=algorithm,
     )
+
+
+def license_to_proto(lic: License) -> admin_pb2.License:
+    d = lic.to_dict()
+    return admin_pb2.License(
+        id=d["id"], organization=d["organization"], group=d["group"], purposes=d["purposes"],
+        levels=d["levels"], valid_from=d["valid_from"], valid_until=d["valid_until"], status=d["status"],
+    )
+
+
+def license_from_proto(msg: admin_pb2.License) -> License:
+    if not msg.valid_from or not msg.valid_until:
+        raise YumenError(Code.INVALID_ARGUMENT, "a license needs valid_from and valid_until", hint="pass --from and --until")
+    return License.from_dict({
+        "id": msg.id, "organization": msg.organization, "group": msg.group or "licensed",
+        "purposes": list(msg.purposes) or ["public-interest", "research", "commercial"],
+        "levels": list(msg.levels) or ["L1", "L2"],
+        "valid_from": msg.valid_from, "valid_until": msg.valid_until, "status": msg.status or "active",
+    })

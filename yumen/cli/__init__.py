@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "yumen.broker._cli",
     "yumen.connectors._cli",
     "yumen.cli._operator",
+    "yumen.cli._admin",
     # INTEGRATE: "yumen.sandbox._cli", "yumen.audit._cli", "yumen.cli._demo",
 )
 

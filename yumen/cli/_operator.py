@@ -27,9 +27,8 @@ def _conn_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key", default=os.environ.get("YUMEN_KEY"), help="your private key (env YUMEN_KEY)")
 
 
-def client(args: argparse.Namespace) -> Any:
-    from yumen.client import YumenClient
-
+def connection(args: argparse.Namespace) -> tuple[str, TlsFiles]:
+    """The broker address and TLS files from the flags or the environment."""
     missing = [n for n in ("ca", "cert", "key") if not getattr(args, n)]
     if missing:
         raise YumenError(
@@ -37,7 +36,13 @@ def client(args: argparse.Namespace) -> Any:
             f"no {', '.join('--' + m for m in missing)} given",
             hint="pass them or set YUMEN_CA, YUMEN_CERT and YUMEN_KEY",
         )
-    return YumenClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key)))
+    return args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))
+
+
+def client(args: argparse.Namespace) -> Any:
+    from yumen.client import YumenClient
+
+    return YumenClient(*connection(args))
 
 
 def _print_json(obj: Any) -> None:
@@ -183,6 +188,37 @@ def _submit_algorithm(args: argparse.Namespace) -> int:
     return _run(args, request)
 
 
+# -- explain ------------------------------------------------------------------------
+def _explain(args: argparse.Namespace) -> int:
+    tier = Tier(args.tier)
+    query = algorithm = None
+    if tier is Tier.QUERY:
+        query = Query(aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or "")
+    else:
+        if not args.algorithm:
+            raise YumenError(Code.INVALID_ARGUMENT, f"a {tier.value} explanation needs --algorithm FILE")
+        algorithm = Algorithm(source=Path(args.algorithm).read_bytes(),
+                              outputs=tuple(_parse_output(o) for o in args.output or ()))
+    request = JobRequest(job_id="explain", datasets=tuple(args.dataset), tier=tier, purpose=Purpose(args.purpose),
+                         epsilon=parse_epsilon(args.epsilon), query=query, algorithm=algorithm)
+    with client(args) as c:
+        e = c.explain(request)
+    if args.json:
+        _print_json(e)
+        return 0
+    if e["allowed"]:
+        print(f"allowed under rule {e['matched_rule']} (policy {e['policy_version'][:19]}…)")
+    else:
+        print(f"denied ({e['gate']}): {e['reason']}")
+    if e["obligations"]:
+        print("  obligations: " + ", ".join(f"{k}={v}" for k, v in sorted(e["obligations"].items()) if v))
+    if e["period"]:
+        print(f"  ε {e['epsilon_requested']} requested; {e['epsilon_remaining']} left in period {e['period']}, "
+              f"{e['epsilon_remaining_after']} after this job; {e['runs_remaining']} runs left")
+    print(f"  price: {e['price']} yuan")
+    return 0
+
+
 # -- job ------------------------------------------------------------------------------
 def _job_status(args: argparse.Namespace) -> int:
     with client(args) as c:
@@ -258,6 +294,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--memory", type=int, default=512, help="memory limit in MB")
     common(a)
     a.set_defaults(func=_submit_algorithm)
+
+    pe = sub.add_parser("policy", help="ask what policy would decide, without spending budget")
+    pesub = pe.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    ex = pesub.add_parser("explain", help="would this job be allowed, under which rule, at what ε and price?")
+    ex.add_argument("--dataset", action="append", required=True)
+    ex.add_argument("--tier", default=Tier.QUERY.value, choices=[t.value for t in Tier])
+    ex.add_argument("--purpose", required=True, choices=[x.value for x in Purpose])
+    ex.add_argument("--epsilon", required=True)
+    ex.add_argument("--aggregate", default=Aggregate.COUNT.value, choices=[a.value for a in Aggregate])
+    ex.add_argument("--column")
+    ex.add_argument("--group-by")
+    ex.add_argument("--algorithm", help="the algorithm file (algorithm tiers)")
+    ex.add_argument("--output", action="append", help="NAME=LOWER:UPPER (algorithm tiers)")
+    ex.add_argument("--json", action="store_true")
+    _conn_args(ex)
+    ex.set_defaults(func=_explain)
 
     j = sub.add_parser("job", help="follow a submitted job")
     jsub = j.add_subparsers(dest="job_command", metavar="ACTION", required=True)

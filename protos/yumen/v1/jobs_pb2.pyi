@@ -153,3 +153,38 @@ class Result(_message.Message):
     provenance: _containers.RepeatedCompositeFieldContainer[Provenance]
     log_index: int
     def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period")
+    class ObligationsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_RULE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OBLIGATIONS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RUNS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    reason: str
+    gate: str
+    matched_rule: str
+    policy_version: str
+    obligations: _containers.ScalarMap[str, str]
+    epsilon_requested: str
+    epsilon_remaining: str
+    epsilon_remaining_after: str
+    runs_remaining: int
+    price: str
+    period: str
+    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., obligations: _Optional[_Mapping[str, str]] = ..., epsilon_requested: _Optional[str] = ..., epsilon_remaining: _Optional[str] = ..., epsilon_remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ..., price: _Optional[str] = ..., period: _Optional[str] = ...) -> None: ...

@@ -34,6 +34,11 @@ class JobServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.ExplainJob = channel.unary_unary(
+                '/yumen.v1.JobService/ExplainJob',
+                request_serializer=yumen_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_jobs__pb2.Explanation.FromString,
+                _registered_method=True)
         self.SubmitJob = channel.unary_unary(
                 '/yumen.v1.JobService/SubmitJob',
                 request_serializer=yumen_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
@@ -58,6 +63,12 @@ class JobServiceStub(object):
 
 class JobServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
+
+    def ExplainJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def SubmitJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -86,6 +97,11 @@ class JobServiceServicer(object):
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ExplainJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainJob,
+                    request_deserializer=yumen_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
+                    response_serializer=yumen_dot_v1_dot_jobs__pb2.Explanation.SerializeToString,
+            ),
             'SubmitJob': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitJob,
                     request_deserializer=yumen_dot_v1_dot_jobs__pb2.SubmitJobRequest.FromString,
@@ -116,6 +132,33 @@ def add_JobServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class JobService(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ExplainJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.JobService/ExplainJob',
+            yumen_dot_v1_dot_jobs__pb2.SubmitJobRequest.SerializeToString,
+            yumen_dot_v1_dot_jobs__pb2.Explanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def SubmitJob(request,

@@ -1,0 +1,107 @@
+"""The data authority's operations: licenses and policy versions.
+
+Every change is validated completely, stored, logged, and only then takes effect. A
+license that is suspended, revoked or expired stops new jobs at once (the decision reads
+the registry on every request) and cancels its queued jobs that no connector has started;
+their budget is given back because no data was touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+from yumen.errors import Code, YumenError
+from yumen.identity import Identity, Role
+from yumen.jobs import JobState
+from yumen.policy import License, LicenseStatus, PolicyBundle, parse_time
+
+from yumen.broker._core import Broker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Administration", "LICENSE_ACTIONS"]
+
+LICENSE_ACTIONS = ("suspend", "resume", "renew", "revoke")
+_LOGGED_ACTION = {"issue": "issued", "suspend": "suspended", "resume": "updated", "renew": "updated", "revoke": "revoked"}
+
+
+class Administration:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @staticmethod
+    def _admin(identity: Identity) -> None:
+        if identity.role is not Role.ADMIN:
+            raise YumenError(Code.PERMISSION_DENIED, "only administrator certificates may change licenses or policy")
+
+    def issue_license(self, identity: Identity, lic: License) -> License:
+        self._admin(identity)
+        if self.broker.store.get_license(lic.id) is not None:
+            raise YumenError(Code.ALREADY_EXISTS, f"license {lic.id} already exists",
+                             hint="use `yumen admin license renew|suspend|resume|revoke`")
+        lic = dataclasses.replace(lic, status=LicenseStatus.ACTIVE)
+        self._store(lic, "issue", identity, "")
+        return lic
+
+    def change_license(self, identity: Identity, license_id: str, action: str, *, valid_until: str = "", reason: str = "") -> License:
+        self._admin(identity)
+        lic = self.broker.license(license_id)
+        if lic is None:
+            raise YumenError(Code.NOT_FOUND, f"no license {license_id}", hint="list them with `yumen admin license list`")
+        if action not in LICENSE_ACTIONS:
+            raise YumenError(Code.INVALID_ARGUMENT, f"unknown action {action!r}", hint=f"use one of {', '.join(LICENSE_ACTIONS)}")
+        if lic.status is LicenseStatus.REVOKED:
+            raise YumenError(Code.INVALID_ARGUMENT, f"license {license_id} is revoked; revocation is final",
+                             hint="issue a new license")
+        if action == "suspend":
+            lic = dataclasses.replace(lic, status=LicenseStatus.SUSPENDED)
+        elif action == "resume":
+            lic = dataclasses.replace(lic, status=LicenseStatus.ACTIVE)
+        elif action == "revoke":
+            lic = dataclasses.replace(lic, status=LicenseStatus.REVOKED)
+        else:
+            if not valid_until:
+                raise YumenError(Code.INVALID_ARGUMENT, "renew needs the new end of validity", hint="pass --until 2027-12-31")
+            lic = dataclasses.replace(lic, valid_until=parse_time(valid_until))
+        self._store(lic, action, identity, reason)
+        if lic.status is not LicenseStatus.ACTIVE or lic.valid_until <= dt.datetime.now(dt.timezone.utc):
+            what = f"license {lic.id} was {_LOGGED_ACTION[action]}" if action != "renew" else f"license {lic.id} has expired"
+            self._cancel_queued(lic, f"{what}: {reason}" if reason else what)
+        return lic
+
+    def _store(self, lic: License, action: str, identity: Identity, reason: str) -> None:
+        record = lic.to_dict()
+        self.broker.store.put_license(record)
+        self.broker.audit.license_changed(record, _LOGGED_ACTION[action], identity.name, reason)
+        log.info("license %s: %s by %s", lic.id, action, identity.name)
+
+    def _cancel_queued(self, lic: License, reason: str) -> None:
+        for job in self.broker.store.jobs_in_state(JobState.PENDING):
+            if job.license == lic.id:
+                self.broker.cancel_unstarted(job, reason)
+
+    def licenses(self, identity: Identity) -> list[License]:
+        if identity.role not in (Role.ADMIN, Role.AUDITOR):
+            raise YumenError(Code.PERMISSION_DENIED, "licenses are visible to administrators and auditors")
+        return [License.from_dict(r) for r in self.broker.store.list_licenses()]
+
+    def policy(self, identity: Identity, version: str = "") -> tuple[str, dict[str, str]]:
+        if identity.role not in (Role.ADMIN, Role.AUDITOR, Role.OPERATOR):
+            raise YumenError(Code.PERMISSION_DENIED, "policy text is visible to administrators, auditors and operators")
+        if not version:
+            return self.broker.policy.version, self.broker.policy.bundle.to_dict()
+        bundle = self.broker.store.policy_version(version)
+        if bundle is None:
+            raise YumenError(Code.NOT_FOUND, f"no policy version {version}")
+        return version, bundle
+
+    def set_policy(self, identity: Identity, bundle: PolicyBundle) -> str:
+        self._admin(identity)
+        return self.broker.set_policy(bundle, changed_by=identity.name).version
+
+
+def license_from_fields(fields: dict[str, Any]) -> License:
+    return License.from_dict(fields)

@@ -1,0 +1,67 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class License(_message.Message):
+    __slots__ = ("id", "organization", "group", "purposes", "levels", "valid_from", "valid_until", "status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORGANIZATION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    PURPOSES_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    organization: str
+    group: str
+    purposes: _containers.RepeatedScalarFieldContainer[str]
+    levels: _containers.RepeatedScalarFieldContainer[str]
+    valid_from: str
+    valid_until: str
+    status: str
+    def __init__(self, id: _Optional[str] = ..., organization: _Optional[str] = ..., group: _Optional[str] = ..., purposes: _Optional[_Iterable[str]] = ..., levels: _Optional[_Iterable[str]] = ..., valid_from: _Optional[str] = ..., valid_until: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
+
+class LicenseChange(_message.Message):
+    __slots__ = ("id", "action", "valid_until", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    action: str
+    valid_until: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., action: _Optional[str] = ..., valid_until: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ListLicensesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListLicensesResponse(_message.Message):
+    __slots__ = ("licenses",)
+    LICENSES_FIELD_NUMBER: _ClassVar[int]
+    licenses: _containers.RepeatedCompositeFieldContainer[License]
+    def __init__(self, licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ...) -> None: ...
+
+class Policy(_message.Message):
+    __slots__ = ("version", "model", "rules", "settings")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    model: str
+    rules: str
+    settings: str
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., rules: _Optional[str] = ..., settings: _Optional[str] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
