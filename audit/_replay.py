@@ -1,0 +1,176 @@
+"""Replay: walk the decoded log in order, check its story, and let callers re-derive state.
+
+This is the hook the auditor's ``yumen audit replay`` builds on. The walk itself checks the
+lifecycle every job must follow (a decision under a logged policy version, executions only
+after an allowance and only of its datasets at registered versions, ε charged within ε
+decided, a release only after execution). Two plug points carry what needs other
+components:
+
+* ``reevaluate(decision, context)``: re-decide a logged ``job_decided`` under the policy
+  version it names (the broker's policy engine); raise ``YumenError`` if the outcome,
+  matched rule or obligations differ. ``context`` holds everything logged before it.
+* ``accumulators``: objects with ``on_entry(index, entry, context)`` and ``result()`` that
+  rebuild derived state from the log, e.g. :class:`BudgetLedger` (ε spent per license and
+  dataset, exact) and :class:`BillTotals` (money charged per operator and currency, exact),
+  which the caller compares with the broker's own ledger and bills.
+
+Every failure raises ``VERIFICATION_FAILED`` naming the entry index and type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, Protocol
+
+from yumen.errors import Code, YumenError
+
+from ._entries import DatasetRegistered, Entry, JobDecided, JobExecuted, JobReleased, LicenseChanged, PolicyChanged
+
+__all__ = ["ReplayContext", "Accumulator", "BudgetLedger", "BillTotals", "ReplayReport", "replay"]
+
+
+@dataclasses.dataclass
+class ReplayContext:
+    """What the log established up to the entry being replayed (mutable, owned by ``replay``)."""
+
+    policies: dict[str, PolicyChanged] = dataclasses.field(default_factory=dict)
+    current_policy: str = ""
+    dataset_versions: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    licenses: dict[str, LicenseChanged] = dataclasses.field(default_factory=dict)
+    decisions: dict[str, JobDecided] = dataclasses.field(default_factory=dict)
+    executions: dict[str, list[JobExecuted]] = dataclasses.field(default_factory=dict)
+    released: set[str] = dataclasses.field(default_factory=set)
+
+
+class Accumulator(Protocol):
+    def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class BudgetLedger:
+    """ε charged per ``(license_id, dataset_id)``, recomputed exactly from ``job_executed`` entries."""
+
+    def __init__(self) -> None:
+        self._spent: dict[tuple[str, str], Fraction] = {}
+
+    def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None:
+        if isinstance(entry, JobExecuted):
+            license_id = context.decisions[entry.job_id].license_id
+            key = (license_id, entry.dataset_id)
+            self._spent[key] = self._spent.get(key, Fraction(0)) + Fraction(entry.epsilon_charged)
+
+    def result(self) -> dict[tuple[str, str], Fraction]:
+        return dict(self._spent)
+
+
+class BillTotals:
+    """Money charged per ``(operator, currency)``, from ``job_released.bill`` (``amount`` decimal string)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[tuple[str, str], Decimal] = {}
+
+    def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None:
+        if isinstance(entry, JobReleased) and entry.bill:
+            try:
+                amount = Decimal(str(entry.bill["amount"]))
+            except (KeyError, InvalidOperation):
+                raise YumenError(Code.VERIFICATION_FAILED, "the bill has no decimal 'amount'") from None
+            key = (context.decisions[entry.job_id].operator, str(entry.bill.get("currency", "")))
+            self._totals[key] = self._totals.get(key, Decimal(0)) + amount
+
+    def result(self) -> dict[tuple[str, str], Decimal]:
+        return dict(self._totals)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReplayReport:
+    entries: int
+    jobs_decided: int
+    decisions_reevaluated: int
+    results: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.decisions_reevaluated > self.jobs_decided:
+            raise YumenError(Code.INTERNAL, "more decisions re-evaluated than logged")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise YumenError(Code.VERIFICATION_FAILED, message)
+
+
+def _step(entry: Entry, ctx: ReplayContext) -> None:
+    if isinstance(entry, PolicyChanged):
+        _check(
+            entry.previous_version == ctx.current_policy,
+            f"policy {entry.policy_version} says it replaces {entry.previous_version or 'nothing'}, "
+            f"but the policy in force was {ctx.current_policy or 'none'}",
+        )
+        ctx.policies[entry.policy_version] = entry
+        ctx.current_policy = entry.policy_version
+    elif isinstance(entry, DatasetRegistered):
+        ctx.dataset_versions.setdefault(entry.dataset_id, set()).add(entry.version)
+    elif isinstance(entry, LicenseChanged):
+        ctx.licenses[entry.license_id] = entry
+    elif isinstance(entry, JobDecided):
+        _check(entry.job_id not in ctx.decisions, f"job {entry.job_id} was already decided")
+        _check(entry.policy_version in ctx.policies, f"job {entry.job_id} names policy {entry.policy_version}, never logged")
+        ctx.decisions[entry.job_id] = entry
+    elif isinstance(entry, JobExecuted):
+        decision = ctx.decisions.get(entry.job_id)
+        if decision is None or not decision.allowed:
+            raise YumenError(Code.VERIFICATION_FAILED, f"job {entry.job_id} ran without an allowing decision")
+        _check(entry.dataset_id in decision.datasets, f"job {entry.job_id} ran on {entry.dataset_id}, not a dataset it was allowed")
+        _check(
+            entry.dataset_version in ctx.dataset_versions.get(entry.dataset_id, ()),
+            f"job {entry.job_id} ran on version {entry.dataset_version} of {entry.dataset_id}, never registered",
+        )
+        _check(entry.job_id not in ctx.released, f"job {entry.job_id} executed after its release")
+        _check(
+            Fraction(entry.epsilon_charged) <= Fraction(decision.epsilon),
+            f"job {entry.job_id} charged ε {entry.epsilon_charged} above the ε {decision.epsilon} decided",
+        )
+        ctx.executions.setdefault(entry.job_id, []).append(entry)
+    elif isinstance(entry, JobReleased):
+        _check(entry.job_id in ctx.executions, f"job {entry.job_id} released a result it never executed")
+        _check(entry.job_id not in ctx.released, f"job {entry.job_id} released twice")
+        ctx.released.add(entry.job_id)
+
+
+def replay(
+    entries: Iterable[tuple[int, Entry]],
+    *,
+    reevaluate: Callable[[JobDecided, ReplayContext], None] | None = None,
+    accumulators: Mapping[str, Accumulator] | None = None,
+) -> ReplayReport:
+    """Replay ``(index, entry)`` pairs in order; raises ``VERIFICATION_FAILED`` at the first inconsistency."""
+    ctx = ReplayContext()
+    accumulators = dict(accumulators or {})
+    count = decided = reevaluated = 0
+    expected = None
+    for index, entry in entries:
+        where = f"replay: entry {index} ({entry.TYPE})"
+        if expected is not None and index != expected:
+            raise YumenError(Code.VERIFICATION_FAILED, f"{where}: expected entry {expected} next")
+        expected = index + 1
+        try:
+            if isinstance(entry, JobDecided) and reevaluate is not None:
+                reevaluate(entry, ctx)  # before _step: it sees only what came before
+                reevaluated += 1
+            _step(entry, ctx)
+            for acc in accumulators.values():
+                acc.on_entry(index, entry, ctx)
+        except YumenError as e:
+            raise YumenError(Code.VERIFICATION_FAILED, f"{where}: {e.message}", hint=e.hint) from None
+        decided += isinstance(entry, JobDecided)
+        count += 1
+    return ReplayReport(
+        entries=count,
+        jobs_decided=decided,
+        decisions_reevaluated=reevaluated,
+        results={name: acc.result() for name, acc in accumulators.items()},
+    )

@@ -1,0 +1,184 @@
+"""CSV and Parquet sources: native polars scans over one local file.
+
+Rows are served in file order. Types: Parquet carries its own schema; CSV types are
+inferred by polars from the first ``infer_rows`` rows, with dates parsed (``2025-01-31``
+becomes a Date). A value further down that does not fit the inferred type (``n/a`` in an
+integer column) surfaces as a CONFIG error from ``version()``/``snapshot()``, which read the
+whole file, naming the column; raise ``infer_rows`` or clean the file.
+
+The version digest is cached under ``(dev, inode, size, mtime_ns, ctime_ns)`` of the file.
+A digest is only cached when the signal was the same before and after the read, so a file
+rewritten during hashing is never cached under a stale digest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from yumen.errors import Code, YumenError
+
+from ._source_digest import column_class
+from ._sources import (
+    VERSION_CACHE,
+    SourceSpec,
+    config_error,
+    digest_batches,
+    file_signal,
+    write_snapshot,
+)
+
+__all__ = ["CsvSource", "ParquetSource"]
+
+logger = logging.getLogger(__name__)
+
+_BATCH_ROWS = 262_144
+_READ_ATTEMPTS = 3
+_POLARS_COLUMN = re.compile(r"column '([^']{1,64})'")
+
+
+class _FileSource:
+    kind = ""
+
+    def __init__(self, spec: SourceSpec) -> None:
+        if spec.kind != self.kind:
+            raise YumenError(Code.INTERNAL, f"{type(self).__name__} given a {spec.kind} spec")
+        self.spec = spec
+        self._path = Path(spec.path)
+
+    # -- subclass hooks
+    def _lazy(self) -> pl.LazyFrame:
+        raise NotImplementedError
+
+    # -- protocol
+    def scan(self) -> pl.LazyFrame:
+        self._require_file()
+        return self._lazy()
+
+    def check(self) -> None:
+        self._require_file()
+        if not os.access(self._path, os.R_OK):
+            raise config_error(
+                f"{self.spec.describe()} is not readable by this process (user id {os.getuid()})",
+                hint="grant the connector's user read permission on the file",
+            )
+        try:
+            with open(self._path, "rb") as f:
+                head = f.read(1)
+        except PermissionError:
+            raise config_error(
+                f"{self.spec.describe()} is not readable by this process",
+                hint="grant the connector's user read permission on the file",
+            ) from None
+        if not head:
+            raise config_error(f"{self.spec.describe()} is empty", hint="point 'path' at the data file")
+        schema = self._schema()
+        for name, dtype in schema.items():
+            column_class(name, dtype)
+
+    def version(self) -> str:
+        key = (self.spec, os.path.realpath(self._path))
+        for _ in range(_READ_ATTEMPTS):
+            before = self._signal()
+            cached = VERSION_CACHE.get((key, before))
+            if cached is not None:
+                return cached
+            digest = digest_batches(self._schema(), self._batches())
+            if self._signal() == before:
+                VERSION_CACHE.put((key, before), digest)
+                logger.debug("version of %s is %s", self.spec.describe(), digest)
+                return digest
+            logger.info("%s changed while being hashed; hashing again", self.spec.describe())
+        raise YumenError(
+            Code.UNAVAILABLE,
+            f"{self.spec.describe()} kept changing while its version was computed",
+            hint="retry once the writer has finished; write new data to a temporary file and rename it into place",
+        )
+
+    def snapshot(self, dest_dir: Path) -> Path:
+        before = self._signal()
+        path, digest = write_snapshot(self._schema(), self._batches(), Path(dest_dir))
+        if self._signal() == before:
+            VERSION_CACHE.put(((self.spec, os.path.realpath(self._path)), before), digest)
+        return path
+
+    # -- helpers
+    def _require_file(self) -> None:
+        if not self._path.exists():
+            raise config_error(
+                f"{self.spec.describe()} does not exist",
+                hint="check 'path' (a relative path is taken from the configuration file's directory)",
+            )
+        if not self._path.is_file():
+            raise config_error(
+                f"{self.spec.describe()} is not a regular file", hint="point 'path' at the data file"
+            )
+
+    def _signal(self) -> tuple[int, ...]:
+        signal = file_signal(self._path)
+        if signal is None:
+            self._require_file()
+            raise config_error(f"{self.spec.describe()} disappeared")
+        return signal
+
+    def _schema(self) -> pl.Schema:
+        try:
+            return self.scan().collect_schema()
+        except pl.exceptions.PolarsError as exc:
+            raise self._read_error(exc) from None
+
+    def _batches(self) -> Iterator[pl.DataFrame]:
+        try:
+            yield from self.scan().collect_batches(chunk_size=_BATCH_ROWS)
+        except pl.exceptions.PolarsError as exc:
+            raise self._read_error(exc) from None
+
+    def _read_error(self, exc: Exception) -> YumenError:
+        # polars messages can quote cell values; only a column name is carried over.
+        m = _POLARS_COLUMN.search(str(exc))
+        column = f" in column {m.group(1)!r}" if m else ""
+        logger.warning("reading %s failed: %s", self.spec.describe(), type(exc).__name__)
+        return config_error(
+            f"{self.spec.describe()} could not be read as {self.kind}{column} ({type(exc).__name__})",
+            hint=self._read_hint(),
+        )
+
+    def _read_hint(self) -> str:
+        return "check that the file is a complete, valid file of this kind"
+
+
+class CsvSource(_FileSource):
+    """A CSV file (UTF-8), read with ``pl.scan_csv``."""
+
+    kind = "csv"
+
+    def _lazy(self) -> pl.LazyFrame:
+        s = self.spec
+        return pl.scan_csv(
+            self._path,
+            separator=s.separator,
+            has_header=s.has_header,
+            infer_schema_length=s.infer_rows,
+            try_parse_dates=True,
+            null_values=list(s.null_values) or None,
+        )
+
+    def _read_hint(self) -> str:
+        return (
+            f"types are inferred from the first {self.spec.infer_rows} rows: raise 'infer_rows', "
+            "declare missing-value markers in 'null_values', or fix the offending values"
+        )
+
+
+class ParquetSource(_FileSource):
+    """A Parquet file, read with ``pl.scan_parquet``."""
+
+    kind = "parquet"
+
+    def _lazy(self) -> pl.LazyFrame:
+        return pl.scan_parquet(self._path)
