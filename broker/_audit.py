@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,27 @@ class BrokerAudit:
                      "gate": decision.gate, "price": str(decision.price), "price_class": reg.price_class},
         ))
 
+    def job_allowed(self, request: JobRequest, operator: Identity, decisions: list[tuple[DatasetRegistration, Decision]]) -> int:
+        """One entry for an allowed job, covering every dataset it names (one decision each)."""
+        reg0, dec0 = decisions[0]
+        return self.tlog.append(JobDecided(
+            job_id=request.job_id, allowed=True, policy_version=dec0.policy_version,
+            matched_rule=dec0.rule, obligations=dec0.obligations.to_dict() if dec0.obligations else {},
+            operator=operator.name, license_id=operator.license, datasets=tuple(r.id for r, _ in decisions),
+            tier=request.tier.value, purpose=request.purpose.value,
+            epsilon=format_epsilon(request.epsilon), request_digest=request.digest(),
+            details={
+                "per_dataset": {
+                    r.id: {"department": r.department, "level": r.level.value, "dataset_version": r.version,
+                           "rule": d.rule, "obligations": d.obligations.to_dict() if d.obligations else {},
+                           "price": str(d.price), "price_class": r.price_class}
+                    for r, d in decisions
+                },
+                "price": str(sum((d.price for _, d in decisions), Decimal(0))),
+                "he": bool(request.he_context),
+            },
+        ))
+
     def job_cancelled(self, job: Any, reason: str) -> int:
         """A second decision on a queued job: denied before any ticket ran (e.g. license revoked)."""
         req, dec = job.request, job.decision
@@ -131,8 +153,9 @@ class BrokerAudit:
     def job_released(self, job: Any, result: dict[str, Any]) -> int:
         return self.tlog.append(JobReleased(
             job_id=job.job_id, result_digest=result["result_digest"],
-            bill={},
-            details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"]},
+            bill=dict(result.get("bill", {}), operator=job.operator, license=job.license),
+            details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"],
+                     "ciphertext_digest": result.get("ciphertext_digest", "")},
         ))
 
     def latest_policy_version(self) -> str:

@@ -12,13 +12,18 @@ because from then on the department may have touched the data.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
+import math
 import queue
 import threading
 import time
 import uuid
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterator
 
@@ -30,6 +35,7 @@ from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role
 from yumen.jobs import JobRequest, JobState, Tier, format_epsilon
+from yumen.results import means_from_parts
 from yumen.policy import Decision, DecisionRequest, License, LicenseStatus, PolicyBundle, PolicyEngine
 from yumen.tickets import Receipt, Ticket
 
@@ -46,6 +52,7 @@ class OutgoingTicket:
     payload: bytes
     signature: bytes
     algorithm_source: bytes
+    he_context: bytes = b""
 
 
 class ConnectorLink:
@@ -184,20 +191,25 @@ class Broker:
     def submit(self, identity: Identity, request: JobRequest) -> JobRecord:
         if identity.role is not Role.OPERATOR:
             raise YumenError(Code.PERMISSION_DENIED, "only operator certificates may submit jobs")
-        if len(request.datasets) != 1:
-            raise YumenError(
-                Code.INVALID_ARGUMENT,
-                f"this broker runs a job on one dataset at a time; the job names {len(request.datasets)}",
-                hint="submit one job per dataset",
-            )
+        if request.he_context:
+            from yumen.privacy import he_check_public_context
+
+            he_check_public_context(request.he_context)  # size, parameters, and no secret key
         existing = self.store.get_job(request.job_id)
         if existing and existing.operator == identity.name and existing.request_digest == request.digest():
             return existing  # idempotent retry: no second decision, no second reservation
         regs = [self.dataset(d)[0] for d in request.datasets]
+        self._validate_combinable(request, regs)
         decisions: list[tuple[DatasetRegistration, Decision]] = []
         for reg in regs:
             self._validate_work(request, reg)
             decision = self.decide(identity, request, reg)
+            if decision.allowed and decision.obligations and "he" in decision.obligations.mechanism \
+                    and not request.he_context:
+                decision = dataclasses.replace(
+                    decision, allowed=False, gate="obligation",
+                    reason=f"rule {decision.rule} requires homomorphic delivery on dataset {reg.id}; "
+                           "attach a public CKKS context (yumen submit … --he)")
             if not decision.allowed:
                 self.audit.job_decided(request, identity, reg, decision)
                 raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
@@ -208,8 +220,11 @@ class Broker:
             job_id=request.job_id, operator=identity.name, license=identity.license,
             request_digest=request.digest(), request=request.to_dict(),
             algorithm_source=request.algorithm.source if request.algorithm else b"",
-            state=JobState.PENDING, message="accepted; waiting for the department's connector",
-            decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": reg0.level.value}, created_ms=created, updated_ms=created,
+            state=JobState.PENDING, message="accepted; waiting for the departments' connectors",
+            decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": max(r.level.value for r in regs),
+                      "price": str(sum((d.price for _, d in decisions), Decimal(0))),
+                      "per_dataset": {r.id: d.to_dict() for r, d in decisions}},
+            created_ms=created, updated_ms=created, he_context=request.he_context,
         )
         reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
         try:
@@ -220,8 +235,7 @@ class Broker:
                 self.audit.job_decided(request, identity, reg0, denied)
             raise
         if created_now:
-            for reg, dec in decisions:
-                self.audit.job_decided(request, identity, reg, dec)
+            self.audit.job_allowed(request, identity, decisions)
             self._notify()
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record
@@ -275,6 +289,24 @@ class Broker:
                            reason=f"run limit reached: {runs} of {r.max_runs} jobs on dataset {reg.id} in period {r.period}")
         return out
 
+    @staticmethod
+    def _validate_combinable(request: JobRequest, regs: list[DatasetRegistration]) -> None:
+        """Partial results of several departments add up only when their layouts agree."""
+        if len(regs) < 2 or request.query is None:
+            return
+        q = request.query
+        for name in (q.column, q.group_by):
+            if not name:
+                continue
+            shapes = {(r.column(name).type, r.column(name).categories, r.column(name).unit) for r in regs}
+            if len(shapes) > 1:
+                raise YumenError(
+                    Code.INVALID_ARGUMENT,
+                    f"column {name!r} is declared differently in {', '.join(r.id for r in regs)}; "
+                    "their results cannot be combined",
+                    hint="combine datasets registered with the same schema",
+                )
+
     def _validate_work(self, request: JobRequest, reg: DatasetRegistration) -> None:
         if request.query is not None:
             q = request.query
@@ -293,16 +325,22 @@ class Broker:
 
     def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str) -> OutgoingTicket:
         req = job.request
-        work = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
+        work: dict[str, Any] = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
+        if "he_context" in req:
+            work["he_context"] = req["he_context"]
+        if "query" in req and req["query"]["aggregate"] == "mean" and (len(req["datasets"]) > 1 or "he_context" in req):
+            work["partial"] = "sum+count"
+        decision = job.decision.get("per_dataset", {}).get(reg.id, job.decision)
         ticket = Ticket(
             job_id=job.job_id, broker=self.id, connector=connector, department=reg.department,
             dataset=reg.id, dataset_version=reg.version, operator=job.operator, license=job.license,
             tier=req["tier"], purpose=req["purpose"], epsilon=Fraction(req["epsilon"]), work=work,
-            obligations=job.decision.get("obligations") or {}, policy_version=job.decision["policy_version"],
-            rule=job.decision.get("rule", ""), issued_at_ms=now_ms(), expires_at_ms=now_ms() + self._ttl_ms,
+            obligations=decision.get("obligations") or {}, policy_version=decision["policy_version"],
+            rule=decision.get("rule", ""), issued_at_ms=now_ms(), expires_at_ms=now_ms() + self._ttl_ms,
         )
         payload, sig = ticket.sign(self._key)
-        return OutgoingTicket(payload=payload, signature=sig, algorithm_source=job.algorithm_source)
+        return OutgoingTicket(payload=payload, signature=sig, algorithm_source=job.algorithm_source,
+                              he_context=job.he_context)
 
     def _license_still_valid(self, job: JobRecord) -> str:
         """Why a queued job's license no longer covers it (revoked, suspended, expired), or ""."""
@@ -390,8 +428,15 @@ class Broker:
         raise YumenError(Code.JOB_NOT_READY, f"job {job_id} is {job.state.value}", hint="wait with `yumen job watch`")
 
     # -- receipts ----------------------------------------------------------------
-    def on_receipt(self, link: ConnectorLink, payload: bytes, signature: bytes) -> None:
+    def on_receipt(self, link: ConnectorLink, payload: bytes, signature: bytes, ciphertext: bytes = b"") -> None:
         receipt = Receipt.verify(payload, signature, link.certificate)
+        if receipt.ciphertext_digest:
+            import hashlib
+
+            if "sha256:" + hashlib.sha256(ciphertext).hexdigest() != receipt.ciphertext_digest:
+                raise YumenError(Code.VERIFICATION_FAILED, "the ciphertext does not match the digest in the receipt")
+        elif ciphertext:
+            raise YumenError(Code.VERIFICATION_FAILED, "a ciphertext came with a receipt that names none")
         if receipt.connector != link.identity.name:
             raise YumenError(Code.VERIFICATION_FAILED, f"receipt names connector {receipt.connector}, sent by {link.identity.name}")
         with self._lock_for(receipt.job_id):
@@ -403,7 +448,7 @@ class Broker:
                 raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {receipt.dataset}")
             if not self.store.put_partial(job.job_id, receipt.dataset, {
                 "payload": payload.decode(), "signature": signature.hex(),
-            }):
+            }, ciphertext):
                 log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
                 return
             index = self.audit.job_executed(receipt, payload, signature, link.identity)
@@ -422,24 +467,58 @@ class Broker:
             if set(partials) != set(job.request["datasets"]):
                 self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
                 return
-            result = self._combine(job, [Receipt.from_dict(__import__("json").loads(p["payload"])) for p in partials.values()])
+            try:
+                result = self._combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
+                                             for p in partials.values()])
+            except YumenError as e:
+                self._set_state(job.job_id, JobState.FAILED, f"the partial results could not be combined: {e.message}")
+                return
             result["log_index_executed"] = index
             result["log_index"] = self.audit.job_released(job, result)
             self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
 
-    def _combine(self, job: JobRecord, receipts: list[Receipt]) -> dict[str, Any]:
-        """Assemble the released result. One dataset per job for now: the receipt's values."""
-        (r,) = receipts
-        values = [v.to_dict() for v in r.values]
-        provenance = [{
-            "dataset": r.dataset, "department": r.department, "dataset_version": r.dataset_version,
-            "receipt_digest": r.digest(),
-        }]
-        body = {"job_id": job.job_id, "values": values, "mechanism": r.mechanism,
-                "epsilon_spent": format_epsilon(r.epsilon_charged), "provenance": provenance,
-                "bill": {"amount": job.decision.get("price", "0"), "currency": "CNY",
-                         "purpose": job.request["purpose"], "price_class": job.decision.get("price_class", "")}}
-        body["result_digest"] = digest_of(body)
+    def _combine(self, job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any]:
+        """Assemble the released result from the departments' partial results.
+
+        One department: its released values as they are. Several: counts and sums add; the
+        noise of independent parts adds in variance, so the reported noise scale and 95%
+        half-width are the root-sum-square of the parts'. A mean over several departments
+        (or under encryption) arrives as noisy sums and counts and is divided here (or by
+        the operator, after decryption). Under encryption the broker adds ciphertexts it
+        cannot read; the values stay 0 and the operator's SDK decrypts.
+        """
+        order = sorted(parts, key=lambda p: p[0].dataset)
+        receipts = [r for r, _ in order]
+        layouts = {tuple((v.name, v.group) for v in r.values) for r in receipts}
+        if len(layouts) != 1:
+            raise YumenError(Code.INTERNAL, "departments returned different result layouts")
+        provenance = [{"dataset": r.dataset, "department": r.department, "dataset_version": r.dataset_version,
+                       "receipt_digest": r.digest()} for r in receipts]
+        body: dict[str, Any] = {
+            "job_id": job.job_id, "mechanism": receipts[0].mechanism,
+            "epsilon_spent": format_epsilon(max(r.epsilon_charged for r in receipts)),
+            "provenance": provenance,
+            "bill": {"amount": job.decision.get("price", "0"), "currency": "CNY",
+                     "purpose": job.request["purpose"], "price_class": job.decision.get("price_class", "")},
+        }
+        summed = []
+        for i, v0 in enumerate(receipts[0].values):
+            vals = [r.values[i] for r in receipts]
+            summed.append({"name": v0.name, "group": v0.group, "value": sum(v.value for v in vals),
+                           "noise_scale": math.sqrt(sum(v.noise_scale ** 2 for v in vals)),
+                           "ci95": math.sqrt(sum(v.ci95 ** 2 for v in vals))})
+        if receipts[0].ciphertext_digest:
+            from yumen.privacy import he_sum
+
+            total = he_sum(job.he_context, [c for _, c in order])
+            body["values"] = summed
+            body["ciphertext"] = base64.b64encode(total).decode()
+            body["ciphertext_digest"] = "sha256:" + hashlib.sha256(total).hexdigest()
+        elif job.request.get("query", {}).get("aggregate") == "mean" and any(v["name"] == "sum" for v in summed):
+            body["values"] = means_from_parts(summed)
+        else:
+            body["values"] = summed
+        body["result_digest"] = digest_of({k: v for k, v in body.items() if k != "ciphertext"})
         return body
 
     # -- recovery ----------------------------------------------------------------

@@ -90,6 +90,7 @@ class BrokerServer:
             jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
             connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            "yumen.v1.AuditService",
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -99,7 +100,13 @@ class BrokerServer:
             raise YumenError(Code.CONFIG, f"cannot listen on {config.listen}", hint="is the port taken?")
 
     def _add_audit_service(self) -> None:
-        pass  # INTEGRATE: AuditService
+        """AuditService, for auditor and administrator certificates only."""
+        from yumen.audit import add_audit_service
+
+        def authorize(context: grpc.ServicerContext) -> None:
+            require_role(caller(context), Role.AUDITOR, Role.ADMIN)
+
+        add_audit_service(self.server, self.broker.audit.tlog, authorize)
 
     def start(self) -> None:
         self.server.start()

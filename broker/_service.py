@@ -7,6 +7,7 @@ back. Errors are mapped by :func:`yumen.rpc.rpc_method`.
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import threading
@@ -114,6 +115,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             result_digest=r.get("result_digest", ""),
             provenance=[jobs_pb2.Provenance(**p) for p in r.get("provenance", [])],
             log_index=int(r.get("log_index", 0)),
+            ciphertext=base64.b64decode(r["ciphertext"]) if r.get("ciphertext") else b"",
+            bill={k: str(v) for k, v in r.get("bill", {}).items()},
         )
 
 
@@ -147,7 +150,8 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                     kind = msg.WhichOneof("kind")
                     if kind == "receipt":
                         try:
-                            self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature)
+                            self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
+                                                   msg.receipt.ciphertext)
                         except YumenError as e:
                             log.warning("receipt from %s rejected: %s", who.name, e)
                         except Exception:  # noqa: BLE001 - a bad receipt must not kill the stream
@@ -171,7 +175,7 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 break
             yield connector_pb2.BrokerMessage(ticket=connector_pb2.JobTicket(
                 ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
-                algorithm_source=item.algorithm_source,
+                algorithm_source=item.algorithm_source, he_context=item.he_context,
             ))
 
 

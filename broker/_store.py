@@ -70,6 +70,7 @@ class JobRecord:
     created_ms: int
     updated_ms: int
     result: dict[str, Any] | None = None
+    he_context: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,7 +91,7 @@ class Store(Protocol):
     def jobs_in_state(self, *states: JobState) -> list[JobRecord]: ...
     def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord: ...
     def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
-    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any]) -> bool: ...
+    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
     def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]: ...
@@ -116,6 +117,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_digest TEXT NOT NULL,
     request TEXT NOT NULL,
     algorithm_source BLOB NOT NULL,
+    he_context BLOB NOT NULL DEFAULT x'',
     state TEXT NOT NULL,
     message TEXT NOT NULL,
     decision TEXT NOT NULL,
@@ -168,6 +170,7 @@ CREATE TABLE IF NOT EXISTS partials (
     job_id TEXT NOT NULL,
     dataset TEXT NOT NULL,
     receipt TEXT NOT NULL,
+    ciphertext BLOB NOT NULL DEFAULT x'',
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (job_id, dataset)
 );
@@ -232,11 +235,12 @@ class SqliteStore:
             request=json.loads(row[4]), algorithm_source=bytes(row[5]), state=JobState(row[6]),
             message=row[7], decision=json.loads(row[8]),
             result=json.loads(row[9]) if row[9] else None, created_ms=row[10], updated_ms=row[11],
+            he_context=bytes(row[12]),
         )
 
     _JOB_COLS = (
         "job_id, operator, license, request_digest, request, algorithm_source, state, message, "
-        "decision, result, created_ms, updated_ms"
+        "decision, result, created_ms, updated_ms, he_context"
     )
 
     def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]:
@@ -260,11 +264,12 @@ class SqliteStore:
             for r in reservations:
                 self._reserve(db, job.job_id, r, job.created_ms)
             db.execute(
-                f"INSERT INTO jobs({self._JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO jobs({self._JOB_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job.job_id, job.operator, job.license, job.request_digest, json.dumps(job.request),
                     job.algorithm_source, job.state.value, job.message, json.dumps(job.decision),
                     json.dumps(job.result) if job.result else None, job.created_ms, job.updated_ms,
+                    job.he_context,
                 ),
             )
             db.execute(
@@ -420,18 +425,19 @@ class SqliteStore:
         ).fetchall()
         return [EventRecord(job_id=job_id, seq=s, state=JobState(st), message=m, at_ms=a) for s, st, m, a in rows]
 
-    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any]) -> bool:
-        """Store a connector's receipt once; a duplicate delivery returns False."""
+    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool:
+        """Store a connector's receipt (and ciphertext) once; a duplicate delivery returns False."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO partials(job_id, dataset, receipt, at_ms) VALUES (?,?,?,?)",
-                (job_id, dataset, json.dumps(receipt), now_ms()),
+                "INSERT OR IGNORE INTO partials(job_id, dataset, receipt, ciphertext, at_ms) VALUES (?,?,?,?,?)",
+                (job_id, dataset, json.dumps(receipt), ciphertext, now_ms()),
             )
             return cur.rowcount == 1
 
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]:
-        rows = self._db().execute("SELECT dataset, receipt FROM partials WHERE job_id=?", (job_id,)).fetchall()
-        return {d: json.loads(r) for d, r in rows}
+        """Receipts by dataset; each dict has ``payload``, ``signature`` and ``ciphertext`` (bytes)."""
+        rows = self._db().execute("SELECT dataset, receipt, ciphertext FROM partials WHERE job_id=?", (job_id,)).fetchall()
+        return {d: {**json.loads(r), "ciphertext": bytes(c)} for d, r, c in rows}
 
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction:
         """ε spent by ``license`` (or ``"*"``: all licenses) on ``dataset`` in ``period``."""

@@ -71,14 +71,15 @@ class ConnectorAgent:
 
     def _run_ticket(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", t: connector_pb2.JobTicket) -> None:
         try:
-            out = self.executor.handle(t.ticket.payload, t.ticket.signature, t.algorithm_source)
+            out = self.executor.handle(t.ticket.payload, t.ticket.signature, t.algorithm_source, t.he_context)
         except Exception:  # noqa: BLE001
             log.exception("ticket handling failed")
             return
         if out is not None:
-            payload, sig = out
+            payload, sig, ciphertext = out
             outbox.put(connector_pb2.ConnectorMessage(
-                receipt=connector_pb2.Receipt(receipt=connector_pb2.Signed(payload=payload, signature=sig))
+                receipt=connector_pb2.Receipt(receipt=connector_pb2.Signed(payload=payload, signature=sig),
+                                              ciphertext=ciphertext)
             ))
 
     def session(self) -> None:

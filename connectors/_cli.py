@@ -35,3 +35,99 @@ def register(sub: argparse._SubParsersAction) -> None:
     check = csub.add_parser("check", help="validate the config, certificates, sources and sandbox")
     check.add_argument("--config", required=True, help="connector TOML config")
     check.set_defaults(func=_check)
+    register_approvals(sub)
+
+
+# -- approvals: the department's review of algorithms, local to the connector's state ----
+def _state(args: argparse.Namespace):  # noqa: ANN202
+    from yumen.connectors._config import load_connector_config
+    from yumen.connectors._state import ConnectorState
+
+    config = load_connector_config(Path(args.config))
+    return ConnectorState(config.state_dir / "connector.db")
+
+
+def _find(state, prefix: str) -> dict:  # noqa: ANN001
+    from yumen.errors import Code, YumenError
+
+    matches = [a for a in state.approvals() if a["digest"].startswith(prefix) or a["digest"].removeprefix("sha256:").startswith(prefix)]
+    if len(matches) != 1:
+        raise YumenError(Code.NOT_FOUND if not matches else Code.INVALID_ARGUMENT,
+                         f"{'no' if not matches else 'more than one'} algorithm matches {prefix!r}",
+                         hint="list them with `yumen approvals list`")
+    return matches[0]
+
+
+def _approvals_list(args: argparse.Namespace) -> int:
+    import json
+
+    rows = _state(args).approvals(args.status or "")
+    if args.json:
+        print(json.dumps({"approvals": [{k: v for k, v in a.items() if k != "source"} for a in rows]}, indent=2))
+        return 0
+    for a in rows:
+        r = a["request"]
+        print(f"{a['digest'][:23]}  {a['status']:<9} {r.get('operator', '?'):<16} {r.get('purpose', '?'):<15} "
+              f"{r.get('dataset', '?')}  outputs: {', '.join(o['name'] for o in r.get('outputs', []))}")
+    return 0
+
+
+def _approvals_show(args: argparse.Namespace) -> int:
+    a = _find(_state(args), args.digest)
+    r = a["request"]
+    print(f"algorithm {a['digest']} ({a['status']})")
+    print(f"  requested by {r.get('operator')} (license {r.get('license')}) for {r.get('purpose')} use of {r.get('dataset')}")
+    print("  declared outputs: " + ", ".join(f"{o['name']} in [{o['lower']}, {o['upper']}]" for o in r.get("outputs", [])))
+    if a["limits"]:
+        print(f"  limits: {a['limits']}")
+    if a["note"]:
+        print(f"  note: {a['note']}")
+    print("  source:")
+    for line in a["source"].decode(errors="replace").splitlines():
+        print(f"    {line}")
+    return 0
+
+
+def _approvals_decide(args: argparse.Namespace) -> int:
+    import getpass
+    import time as _time
+
+    from yumen.jobs import format_epsilon, parse_epsilon
+
+    state = _state(args)
+    a = _find(state, args.digest)
+    limits: dict = {}
+    if args.action == "approved":
+        if args.max_epsilon:
+            limits["max_epsilon"] = format_epsilon(parse_epsilon(args.max_epsilon))
+        if args.max_runs:
+            limits["max_runs"] = int(args.max_runs)
+        if args.days:
+            limits["until"] = _time.time() + 86400 * float(args.days)
+    state.decide_approval(a["digest"], args.action, limits=limits, note=args.note or "", by=getpass.getuser())
+    print(f"algorithm {a['digest']} {args.action}" + (f" with limits {limits}" if limits else ""))
+    return 0
+
+
+def register_approvals(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("approvals", help="the department's review of algorithms (run where the connector runs)")
+    asub = p.add_subparsers(dest="approvals_command", metavar="ACTION", required=True)
+    ls = asub.add_parser("list", help="algorithms awaiting review, approved or rejected")
+    ls.add_argument("--status", choices=["pending", "approved", "rejected"])
+    ls.add_argument("--json", action="store_true")
+    show = asub.add_parser("show", help="an algorithm's source, digest, declared outputs and stated purpose")
+    show.add_argument("digest", help="the digest or a unique prefix of it")
+    ok = asub.add_parser("approve", help="approve an algorithm by digest, with optional limits")
+    ok.add_argument("digest")
+    ok.add_argument("--max-epsilon", help="largest ε per job under this approval")
+    ok.add_argument("--max-runs", type=int, help="number of runs this approval allows")
+    ok.add_argument("--days", type=float, help="days the approval stays valid")
+    ok.add_argument("--note")
+    no = asub.add_parser("reject", help="reject an algorithm by digest")
+    no.add_argument("digest")
+    no.add_argument("--note", required=True, help="the reason the operator will see")
+    for q, fn in ((ls, _approvals_list), (show, _approvals_show), (ok, _approvals_decide), (no, _approvals_decide)):
+        q.add_argument("--config", required=True, help="the connector's TOML config")
+        q.set_defaults(func=fn)
+    ok.set_defaults(action="approved")
+    no.set_defaults(action="rejected")

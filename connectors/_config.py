@@ -19,6 +19,8 @@ broker_certificate = "pki/broker.crt"   # pinned at enrolment: tickets must veri
 max_epsilon_per_job = "1"
 tiers = ["query", "approved-algorithm", "custom-algorithm"]
 purposes = ["public-interest", "research", "commercial"]
+dataset_epsilon_cap = "100"      # the department's own ledger: per dataset per period
+period_days = 30
 
 [[datasets]]                     # registration fields (see docs/catalog.md) and a source
 id = "weather-daily"
@@ -40,7 +42,7 @@ from typing import Any
 from yumen.catalog import DatasetRegistration
 from yumen.connectors._sources import SourceSpec
 from yumen.errors import Code, YumenError
-from yumen.jobs import Purpose, Tier, parse_epsilon
+from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 from yumen.rpc import TlsFiles
 
 __all__ = ["ConnectorConfig", "DatasetConfig", "LocalPolicy", "load_connector_config"]
@@ -53,6 +55,8 @@ class LocalPolicy:
     max_epsilon_per_job: Fraction = Fraction(1)
     tiers: frozenset[str] = frozenset(t.value for t in Tier)
     purposes: frozenset[str] = frozenset(p.value for p in Purpose)
+    dataset_epsilon_cap: Fraction = Fraction(100)  # per dataset per period, all operators together
+    period_days: int = 30
 
     def refusal(self, *, tier: str, purpose: str, epsilon: Fraction) -> str:
         """Why the department refuses this job, or ``""`` when it does not."""
@@ -61,7 +65,7 @@ class LocalPolicy:
         if purpose not in self.purposes:
             return f"the department does not accept the purpose {purpose} (accepted: {', '.join(sorted(self.purposes))})"
         if epsilon > self.max_epsilon_per_job:
-            return f"ε {float(epsilon):g} is above the department's limit of {float(self.max_epsilon_per_job):g} per job"
+            return f"ε {format_epsilon(epsilon)} is above the department's limit of {format_epsilon(self.max_epsilon_per_job)} per job"
         return ""
 
 
@@ -118,7 +122,11 @@ def load_connector_config(path: Path) -> ConnectorConfig:
             max_epsilon_per_job=parse_epsilon(str(lp.get("max_epsilon_per_job", "1"))),
             tiers=frozenset(lp.get("tiers", [t.value for t in Tier])),
             purposes=frozenset(lp.get("purposes", [q.value for q in Purpose])),
+            dataset_epsilon_cap=parse_epsilon(str(lp.get("dataset_epsilon_cap", "100"))),
+            period_days=int(lp.get("period_days", 30)),
         )
+        if local.period_days < 1:
+            raise YumenError(Code.CONFIG, "period_days must be at least 1")
     except YumenError as e:
         raise _err(path, f"[local_policy] {e.message}") from None
     datasets = []

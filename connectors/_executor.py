@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from yumen.canonical import canonical_json
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.jobs import OutputRange, Query
+from yumen.jobs import OutputRange, Query, format_epsilon
 from yumen.tickets import Receipt, ReleasedValue, Ticket
 
 from yumen.connectors._config import ConnectorConfig
@@ -39,6 +39,8 @@ from yumen.connectors._state import ConnectorState
 log = logging.getLogger(__name__)
 
 __all__ = ["Executor", "ServedDataset"]
+
+_STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
 
 class ServedDataset:
@@ -81,19 +83,27 @@ class Executor:
         }
         self._running: set[tuple[str, str]] = set()
         self._running_lock = threading.Lock()
-        self._sandbox = None
+        self._sandboxes: dict[str, Any] = {}
         self.metrics = {"jobs_run": 0, "jobs_refused": 0, "jobs_failed": 0, "seconds_running": 0.0}
 
-    # -- sandbox is created lazily: a query-only department needs none ---------------
-    def sandbox(self) -> Any:
-        if self._sandbox is None:
-            from yumen.sandbox import get_backend
+    # -- sandboxes are created lazily: a query-only department needs none --------------
+    def sandbox(self, required: str = "") -> Any:
+        """The configured backend, or a stronger one when the job's policy requires it."""
+        from yumen.sandbox import get_backend
 
-            self._sandbox = get_backend(self.config.sandbox)
-        return self._sandbox
+        name = self.config.sandbox
+        if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
+            name = required
+        if name not in self._sandboxes:
+            backend = get_backend(name)
+            backend.check()  # raises SANDBOX_UNAVAILABLE saying what is missing
+            self._sandboxes[name] = backend
+        return self._sandboxes[name]
 
-    def handle(self, payload: bytes, signature: bytes, algorithm_source: bytes) -> tuple[bytes, bytes] | None:
-        """Run one ticket; return the signed receipt (payload, signature), or None to ignore.
+    def handle(
+        self, payload: bytes, signature: bytes, algorithm_source: bytes, he_context: bytes = b""
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """Run one ticket; return the signed receipt (payload, signature, ciphertext), or None to ignore.
 
         Tickets that fail verification are dropped and logged: they did not come from the
         pinned broker, so there is nobody trustworthy to answer.
@@ -110,7 +120,7 @@ class Executor:
                 return None  # a redelivery while it runs: the receipt will follow
             claimed, stored = self.state.claim(ticket.job_id, ticket.dataset, digest)
             if stored is not None:
-                return stored  # executed before: send the same receipt again
+                return stored  # executed before: send the same receipt (and ciphertext) again
             if claimed:
                 self._running.add(key)
         if not claimed:
@@ -119,7 +129,7 @@ class Executor:
             receipt = self._receipt(ticket, digest, status="failed", error="interrupted by a connector restart")
             return self._finish(ticket, receipt, None)
         try:
-            return self._execute(ticket, digest, algorithm_source)
+            return self._execute(ticket, digest, algorithm_source, he_context)
         finally:
             with self._running_lock:
                 self._running.discard(key)
@@ -130,10 +140,10 @@ class Executor:
             department=self.config.department, ticket_digest=digest, at_ms=int(time.time() * 1000), **fields,
         )
 
-    def _finish(self, ticket: Ticket, receipt: Receipt, salt: bytes | None) -> tuple[bytes, bytes]:
+    def _finish(self, ticket: Ticket, receipt: Receipt, salt: bytes | None, ciphertext: bytes = b"") -> tuple[bytes, bytes, bytes]:
         payload, sig = receipt.sign(self._key)
-        self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt)
-        return payload, sig
+        self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext)
+        return payload, sig, ciphertext
 
     def _refusal(self, ticket: Ticket) -> str:
         if ticket.connector != self.config.id:
@@ -144,21 +154,75 @@ class Executor:
             return "the ticket has expired"
         return self.config.local_policy.refusal(tier=ticket.tier, purpose=ticket.purpose, epsilon=ticket.epsilon)
 
-    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes) -> tuple[bytes, bytes]:
-        reason = self._refusal(ticket)
+    def _local_gates(self, ticket: Ticket, algorithm_source: bytes) -> str:
+        """The department's own checks that need state: sandbox, approvals, then its ε ledger."""
+        if "algorithm" in ticket.work:
+            required = str(ticket.obligations.get("sandbox", ""))
+            try:
+                self.sandbox(required)
+            except YumenError as e:
+                return f"this department cannot provide the {required or self.config.sandbox} sandbox the policy requires: {e.message}"
+        if ticket.tier == "approved-algorithm":
+            why = self._approval_refusal(ticket, algorithm_source)
+            if why:
+                return why
+        lp = self.config.local_policy
+        day = int(time.time() // 86400)
+        period = f"{lp.period_days}d:{day // lp.period_days}"
+        left = self.state.charge(ticket.dataset, period, ticket.epsilon, lp.dataset_epsilon_cap)
+        if left is not None:
+            return (f"the department's own budget for dataset {ticket.dataset} is exhausted: "
+                    f"{format_epsilon(left) if left else '0'} of {format_epsilon(lp.dataset_epsilon_cap)} ε left "
+                    f"in period {period}")
+        return ""
+
+    def _approval_refusal(self, ticket: Ticket, source: bytes) -> str:
+        algo = ticket.work.get("algorithm", {})
+        digest = algo.get("digest", "")
+        record = self.state.approval(digest)
+        if record is None:
+            self.state.request_approval(digest, source, {
+                "job_id": ticket.job_id, "operator": ticket.operator, "license": ticket.license,
+                "purpose": ticket.purpose, "dataset": ticket.dataset, "outputs": algo.get("outputs", []),
+                "epsilon": format_epsilon(ticket.epsilon),
+            })
+            return (f"algorithm {digest[:19]}… awaits review by department {self.config.department}; "
+                    "it has been queued for approval, resubmit once it is approved")
+        if record["status"] == "pending":
+            return f"algorithm {digest[:19]}… is still awaiting review by department {self.config.department}"
+        if record["status"] == "rejected":
+            return f"algorithm {digest[:19]}… was rejected by department {self.config.department}: {record['note']}"
+        limits = record["limits"]
+        if limits.get("until") and time.time() > float(limits["until"]):
+            return f"the department's approval of algorithm {digest[:19]}… has expired"
+        if limits.get("max_epsilon") and ticket.epsilon > Fraction(limits["max_epsilon"]):
+            return f"the approval of algorithm {digest[:19]}… allows at most ε {limits['max_epsilon']} per job"
+        if not self.state.count_approved_run(digest, int(limits.get("max_runs", 0))):
+            return f"the approval of algorithm {digest[:19]}… allows {limits.get('max_runs')} runs, all used"
+        return ""
+
+    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
+        reason = self._refusal(ticket) or self._local_gates(ticket, algorithm_source)
         if reason:
             self.metrics["jobs_refused"] += 1
             log.info("job %s refused locally: %s", ticket.job_id, reason)
             return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
         served = self.datasets[ticket.dataset]
+        he_digest = str(ticket.work.get("he_context", ""))
+        if he_digest and "sha256:" + hashlib.sha256(he_context).hexdigest() != he_digest:
+            reason = "the encryption context does not match the digest in the ticket"
+            return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
         started = time.monotonic()
         salt = os.urandom(32)
+        ciphertext = b""
         try:
             reg = served.refresh()
             if "query" in ticket.work:
                 fields = self._run_query(served, reg, ticket, salt)
             else:
                 fields = self._run_algorithm(served, reg, ticket, algorithm_source, salt)
+            if he_digest and fields.get("status") == "ok":
+                fields, ciphertext = self._encrypt(fields, he_context)
             self.metrics["jobs_run"] += 1
         except YumenError as e:
             self.metrics["jobs_failed"] += 1
@@ -173,43 +237,102 @@ class Executor:
         metering = dict(fields.pop("metering", {}))
         metering["wall_ms"] = int(elapsed * 1000)
         receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
-        return self._finish(ticket, receipt, salt)
+        return self._finish(ticket, receipt, salt, ciphertext)
+
+    @staticmethod
+    def _encrypt(fields: dict[str, Any], he_context: bytes) -> tuple[dict[str, Any], bytes]:
+        """Encrypt the released values under the operator's key; the receipt keeps only their layout."""
+        from yumen.privacy import he_encrypt
+
+        values = fields["values"]
+        ciphertext = he_encrypt(he_context, [v.value for v in values])
+        hidden = tuple(ReleasedValue(name=v.name, group=v.group, value=0.0, noise_scale=v.noise_scale, ci95=v.ci95)
+                       for v in values)
+        return {**fields, "values": hidden, "ciphertext_digest": "sha256:" + hashlib.sha256(ciphertext).hexdigest()}, ciphertext
 
     def _run_query(self, served: ServedDataset, reg: DatasetRegistration, ticket: Ticket, salt: bytes) -> dict[str, Any]:
         from yumen.privacy import dp_query
 
+        from yumen.jobs import Aggregate
+
         query = Query.from_dict(ticket.work["query"])
+        if ticket.work.get("partial") == "sum+count":
+            # A mean combined across departments (or under encryption) is released as its
+            # parts, each with half the ε; whoever combines them divides.
+            half = ticket.epsilon / 2
+            parts = []
+            for agg in (Aggregate.SUM, Aggregate.COUNT):
+                q = Query(aggregate=agg, column=query.column if agg is Aggregate.SUM else "", group_by=query.group_by)
+                parts.append(self._released(dp_query(served.source.scan(), reg, q, half), agg.value, salt,
+                                            grouped=bool(query.group_by)))
+            both = dict(parts[0])
+            both["values"] = parts[0]["values"] + parts[1]["values"]
+            both["epsilon_charged"] = parts[0]["epsilon_charged"] + parts[1]["epsilon_charged"]
+            both["mechanism_params"] = {"parts": [parts[0]["mechanism_params"], parts[1]["mechanism_params"]]}
+            both["commitment"] = _commitment(salt, [parts[0]["commitment"], parts[1]["commitment"]])
+            return both
         release = dp_query(served.source.scan(), reg, query, ticket.epsilon)
         return self._released(release, query.aggregate.value, salt, grouped=bool(query.group_by))
 
     def _run_algorithm(
         self, served: ServedDataset, reg: DatasetRegistration, ticket: Ticket, source: bytes, salt: bytes
     ) -> dict[str, Any]:
-        from yumen.privacy import release_outputs
+        """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate."""
+        from yumen.privacy import aggregate_blocks, partition_blocks, release_outputs
         from yumen.sandbox import SandboxRequest, Status
 
         algo = ticket.work["algorithm"]
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
-        snapshots = self.config.state_dir / "snapshots"
-        snapshot = served.source.snapshot(snapshots)
-        backend = self.sandbox()
-        with tempfile.TemporaryDirectory(prefix="yumen-job-") as tmp:
-            report = backend.run(SandboxRequest(
-                algorithm=source, inputs={reg.id: snapshot}, params=algo.get("params", {}),
+        backend = self.sandbox(str(ticket.obligations.get("sandbox", "")))
+        snapshot = served.source.snapshot(self.config.state_dir / "snapshots")
+
+        def run(path: Path) -> Any:
+            return backend.run(SandboxRequest(
+                algorithm=source, inputs={reg.id: path}, params=algo.get("params", {}),
                 timeout_s=float(algo.get("timeout_s", 60)), memory_mb=int(algo.get("memory_mb", 512)),
             ))
-        common = {
-            "algorithm_digest": algo["digest"], "backend": report.backend, "runtime_digest": report.runtime_digest,
-            "metering": {"cpu_ms": int(report.usage.cpu_ms)},
+
+        cpu_ms = 0
+        if ticket.tier == "approved-algorithm":
+            report = run(snapshot)
+            cpu_ms = int(report.usage.cpu_ms)
+            common = {"algorithm_digest": algo["digest"], "backend": report.backend,
+                      "runtime_digest": report.runtime_digest, "metering": {"cpu_ms": cpu_ms, "sandbox_runs": 1}}
+            if report.status is not Status.OK or report.result is None:
+                log.info("job %s: sandbox ended %s: %s", ticket.job_id, report.status.value, report.error)
+                return {**common, "status": "failed", "epsilon_charged": ticket.epsilon,
+                        "error": f"the algorithm ended with status {report.status.value}: {report.error}"}
+            release = release_outputs(report.result, ranges, ticket.epsilon)
+            return {**common, **self._released(release, "", salt, grouped=False)}
+        # Custom code: GUPT-style sample-and-aggregate. Block outputs that fail are not
+        # errors the operator sees (that would leak which block failed); they count as the
+        # range's midpoint inside aggregate_blocks.
+        import polars as pl
+
+        k = int(algo.get("blocks", 10))
+        seed = hashlib.blake2b(b"yumen-blocks", key=salt[:32]).digest()
+        blocks = partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)
+        outputs: list[dict[str, float]] = []
+        statuses: dict[str, int] = {}
+        backend_name = runtime = ""
+        with tempfile.TemporaryDirectory(prefix="yumen-blocks-") as tmp:
+            for i, block in enumerate(blocks):
+                path = Path(tmp) / f"block-{i}.parquet"
+                block.write_parquet(path)
+                report = run(path)
+                path.unlink()
+                cpu_ms += int(report.usage.cpu_ms)
+                backend_name, runtime = report.backend, report.runtime_digest
+                statuses[report.status.value] = statuses.get(report.status.value, 0) + 1
+                outputs.append(report.result if report.status is Status.OK and report.result else {})
+        release = aggregate_blocks(outputs, ranges, ticket.epsilon)
+        return {
+            "algorithm_digest": algo["digest"], "backend": backend_name, "runtime_digest": runtime,
+            "metering": {"cpu_ms": cpu_ms, "sandbox_runs": k, "block_statuses": statuses},
+            **self._released(release, "", salt, grouped=False),
         }
-        if report.status is not Status.OK or report.result is None:
-            log.info("job %s: sandbox ended %s: %s", ticket.job_id, report.status.value, report.error)
-            return {**common, "status": "failed", "epsilon_charged": ticket.epsilon,
-                    "error": f"the algorithm ended with status {report.status.value}: {report.error}"}
-        release = release_outputs(report.result, ranges, ticket.epsilon)
-        return {**common, **self._released(release, "", salt, grouped=False)}
 
     def _released(self, release: Any, statistic: str, salt: bytes, *, grouped: bool) -> dict[str, Any]:
         values = []

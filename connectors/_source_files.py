@@ -13,9 +13,12 @@ rewritten during hashing is never cached under a stale digest.
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from ._sources import (
     write_snapshot,
 )
 
-__all__ = ["CsvSource", "ParquetSource"]
+__all__ = ["CsvSource", "ParquetSource", "stream_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +45,9 @@ _READ_ATTEMPTS = 3
 _POLARS_COLUMN = re.compile(r"column '([^']{1,64})'")
 
 
-class _FileSource:
+class _FileSource(abc.ABC):
+    """What CSV and Parquet share: the file checks, the cached version, the snapshot."""
+
     kind = ""
 
     def __init__(self, spec: SourceSpec) -> None:
@@ -51,9 +56,9 @@ class _FileSource:
         self.spec = spec
         self._path = Path(spec.path)
 
-    # -- subclass hooks
+    @abc.abstractmethod
     def _lazy(self) -> pl.LazyFrame:
-        raise NotImplementedError
+        """The polars scan of the file."""
 
     # -- protocol
     def scan(self) -> pl.LazyFrame:
@@ -134,7 +139,7 @@ class _FileSource:
 
     def _batches(self) -> Iterator[pl.DataFrame]:
         try:
-            yield from self.scan().collect_batches(chunk_size=_BATCH_ROWS)
+            yield from stream_batches(self.scan(), _BATCH_ROWS)
         except pl.exceptions.PolarsError as exc:
             raise self._read_error(exc) from None
 
@@ -150,6 +155,51 @@ class _FileSource:
 
     def _read_hint(self) -> str:
         return "check that the file is a complete, valid file of this kind"
+
+
+def stream_batches(lf: pl.LazyFrame, chunk_size: int) -> Iterator[pl.DataFrame]:
+    """The frame's rows in order, ``chunk_size`` at a time, with errors raised to the reader.
+
+    Why not ``LazyFrame.collect_batches``: in polars 1.36 it runs the query in a worker
+    thread and, when the query fails (a CSV value that does not parse), simply ends the
+    iteration; the error only surfaces in ``__del__`` as an unraisable exception. A digest
+    over the rows read so far would then silently describe a truncated table. Here the
+    streaming engine runs ``sink_batches`` in a thread of our own and any failure is raised
+    from the iterator. The queue holds at most two batches, so memory stays bounded.
+    """
+    done = object()
+    chunks: queue.Queue[object] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def put(df: pl.DataFrame) -> bool:
+        if stop.is_set():
+            return True  # tells polars no more batches are wanted
+        chunks.put(df)
+        return stop.is_set()
+
+    def run() -> None:
+        try:
+            lf.sink_batches(put, chunk_size=chunk_size, maintain_order=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread below
+            failure.append(exc)
+        finally:
+            chunks.put(done)
+
+    worker = threading.Thread(target=run, name="yumen-source-batches", daemon=True)
+    worker.start()
+    try:
+        while (item := chunks.get()) is not done:
+            yield item  # type: ignore[misc]
+        worker.join()
+        if failure:
+            raise failure[0]
+    finally:
+        if worker.is_alive():  # the reader stopped early: release the producer
+            stop.set()
+            while chunks.get() is not done:
+                pass
+            worker.join()
 
 
 class CsvSource(_FileSource):

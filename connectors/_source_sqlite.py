@@ -101,7 +101,8 @@ class SqliteSource:
             )
         schema, order = self._layout()
         # read one row: catches views that fail to evaluate and undecodable values early
-        for _ in self._read(schema, order, None, 1, 1):
+        # one row, unordered: proves the rows decode without sorting a view
+        for _ in self._read(schema, [], None, 1, 1):
             pass
 
     def version(self) -> str:
@@ -248,7 +249,9 @@ class SqliteSource:
     ) -> Iterator[pl.DataFrame]:
         cols = list(schema) if columns is None else list(columns)
         select = ", ".join(_q(c) for c in cols) if cols else "1"
-        sql = f"SELECT {select} FROM {_q(self.spec.table)} ORDER BY {', '.join(order)}"
+        sql = f"SELECT {select} FROM {_q(self.spec.table)}"
+        if order:
+            sql += f" ORDER BY {', '.join(order)}"
         if n_rows is not None:
             sql += f" LIMIT {int(n_rows)}"
         conn = self._connect()

@@ -1,17 +1,25 @@
-"""The connector's own durable state: executed tickets, their receipts and salts.
+"""The connector's own durable state: executed tickets, receipts, salts, approvals, ledger.
 
 A ticket is executed at most once: its (job, dataset) key is claimed before any data
 is touched, and a second delivery gets the stored receipt back instead of a second run.
 The salts of output commitments stay here, so that the department (and only it) can
 later re-execute a logged job and open the commitment for an auditor.
+
+The department's own privacy ledger lives here too: the connector charges ε per dataset
+per period before it touches data, and refuses a ticket that would overrun the local cap
+even when the broker allowed it. Algorithm approvals (reviews of code by digest) are kept
+here and administered with ``yumen approvals``.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ConnectorState"]
 
@@ -31,22 +39,41 @@ class ConnectorState:
                 state TEXT NOT NULL,           -- claimed | done
                 receipt_payload BLOB,
                 receipt_signature BLOB,
+                ciphertext BLOB,
                 salt BLOB,
                 at_ms INTEGER NOT NULL,
                 PRIMARY KEY (job_id, dataset)
             );
+            CREATE TABLE IF NOT EXISTS ledger (
+                dataset TEXT NOT NULL,
+                period TEXT NOT NULL,
+                spent TEXT NOT NULL,
+                PRIMARY KEY (dataset, period)
+            );
+            CREATE TABLE IF NOT EXISTS approvals (
+                digest TEXT PRIMARY KEY,
+                status TEXT NOT NULL,          -- pending | approved | rejected
+                source BLOB NOT NULL,
+                request TEXT NOT NULL,         -- operator, purpose, outputs, dataset, first job id
+                limits TEXT NOT NULL,          -- {"max_epsilon": "...", "max_runs": n, "until": "..."}
+                runs INTEGER NOT NULL DEFAULT 0,
+                note TEXT NOT NULL DEFAULT '',
+                decided_by TEXT NOT NULL DEFAULT '',
+                requested_ms INTEGER NOT NULL,
+                decided_ms INTEGER
+            );
         """)
 
-    def claim(self, job_id: str, dataset: str, ticket_digest: str) -> tuple[bool, tuple[bytes, bytes] | None]:
-        """Claim a ticket. Returns (claimed, stored receipt if already done)."""
+    def claim(self, job_id: str, dataset: str, ticket_digest: str) -> tuple[bool, tuple[bytes, bytes, bytes] | None]:
+        """Claim a ticket. Returns (claimed, stored receipt and ciphertext if already done)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT state, receipt_payload, receipt_signature FROM executions WHERE job_id=? AND dataset=?",
+                "SELECT state, receipt_payload, receipt_signature, ciphertext FROM executions WHERE job_id=? AND dataset=?",
                 (job_id, dataset),
             ).fetchone()
             if row is not None:
                 if row[0] == "done":
-                    return False, (bytes(row[1]), bytes(row[2]))
+                    return False, (bytes(row[1]), bytes(row[2]), bytes(row[3] or b""))
                 return False, None
             self._db.execute(
                 "INSERT INTO executions(job_id, dataset, ticket_digest, state, at_ms) VALUES (?,?,?,?,?)",
@@ -54,12 +81,13 @@ class ConnectorState:
             )
             return True, None
 
-    def finish(self, job_id: str, dataset: str, payload: bytes, signature: bytes, salt: bytes | None) -> None:
+    def finish(self, job_id: str, dataset: str, payload: bytes, signature: bytes, salt: bytes | None,
+               ciphertext: bytes = b"") -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE executions SET state='done', receipt_payload=?, receipt_signature=?, salt=? "
+                "UPDATE executions SET state='done', receipt_payload=?, receipt_signature=?, salt=?, ciphertext=? "
                 "WHERE job_id=? AND dataset=?",
-                (payload, signature, salt, job_id, dataset),
+                (payload, signature, salt, ciphertext, job_id, dataset),
             )
 
     def interrupted(self) -> list[tuple[str, str]]:
@@ -71,3 +99,80 @@ class ConnectorState:
         with self._lock:
             row = self._db.execute("SELECT salt FROM executions WHERE job_id=? AND dataset=?", (job_id, dataset)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
+
+    # -- the department's own ledger --------------------------------------------------
+    def charge(self, dataset: str, period: str, epsilon: Fraction, cap: Fraction) -> Fraction | None:
+        """Charge ``epsilon`` to the dataset's local ledger; return None, or what is left when it would overrun."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT spent FROM ledger WHERE dataset=? AND period=?", (dataset, period)).fetchone()
+                spent = Fraction(row[0]) if row else Fraction(0)
+                if spent + epsilon > cap:
+                    self._db.execute("ROLLBACK")
+                    return max(cap - spent, Fraction(0))
+                total = spent + epsilon
+                self._db.execute(
+                    "INSERT INTO ledger(dataset, period, spent) VALUES (?,?,?) "
+                    "ON CONFLICT(dataset, period) DO UPDATE SET spent=excluded.spent",
+                    (dataset, period, f"{total.numerator}/{total.denominator}"),
+                )
+                self._db.execute("COMMIT")
+                return None
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def spent(self, dataset: str, period: str) -> Fraction:
+        with self._lock:
+            row = self._db.execute("SELECT spent FROM ledger WHERE dataset=? AND period=?", (dataset, period)).fetchone()
+        return Fraction(row[0]) if row else Fraction(0)
+
+    # -- approvals ----------------------------------------------------------------------
+    def approval(self, digest: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, status, source, request, limits, runs, note, decided_by, requested_ms, decided_ms "
+                "FROM approvals WHERE digest=?", (digest,),
+            ).fetchone()
+        return self._approval_row(row) if row else None
+
+    @staticmethod
+    def _approval_row(row: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            "digest": row[0], "status": row[1], "source": bytes(row[2]), "request": json.loads(row[3]),
+            "limits": json.loads(row[4]), "runs": row[5], "note": row[6], "decided_by": row[7],
+            "requested_ms": row[8], "decided_ms": row[9],
+        }
+
+    def approvals(self, status: str = "") -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT digest, status, source, request, limits, runs, note, decided_by, requested_ms, decided_ms "
+                "FROM approvals WHERE ?='' OR status=? ORDER BY requested_ms", (status, status),
+            ).fetchall()
+        return [self._approval_row(r) for r in rows]
+
+    def request_approval(self, digest: str, source: bytes, request: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO approvals(digest, status, source, request, limits, requested_ms) VALUES (?,?,?,?,?,?)",
+                (digest, "pending", source, json.dumps(request, sort_keys=True), "{}", int(time.time() * 1000)),
+            )
+
+    def decide_approval(self, digest: str, status: str, *, limits: dict[str, Any], note: str, by: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE approvals SET status=?, limits=?, note=?, decided_by=?, decided_ms=? WHERE digest=?",
+                (status, json.dumps(limits, sort_keys=True), note, by, int(time.time() * 1000), digest),
+            )
+            return cur.rowcount == 1
+
+    def count_approved_run(self, digest: str, max_runs: int) -> bool:
+        """Count one run of an approved algorithm; False when its run limit is reached."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE approvals SET runs = runs + 1 WHERE digest=? AND status='approved' AND (?=0 OR runs < ?)",
+                (digest, max_runs, max_runs),
+            )
+            return cur.rowcount == 1

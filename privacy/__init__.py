@@ -5,11 +5,22 @@ Shared by the connector (which applies every mechanism next to the raw data), th
 See docs/privacy.md for the mechanisms, sensitivities and the reasons behind them.
 """
 
-from ._mechanisms import CONFIDENCE, GEOMETRIC, LAPLACE
-from ._he import MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SLOTS, he_decrypt, he_encrypt, he_keygen, he_sum
+from ._mechanisms import CONFIDENCE, GEOMETRIC, LAPLACE, NOISY_MAX
+from ._he import (
+    MAX_CIPHERTEXT_BYTES,
+    MAX_CONTEXT_BYTES,
+    SLOTS,
+    he_check_public_context,
+    he_decrypt,
+    he_encrypt,
+    he_keygen,
+    he_sum,
+)
 from ._outputs import aggregate_blocks, release_outputs
 from ._partition import partition_blocks
-from ._query import MAX_ROWS, AccuracyForecast, BoundedFrame, bound_contributions, dp_accuracy, dp_query
+from ._aggregate import MAX_ROWS
+from ._bounding import BoundedFrame, bound_contributions
+from ._query import AccuracyForecast, dp_accuracy, dp_queries, dp_query
 from ._record import UNGROUPED, Component, DPRelease
 from ._spec import Filter, FilterOp, QuerySpec, Statistic
 
@@ -20,6 +31,7 @@ __all__ = [
     "MAX_CIPHERTEXT_BYTES",
     "MAX_CONTEXT_BYTES",
     "MAX_ROWS",
+    "NOISY_MAX",
     "SLOTS",
     "UNGROUPED",
     "AccuracyForecast",
@@ -33,9 +45,11 @@ __all__ = [
     "aggregate_blocks",
     "bound_contributions",
     "dp_accuracy",
+    "dp_queries",
     "dp_query",
     "he_decrypt",
     "he_encrypt",
+    "he_check_public_context",
     "he_keygen",
     "he_sum",
     "partition_blocks",

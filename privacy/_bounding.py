@@ -43,7 +43,7 @@ class BoundedFrame:
             raise YumenError(Code.INTERNAL, "BoundedFrame row count does not match its frame")
 
 
-def _truncate(frame: pl.LazyFrame, registration: DatasetRegistration) -> pl.LazyFrame:
+def truncate(frame: pl.LazyFrame, registration: DatasetRegistration) -> pl.LazyFrame:
     """Keep each unit's first ``k`` rows (in frame order); the result is grouped by unit.
 
     Measured on 10 M rows / 2 M units (2 cores): ``int_range(len).over(unit)`` 1.5-3 s,
@@ -73,13 +73,13 @@ def _truncate(frame: pl.LazyFrame, registration: DatasetRegistration) -> pl.Lazy
 def bound_contributions(frame: pl.LazyFrame | pl.DataFrame, registration: DatasetRegistration) -> BoundedFrame:
     """Truncate every privacy unit to ``max_contributions`` rows once, for many queries."""
     lf = frame.lazy()
-    _check_columns(lf, registration, [registration.privacy_unit.column] if registration.privacy_unit.column else [])
-    df = _truncate(lf, registration).collect()
+    check_columns(lf, registration, [registration.privacy_unit.column] if registration.privacy_unit.column else [])
+    df = truncate(lf, registration).collect()
     logger.info("bounded contributions for dataset %s", registration.id)
     return BoundedFrame(frame=df, registration_digest=registration.digest(), rows=df.height)
 
 
-def _check_columns(lf: pl.LazyFrame, registration: DatasetRegistration, names: Sequence[str]) -> None:
+def check_columns(lf: pl.LazyFrame, registration: DatasetRegistration, names: Sequence[str]) -> None:
     schema = lf.collect_schema()
     missing = [n for n in names if n and n not in schema]
     if missing:

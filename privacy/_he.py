@@ -156,3 +156,9 @@ def he_decrypt(secret_ctx: bytes, ciphertext: bytes) -> list[float]:
     """Operator SDK: decrypt a (summed) ciphertext with the secret context."""
     ctx = _load_context(secret_ctx, private=True, who="decrypt")
     return list(_load_vector(ctx, ciphertext, "decrypt").decrypt())
+
+
+def he_check_public_context(public_ctx: bytes) -> None:
+    """Broker, at submission: refuse a context that is oversized, malformed, not Yumen's
+    parameter set, or that carries a secret key, before the job is accepted."""
+    _load_context(public_ctx, private=False, who="job")

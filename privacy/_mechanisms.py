@@ -45,7 +45,8 @@ dp.enable_features("contrib")
 
 GEOMETRIC = "geometric"  # discrete Laplace (two-sided geometric) on integers
 LAPLACE = "laplace"  # OpenDP's lattice Laplace on floats
-MECHANISMS = (GEOMETRIC, LAPLACE)
+NOISY_MAX = "noisy-max"  # OpenDP's report-noisy-max selection (exponential-mechanism family)
+MECHANISMS = (GEOMETRIC, LAPLACE, NOISY_MAX)
 
 # Confidence level of every reported half-width.
 CONFIDENCE = Fraction(95, 100)
@@ -77,10 +78,17 @@ class Calibrated:
 
     def half_width(self, alpha: float) -> float:
         """Half-width of the (1-alpha) interval of one noise draw, in the input's units."""
-        if self.mechanism == GEOMETRIC:
-            # OpenDP: alpha = P[|X| >= accuracy]; for integers the floor keeps the coverage.
-            return float(math.floor(discrete_laplacian_scale_to_accuracy(self.scale, alpha)))
-        return float(laplacian_scale_to_accuracy(self.scale, alpha))
+        return _half_width(self.mechanism, self.scale, alpha)
+
+
+@functools.lru_cache(maxsize=4096)
+def _half_width(mechanism: str, scale: float, alpha: float) -> float:
+    if mechanism == GEOMETRIC:
+        # OpenDP: alpha = P[|X| >= accuracy]; for integers the floor keeps the coverage.
+        return float(math.floor(discrete_laplacian_scale_to_accuracy(scale, alpha)))
+    if mechanism == LAPLACE:
+        return float(laplacian_scale_to_accuracy(scale, alpha))
+    raise YumenError(Code.INTERNAL, f"no additive accuracy for {mechanism!r}")
 
 
 def _build(mechanism: str, scale: float, vector: bool) -> Any:
@@ -93,6 +101,10 @@ def _build(mechanism: str, scale: float, vector: bool) -> Any:
         else:
             space = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
         return dp.m.make_laplace(*space, scale=scale)
+    if mechanism == NOISY_MAX:
+        # selects the index of the *lowest* score (negate=True); scores are not monotonic
+        space = dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.linf_distance(T=dp.i64)
+        return dp.m.make_noisy_max(*space, dp.max_divergence(), scale=scale, negate=True)
     raise YumenError(Code.INTERNAL, f"unknown mechanism {mechanism!r}")
 
 
@@ -107,11 +119,13 @@ def calibrate(mechanism: str, sensitivity: int | float, epsilon: Fraction, *, ve
         raise YumenError(Code.INTERNAL, f"unknown mechanism {mechanism!r}")
     if not (isinstance(epsilon, Fraction) and epsilon > 0):
         raise YumenError(Code.INTERNAL, f"ε must be a positive Fraction, got {epsilon!r}")
-    if mechanism == GEOMETRIC and not (isinstance(sensitivity, int) and sensitivity >= 1):
+    if mechanism in (GEOMETRIC, NOISY_MAX) and not (isinstance(sensitivity, int) and sensitivity >= 1):
         raise YumenError(Code.INTERNAL, f"integer sensitivity must be a positive int, got {sensitivity!r}")
     if mechanism == LAPLACE and not (isinstance(sensitivity, float) and math.isfinite(sensitivity) and sensitivity > 0):
         raise YumenError(Code.INTERNAL, f"float sensitivity must be positive and finite, got {sensitivity!r}")
-    scale = float_at_least(Fraction(sensitivity) / epsilon)
+    # noisy max over non-monotonic scores costs 2 d_in / scale
+    factor = 2 if mechanism == NOISY_MAX else 1
+    scale = float_at_least(factor * Fraction(sensitivity) / epsilon)
     for _ in range(_MAX_CALIBRATION_STEPS):
         meas = _build(mechanism, scale, vector)
         spent = Fraction(meas.map(d_in=sensitivity))

@@ -9,11 +9,12 @@ from fractions import Fraction
 from yumen.catalog import Column, ColumnType, DatasetRegistration
 from yumen.errors import Code, YumenError
 
-from ._mechanisms import GEOMETRIC, Calibrated, calibrate, split_epsilon
+from ._mechanisms import GEOMETRIC, NOISY_MAX, Calibrated, calibrate, split_epsilon
 from ._record import UNGROUPED, Component
 from ._spec import QuerySpec, Statistic, validate
 
 GRID_BITS = 30  # per-row contributions are integers of magnitude <= 2^30 (squares: 2^31)
+QUANTILE_CANDIDATES = 1025  # 1024 equal steps over [L, U]
 
 
 def _bad(what: str, hint: str = "") -> YumenError:
@@ -21,7 +22,7 @@ def _bad(what: str, hint: str = "") -> YumenError:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Grid:
+class Grid:
     lower: float
     upper: float
     step: Fraction  # a power of two
@@ -45,7 +46,7 @@ class _Grid:
         return self.centered_bound**2 >> self.square_shift
 
 
-def _grid(col: Column) -> _Grid:
+def grid_for(col: Column) -> Grid:
     lower, upper = float(col.lower), float(col.upper)  # type: ignore[arg-type]
     if col.type is ColumnType.INT:
         lower, upper = float(math.ceil(lower)), float(math.floor(upper))
@@ -58,44 +59,54 @@ def _grid(col: Column) -> _Grid:
     shift = e - GRID_BITS
     if col.type is ColumnType.INT:
         shift = max(0, shift)
+    if not -900 <= shift <= 900:  # keep the step and its inverse normal floats
+        raise _bad(
+            f"column {col.name!r}: bounds [{col.lower}, {col.upper}] are out of the supported magnitude",
+            "register bounds between about 1e-260 and 1e280 in magnitude",
+        )
     step = Fraction(2) ** shift
     q_lo = math.floor(Fraction(lower) / step)
     q_hi = math.ceil(Fraction(upper) / step)
-    return _Grid(lower=lower, upper=upper, step=step, q_lo=q_lo, q_hi=q_hi)
+    return Grid(lower=lower, upper=upper, step=step, q_lo=q_lo, q_hi=q_hi)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Part:
+class Part:
     name: str
     bound: int  # per-row |contribution| in grid units
     unit: Fraction  # value units per grid unit
 
 
-def _parts(spec: QuerySpec, grid: _Grid | None) -> tuple[_Part, ...]:
-    count = _Part(name="count", bound=1, unit=Fraction(1))
+def parts_for(spec: QuerySpec, grid: Grid | None) -> tuple[Part, ...]:
+    count = Part(name="count", bound=1, unit=Fraction(1))
+    if spec.statistic is Statistic.QUANTILE:
+        q = Fraction(spec.quantile)  # type: ignore[arg-type]
+        # score_j = |(den - num) * #{x < c_j} - num * #{x > c_j}|: one row moves it by <= max(num, den - num)
+        return (Part(name="quantile_score", bound=max(q.numerator, q.denominator - q.numerator), unit=Fraction(1)),)
     if spec.statistic in (Statistic.COUNT, Statistic.HISTOGRAM):
         return (count,)
     if grid is None:
         raise YumenError(Code.INTERNAL, "a numeric statistic was planned without a grid")
     if spec.statistic is Statistic.SUM:
-        return (_Part(name="sum", bound=max(abs(grid.q_lo), abs(grid.q_hi)), unit=grid.step),)
-    centered = _Part(name="centered_sum", bound=grid.centered_bound, unit=grid.step)
+        return (Part(name="sum", bound=max(abs(grid.q_lo), abs(grid.q_hi)), unit=grid.step),)
+    centered = Part(name="centered_sum", bound=grid.centered_bound, unit=grid.step)
     if spec.statistic is Statistic.MEAN:
         return (count, centered)
-    squares = _Part(
+    squares = Part(
         name="centered_square_sum", bound=grid.square_bound, unit=grid.step**2 * 2**grid.square_shift
     )
     return (count, centered, squares)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _Plan:
+class Plan:
     spec: QuerySpec
     keys: tuple[str, ...]  # public key set; (UNGROUPED,) when ungrouped
-    grid: _Grid | None
-    parts: tuple[_Part, ...]
+    grid: Grid | None
+    parts: tuple[Part, ...]
     calibrations: tuple[Calibrated, ...]
     k: int
+    candidates: tuple[float, ...] = ()  # quantile: the public candidate values, ascending
 
     @property
     def epsilon(self) -> Fraction:
@@ -114,7 +125,7 @@ class _Plan:
         )
 
 
-def _need_grid(plan: _Plan) -> _Grid:
+def need_grid(plan: Plan) -> Grid:
     if plan.grid is None:
         raise YumenError(Code.INTERNAL, "a numeric statistic was planned without a grid")
     return plan.grid
@@ -130,7 +141,17 @@ def _bin_labels(grid_col: Column, bins: int) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def _plan(registration: DatasetRegistration, spec: QuerySpec, epsilon: Fraction) -> _Plan:
+def quantile_candidates(col: Column) -> tuple[float, ...]:
+    """Public candidates for a quantile: every integer for a narrow integer column, else
+    ``QUANTILE_CANDIDATES`` evenly spaced points over the registered bounds."""
+    lower, upper = Fraction(col.lower), Fraction(col.upper)  # type: ignore[arg-type]
+    if col.type is ColumnType.INT and math.floor(upper) - math.ceil(lower) < QUANTILE_CANDIDATES:
+        return tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
+    n = QUANTILE_CANDIDATES - 1
+    return tuple(float(lower + (upper - lower) * i / n) for i in range(n + 1))
+
+
+def make_plan(registration: DatasetRegistration, spec: QuerySpec, epsilon: Fraction) -> Plan:
     validate(registration, spec)
     k = registration.privacy_unit.max_contributions
     grid = None
@@ -141,8 +162,15 @@ def _plan(registration: DatasetRegistration, spec: QuerySpec, epsilon: Fraction)
         col = registration.column(spec.column)
         keys = col.categories if col.type is ColumnType.CATEGORY else _bin_labels(col, spec.bins)
     elif spec.statistic in (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE):
-        grid = _grid(registration.column(spec.column))
-    parts = _parts(spec, grid)
+        grid = grid_for(registration.column(spec.column))
+    parts = parts_for(spec, grid)
     eps_each = split_epsilon(epsilon, len(parts))
+    if spec.statistic is Statistic.QUANTILE:
+        # One selection per group, all with this measurement. A unit with k_g rows in group g
+        # moves that group's scores by <= k_g * bound, and noisy max costs 2 d / scale, linear
+        # in d; so the groups together cost at most 2 k bound / scale = map(k * bound) <= ε.
+        cal = calibrate(NOISY_MAX, k * parts[0].bound, eps_each)
+        candidates = quantile_candidates(registration.column(spec.column))
+        return Plan(spec=spec, keys=keys, grid=None, parts=parts, calibrations=(cal,), k=k, candidates=candidates)
     calibrations = tuple(calibrate(GEOMETRIC, k * p.bound, eps_each) for p in parts)
-    return _Plan(spec=spec, keys=keys, grid=grid, parts=parts, calibrations=calibrations, k=k)
+    return Plan(spec=spec, keys=keys, grid=grid, parts=parts, calibrations=calibrations, k=k)

@@ -52,18 +52,19 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from yumen.catalog import Column, ColumnType, DatasetRegistration
+from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.jobs import Query
 
-from ._mechanisms import CONFIDENCE, GEOMETRIC, Calibrated, calibrate, check_epsilon, split_epsilon
-from ._record import UNGROUPED, Component, DPRelease
-from ._spec import Filter, FilterOp, QuerySpec, Statistic, as_spec, validate
+from ._aggregate import aggregate, candidate_counts, grouping
+from ._bounding import BoundedFrame, check_columns, truncate
+from ._mechanisms import CONFIDENCE, GEOMETRIC, NOISY_MAX, check_epsilon
+from ._plan import Grid, Plan, make_plan, need_grid
+from ._record import Component, DPRelease
+from ._spec import QuerySpec, Statistic, as_spec
 
 logger = logging.getLogger(__name__)
 
-GRID_BITS = 30  # per-row contributions are integers of magnitude <= 2^30 (squares: 2^31)
-MAX_ROWS = 2**32  # with per-row magnitude <= 2^31, Int64 sums cannot overflow below this
 ALPHA = 1 - float(CONFIDENCE)
 
 
@@ -71,7 +72,7 @@ def _bad(what: str, hint: str = "") -> YumenError:
     return YumenError(Code.INVALID_ARGUMENT, what, hint=hint)
 
 
-def _release(plan: _Plan, agg: dict[str, list[int]]) -> DPRelease:
+def _release(plan: Plan, agg: dict[str, list[int]]) -> DPRelease:
     spec = plan.spec
     noisy = {p.name: [int(v) for v in c(agg[p.name])] for p, c in zip(plan.parts, plan.calibrations)}
     cal = {p.name: c for p, c in zip(plan.parts, plan.calibrations)}
@@ -90,7 +91,7 @@ def _release(plan: _Plan, agg: dict[str, list[int]]) -> DPRelease:
             scale[key] = float(cal[name].scale * u)
             accuracy[key] = float(cal[name].half_width(ALPHA) * u)
             continue
-        g = _need_grid(plan)
+        g = need_grid(plan)
         c_noisy = noisy["count"][i]
         c_exact = agg["count"][i]
         a_c = cal["count"].half_width(ALPHA / n_parts)
@@ -120,7 +121,51 @@ def _release(plan: _Plan, agg: dict[str, list[int]]) -> DPRelease:
     )
 
 
-def _mean(g: _Grid, c: int, s: int, a_c: float, a_s: float) -> tuple[float, float]:
+def _quantile_scores(counts: list[int], q: Fraction) -> list[int]:
+    """score_j = |(den - num) * #{x < c_j} - num * #{x > c_j}|, zero at an exact q-quantile."""
+    num, den = q.numerator, q.denominator
+    total = sum(counts)
+    below = 0
+    scores = []
+    for n in counts:
+        above = total - below - n
+        scores.append(abs((den - num) * below - num * above))
+        below += n
+    return scores
+
+
+def quantile_rank_half_width(plan: Plan) -> float:
+    """95 % bound on the selection's score gap (McKenna & Sheldon 2020 / the exponential
+    mechanism's tail: P[gap > scale * ln(C / alpha)] <= alpha), in rows of rank."""
+    cal = plan.calibrations[0]
+    q = Fraction(plan.spec.quantile)  # type: ignore[arg-type]
+    return cal.scale * math.log(len(plan.candidates) / ALPHA) / q.denominator
+
+
+def _release_quantile(plan: Plan, counts: list[list[int]]) -> DPRelease:
+    cal = plan.calibrations[0]
+    q = Fraction(plan.spec.quantile)  # type: ignore[arg-type]
+    rank_hw = quantile_rank_half_width(plan)
+    values: dict[str, float] = {}
+    exact: dict[str, float] = {}
+    for key, group_counts in zip(plan.keys, counts):
+        scores = _quantile_scores(group_counts, q)
+        values[key] = plan.candidates[int(cal(scores))]
+        exact[key] = plan.candidates[min(range(len(scores)), key=scores.__getitem__)]
+    return DPRelease(
+        values=values,
+        noise_scale={k: cal.scale / q.denominator for k in plan.keys},
+        accuracy={k: rank_hw for k in plan.keys},
+        accuracy_unit="rank",
+        mechanism=NOISY_MAX,
+        epsilon=plan.epsilon,
+        components=plan.components(),
+        statistic=plan.spec.statistic.value,
+        exact=exact,
+    )
+
+
+def _mean(g: Grid, c: int, s: int, a_c: float, a_s: float) -> tuple[float, float]:
     """mean = mid + S'/C', clamped; half-width from the union bound over both noises.
 
     With true C, S and centered true mean m = S/C (|m| <= B), the error of S'/C' is
@@ -136,7 +181,7 @@ def _mean(g: _Grid, c: int, s: int, a_c: float, a_s: float) -> tuple[float, floa
     return float(m * g.step), float(hw * g.step)
 
 
-def _variance_of(g: _Grid, c: int | Fraction, s: int | Fraction, q: int | Fraction) -> Fraction:
+def _variance_of(g: Grid, c: int | Fraction, s: int | Fraction, q: int | Fraction) -> Fraction:
     if c <= 0:
         return Fraction(0)
     shift = 2**g.square_shift
@@ -145,7 +190,7 @@ def _variance_of(g: _Grid, c: int | Fraction, s: int | Fraction, q: int | Fracti
     return v * g.step**2
 
 
-def _variance(g: _Grid, c: int, s: int, q: int, a_c: float, a_s: float, a_2: float) -> tuple[float, float]:
+def _variance(g: Grid, c: int, s: int, q: int, a_c: float, a_s: float, a_2: float) -> tuple[float, float]:
     """Variance and a conservative half-width by interval arithmetic over the three noises."""
     est = _variance_of(g, c, s, q)
     full = Fraction(g.centered_bound) ** 2 * g.step**2
@@ -166,6 +211,74 @@ def _variance(g: _Grid, c: int, s: int, q: int, a_c: float, a_s: float, a_2: flo
     return float(est), float(hw)
 
 
+def _bounded(
+    frame: pl.LazyFrame | BoundedFrame, registration: DatasetRegistration, columns: set[str]
+) -> pl.LazyFrame:
+    if isinstance(frame, BoundedFrame):
+        if frame.registration_digest != registration.digest():
+            raise YumenError(
+                Code.INTERNAL,
+                "the bounded frame was made for another registration",
+                hint="call bound_contributions again for this registration",
+            )
+        return frame.frame.lazy()
+    if isinstance(frame, pl.LazyFrame):
+        if not registration.privacy_unit.column:
+            return frame
+        # order-dependent (stable sort, shift, forward fill): run it on the in-memory engine,
+        # on the columns the queries read only
+        unit = registration.privacy_unit.column
+        needed = sorted(columns | {unit})
+        check_columns(frame, registration, needed)
+        return truncate(frame.select(needed), registration).collect().lazy()
+    raise _bad(f"dp_query takes a polars LazyFrame or a BoundedFrame, not {type(frame).__name__}")
+
+
+def dp_queries(
+    frame: pl.LazyFrame | BoundedFrame,
+    registration: DatasetRegistration,
+    queries: Sequence[Query | QuerySpec],
+    epsilons: Sequence[Fraction],
+) -> list[DPRelease]:
+    """Answer several queries on one frame, each with its own ε, sharing the passes over data.
+
+    Contribution bounding runs once; queries with the same grouping and filters share one
+    aggregation pass. The releases compose sequentially: the total ε spent is the sum of the
+    releases' ε (each at most its request). Everything else is as in ``dp_query``.
+    """
+    if len(queries) != len(epsilons) or not queries:
+        raise _bad("give one ε per query, and at least one query")
+    plans = [make_plan(registration, as_spec(q), check_epsilon(e)) for q, e in zip(queries, epsilons)]
+    used = {c for p in plans for c in (p.spec.column, p.spec.group_by, *(f.column for f in p.spec.filters)) if c}
+    lf = _bounded(frame, registration, used)
+    for plan in plans:
+        spec = plan.spec
+        check_columns(lf, registration, [spec.column, spec.group_by, *(f.column for f in spec.filters)])
+    passes: dict[tuple[object, ...], list[int]] = {}
+    for i, plan in enumerate(plans):
+        if plan.spec.statistic is not Statistic.QUANTILE:
+            passes.setdefault(grouping(plan), []).append(i)
+    aggregates: dict[int, dict[str, list[int]]] = {}
+    for indices in passes.values():
+        for i, agg in zip(indices, aggregate(lf, registration, [plans[i] for i in indices])):
+            aggregates[i] = agg
+    releases = [
+        _release_quantile(plan, candidate_counts(lf, registration, plan))
+        if plan.spec.statistic is Statistic.QUANTILE
+        else _release(plan, aggregates[i])
+        for i, plan in enumerate(plans)
+    ]
+    for plan, release in zip(plans, releases):
+        logger.info(
+            "dp release on dataset %s: %s over %d keys, epsilon %s",
+            registration.id,
+            plan.spec.statistic.value,
+            len(plan.keys),
+            release.epsilon,
+        )
+    return releases
+
+
 def dp_query(
     frame: pl.LazyFrame | BoundedFrame,
     registration: DatasetRegistration,
@@ -179,37 +292,7 @@ def dp_query(
     ``DPRelease`` whose ``epsilon`` (exact, certified by OpenDP) is at most ``epsilon``; its
     ``exact`` field is pre-noise and must never leave the connector.
     """
-    eps = check_epsilon(epsilon)
-    spec = as_spec(query)
-    plan = _plan(registration, spec, eps)
-    if isinstance(frame, BoundedFrame):
-        if frame.registration_digest != registration.digest():
-            raise YumenError(
-                Code.INTERNAL,
-                "the bounded frame was made for another registration",
-                hint="call bound_contributions again for this registration",
-            )
-        lf = frame.frame.lazy()
-    elif isinstance(frame, pl.LazyFrame):
-        lf = frame
-        if registration.privacy_unit.column:
-            # order-dependent (stable sort, shift, forward fill): run it on the in-memory engine
-            _check_columns(lf, registration, [registration.privacy_unit.column])
-            lf = _truncate(frame, registration).collect().lazy()
-    else:
-        raise _bad(f"dp_query takes a polars LazyFrame or a BoundedFrame, not {type(frame).__name__}")
-    needed = [spec.column, spec.group_by, *(f.column for f in spec.filters)]
-    _check_columns(lf, registration, needed)
-    agg = _aggregate(lf, registration, plan)
-    release = _release(plan, agg)
-    logger.info(
-        "dp release on dataset %s: %s over %d keys, epsilon %s",
-        registration.id,
-        spec.statistic.value,
-        len(plan.keys),
-        release.epsilon,
-    )
-    return release
+    return dp_queries(frame, registration, [query], [epsilon])[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +303,8 @@ def dp_query(
 class AccuracyForecast:
     """What a query would cost and how accurate it would be, before any data is touched.
 
-    ``half_width`` is the 95 % half-width per released value for count, sum and histogram.
+    ``half_width`` is the 95 % half-width per released value for count, sum and histogram
+    (value units), and for quantiles (rows of rank, ``accuracy_unit == "rank"``).
     For mean and variance it depends on the (unknown) number of rows per group: call
     ``half_width_at(rows)``.
     """
@@ -232,7 +316,8 @@ class AccuracyForecast:
     keys: tuple[str, ...]
     half_width: float | None
     confidence: Fraction = CONFIDENCE
-    _plan: _Plan = dataclasses.field(repr=False, compare=False)
+    accuracy_unit: str = "value"  # "rank" for quantiles
+    _plan: Plan = dataclasses.field(repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.epsilon != sum((c.epsilon for c in self.components), Fraction(0)):
@@ -245,7 +330,7 @@ class AccuracyForecast:
         if self.half_width is not None:
             return self.half_width
         plan = self._plan
-        g = _need_grid(plan)
+        g = need_grid(plan)
         n = len(plan.parts)
         a_c = plan.calibrations[0].half_width(ALPHA / n)
         a_s = plan.calibrations[1].half_width(ALPHA / n)
@@ -266,6 +351,7 @@ class AccuracyForecast:
             "keys": list(self.keys),
             "half_width": self.half_width,
             "confidence": f"{self.confidence.numerator}/{self.confidence.denominator}",
+            "accuracy_unit": self.accuracy_unit,
         }
 
 
@@ -277,16 +363,19 @@ def dp_accuracy(registration: DatasetRegistration, query: Query | QuerySpec, eps
     """
     eps = check_epsilon(epsilon)
     spec = as_spec(query)
-    plan = _plan(registration, spec, eps)
+    plan = make_plan(registration, spec, eps)
     half_width = None
     if spec.statistic in (Statistic.COUNT, Statistic.HISTOGRAM, Statistic.SUM):
         half_width = float(plan.calibrations[0].half_width(ALPHA) * plan.parts[0].unit)
+    if spec.statistic is Statistic.QUANTILE:
+        half_width = quantile_rank_half_width(plan)
     return AccuracyForecast(
         statistic=spec.statistic.value,
-        mechanism=GEOMETRIC,
+        mechanism=plan.calibrations[0].mechanism,
         epsilon=plan.epsilon,
         components=plan.components(),
         keys=plan.keys,
         half_width=half_width,
+        accuracy_unit="rank" if spec.statistic is Statistic.QUANTILE else "value",
         _plan=plan,
     )

@@ -62,7 +62,10 @@ class DPRelease:
     units (for a mean: the sum's noise scale divided by the released noisy count).
     ``accuracy`` is the half-width of a ``confidence`` (95 %) interval around the true
     truncated-and-clamped value; for derived statistics (mean, variance) it is a
-    conservative union bound over the components, computed from released values only.
+    conservative union bound over the components, computed from released values only. For
+    quantiles (``accuracy_unit == "rank"``) both ``accuracy`` and ``noise_scale`` are in rows
+    of rank: the released candidate's rank misses the target rank by at most ``accuracy``
+    rows (up to ties at the candidate) with 95 % probability.
 
     ``exact`` holds the pre-noise values. It exists only so the connector can compute a
     salted commitment locally; it NEVER leaves the connector: it is excluded from
@@ -78,6 +81,7 @@ class DPRelease:
     components: tuple[Component, ...]
     statistic: str
     confidence: Fraction = CONFIDENCE
+    accuracy_unit: str = "value"  # "rank" for quantiles: rows of rank error, not value units
     exact: Mapping[str, float] = dataclasses.field(repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +100,8 @@ class DPRelease:
                 raise _internal("noise scale and accuracy must be non-negative")
         if self.mechanism not in MECHANISMS:
             raise _internal(f"unknown mechanism {self.mechanism!r}")
+        if self.accuracy_unit not in ("value", "rank"):
+            raise _internal(f"unknown accuracy unit {self.accuracy_unit!r}")
         if not self.components:
             raise _internal("a release records at least one measurement")
         if not (isinstance(self.epsilon, Fraction) and self.epsilon == sum(c.epsilon for c in self.components)):
@@ -116,6 +122,7 @@ class DPRelease:
             "noise_scale": dict(self.noise_scale),
             "accuracy": dict(self.accuracy),
             "confidence": f"{self.confidence.numerator}/{self.confidence.denominator}",
+            "accuracy_unit": self.accuracy_unit,
             "mechanism": self.mechanism,
             "epsilon": f"{self.epsilon.numerator}/{self.epsilon.denominator}",
             "components": [c.to_dict() for c in self.components],

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import math
 import re
+from fractions import Fraction
 from typing import Any
 
 from yumen.catalog import Column, ColumnType, DatasetRegistration
@@ -18,6 +19,7 @@ from yumen.errors import Code, YumenError
 from yumen.jobs import Query
 
 MAX_BINS = 1000
+MAX_QUANTILE_DENOMINATOR = 1000
 MAX_FILTERS = 16
 
 
@@ -31,6 +33,7 @@ class Statistic(enum.Enum):
     MEAN = "mean"
     VARIANCE = "variance"
     HISTOGRAM = "histogram"
+    QUANTILE = "quantile"
 
 
 class FilterOp(enum.Enum):
@@ -79,8 +82,10 @@ class QuerySpec:
 
     ``statistic`` count (``column`` optional: counts rows where it is present), sum, mean,
     variance (``column`` numeric), histogram (``column`` a category column, or a numeric
-    column cut into ``bins`` equal-width bins over its registered bounds). ``group_by`` names a
-    declared category column (not with histogram). ``filters`` are applied row by row.
+    column cut into ``bins`` equal-width bins over its registered bounds), quantile (``column``
+    numeric, ``quantile`` an exact fraction in (0, 1) such as ``Fraction("0.5")``, denominator
+    at most 1000). ``group_by`` names a declared category column (not with histogram).
+    ``filters`` are applied row by row.
     """
 
     statistic: Statistic
@@ -88,9 +93,19 @@ class QuerySpec:
     group_by: str = ""
     filters: tuple[Filter, ...] = ()
     bins: int = 0
+    quantile: Fraction | None = None
 
     def __post_init__(self) -> None:
-        if self.statistic in (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE, Statistic.HISTOGRAM) and not self.column:
+        if self.statistic is Statistic.QUANTILE:
+            q = self.quantile
+            if isinstance(q, bool) or not isinstance(q, (Fraction, int)) or not 0 < q < 1:
+                raise _bad("a quantile query needs quantile as an exact Fraction in (0, 1)", 'e.g. Fraction("0.5")')
+            if Fraction(q).denominator > MAX_QUANTILE_DENOMINATOR:
+                raise _bad(f"the quantile's denominator must be at most {MAX_QUANTILE_DENOMINATOR}", "use up to 3 decimals")
+        elif self.quantile is not None:
+            raise _bad("quantile only applies to a quantile query")
+        needs_column = (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE, Statistic.HISTOGRAM, Statistic.QUANTILE)
+        if self.statistic in needs_column and not self.column:
             raise _bad(f"a {self.statistic.value} query needs a column", "name a declared column")
         if self.statistic is Statistic.HISTOGRAM and self.group_by:
             raise _bad("a histogram is already grouped by its column; drop group_by")
@@ -114,6 +129,7 @@ class QuerySpec:
             "group_by": self.group_by,
             "filters": [f.to_dict() for f in self.filters],
             "bins": self.bins,
+            "quantile": None if self.quantile is None else f"{self.quantile.numerator}/{self.quantile.denominator}",
         }
 
 
@@ -145,7 +161,7 @@ def validate(registration: DatasetRegistration, spec: QuerySpec) -> None:
         _category(registration, spec.group_by, "group_by")
     if spec.column:
         col = registration.column(spec.column)
-        if spec.statistic in (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE) and not col.numeric:
+        if spec.statistic in (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE, Statistic.QUANTILE) and not col.numeric:
             raise _bad(f"{spec.statistic.value} needs a numeric column; {spec.column!r} is {col.type.value}")
         if spec.statistic is Statistic.HISTOGRAM:
             if col.type is ColumnType.CATEGORY and spec.bins:

@@ -56,12 +56,38 @@ class JobResult:
     result_digest: str
     provenance: tuple[dict[str, str], ...]
     log_index: int
+    bill: dict[str, str] = dataclasses.field(default_factory=dict)
+    ciphertext: bytes = b""  # homomorphic delivery: decrypt with decrypt()
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.ciphertext)
+
+    def decrypt(self, secret_context: bytes) -> "JobResult":
+        """Read an encrypted result with the operator's secret CKKS context.
+
+        Slot *i* holds the sum over departments of value *i*. A mean arrives as sums and
+        counts and is divided here, exactly as the broker does for plaintext results.
+        """
+        from yumen.privacy import he_decrypt
+        from yumen.results import means_from_parts
+
+        if not self.ciphertext:
+            return self
+        slots = he_decrypt(secret_context, self.ciphertext)
+        values = [dict(v, value=slots[i]) for i, v in enumerate(self.values)]
+        if any(v["name"] == "sum" for v in values) and any(v["name"] == "count" for v in values) and self.mean:
+            values = means_from_parts(values)
+        return dataclasses.replace(self, values=tuple(values), ciphertext=b"")
+
+    mean: bool = False  # the job asked for a mean (relevant to decryption only)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "values": list(self.values), "mechanism": self.mechanism,
             "epsilon_spent": self.epsilon_spent, "result_digest": self.result_digest,
-            "provenance": list(self.provenance), "log_index": self.log_index,
+            "provenance": list(self.provenance), "log_index": self.log_index, "bill": dict(self.bill),
+            "encrypted": self.encrypted,
         }
 
 
@@ -123,7 +149,7 @@ class YumenClient:
 
             raise YumenError.from_status(e.code(), e.details()) from None  # type: ignore[attr-defined]
 
-    def result(self, job_id: str) -> JobResult:
+    def result(self, job_id: str, *, mean: bool = False) -> JobResult:
         r = call(self._jobs.GetResult, jobs_pb2.JobRef(job_id=job_id), timeout=30)
         return JobResult(
             job_id=r.job_id,
@@ -131,7 +157,7 @@ class YumenClient:
             mechanism=r.mechanism, epsilon_spent=r.epsilon_spent, result_digest=r.result_digest,
             provenance=tuple({"dataset": p.dataset, "department": p.department, "dataset_version": p.dataset_version,
                               "receipt_digest": p.receipt_digest} for p in r.provenance),
-            log_index=r.log_index,
+            log_index=r.log_index, bill=dict(r.bill), ciphertext=r.ciphertext, mean=mean,
         )
 
 

@@ -148,8 +148,11 @@ class Algorithm:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     timeout_s: float = 60.0
     memory_mb: int = 512
+    blocks: int = 10  # sample-and-aggregate blocks for the custom-algorithm tier
 
     def __post_init__(self) -> None:
+        if not 2 <= self.blocks <= 100:
+            raise _bad(f"blocks {self.blocks} is outside 2–100", "more blocks: less noise, but each block sees less data")
         if not self.source:
             raise _bad("the algorithm file is empty")
         if len(self.source) > MAX_ALGORITHM_BYTES:
@@ -180,8 +183,13 @@ class JobRequest:
     epsilon: Fraction
     query: Query | None = None
     algorithm: Algorithm | None = None
+    # A TenSEAL CKKS public context (no secret key): results come back encrypted under it,
+    # and only the operator, holding the secret context, can read them.
+    he_context: bytes = b""
 
     def __post_init__(self) -> None:
+        if len(self.datasets) > 1 and self.tier is not Tier.QUERY:
+            raise _bad("a job over several datasets must be a query", "run an algorithm on one dataset at a time")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", self.job_id):
             raise _bad(f"job id {self.job_id!r} is not valid", "use letters, digits, '.', '_' or '-' (max 80)")
         if not self.datasets:
@@ -206,6 +214,8 @@ class JobRequest:
             "purpose": self.purpose.value,
             "epsilon": format_epsilon(self.epsilon),
         }
+        if self.he_context:
+            d["he_context"] = "sha256:" + sha256_hex(self.he_context)
         if self.query is not None:
             d["query"] = self.query.to_dict()
         if self.algorithm is not None:
@@ -216,6 +226,7 @@ class JobRequest:
                 "params": a.params,
                 "timeout_s": a.timeout_s,
                 "memory_mb": a.memory_mb,
+                "blocks": a.blocks,
             }
         return d
 

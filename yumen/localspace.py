@@ -31,9 +31,19 @@ OPERATOR_LICENSE = "LIC-2026-0001"
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Department:
+    """A department and the demo datasets it serves.
+
+    Each dataset is ``(demo dataset id, rows)`` or ``(demo dataset id, rows, registered id)``:
+    the third form registers a demo dataset under another id, so several departments can
+    hold datasets of the same schema (e.g. the outpatient visits of several cities).
+    """
+
     id: str
-    datasets: tuple[tuple[str, int], ...]  # (demo dataset id, rows)
+    datasets: tuple[tuple[Any, ...], ...]
     local_policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def dataset_ids(self) -> list[str]:
+        return [d[2] if len(d) > 2 else d[0] for d in self.datasets]
 
 
 DEFAULT_DEPARTMENTS = (
@@ -120,10 +130,13 @@ class LocalSpace:
                 lines.append("[local_policy]")
                 lines += [f"{k} = {_toml_value(v)}" for k, v in dep.local_policy.items()]
                 lines.append("")
-            for ds, rows in dep.datasets:
-                path = self.root / "data" / dep.id / f"{ds}.parquet"
-                generate(ds, rows, self.seed, path)
+            for n, (ds, rows, *alias) in enumerate(dep.datasets):
+                dataset_id = alias[0] if alias else ds
+                path = self.root / "data" / dep.id / f"{dataset_id}.parquet"
+                generate(ds, rows, self.seed + 7919 * (n + 1) * len(dep.id), path)
                 reg = demo_registration(ds)
+                if alias:
+                    reg.update(id=dataset_id, department=dep.id)
                 reg["source"] = {"kind": "parquet", "path": str(path.relative_to(self.root))}
                 lines.append("[[datasets]]")
                 for k, v in reg.items():
@@ -170,7 +183,7 @@ class LocalSpace:
         self.issue_license()
         for dep in self.departments:
             self.start_connector(dep.id)
-        self.wait_online([ds for dep in self.departments for ds, _ in dep.datasets], timeout=timeout)
+        self.wait_online([ds for dep in self.departments for ds in dep.dataset_ids()], timeout=timeout)
 
     def _wait_health(self, timeout: float = 30) -> None:
         import grpc

@@ -148,6 +148,9 @@ class Receipt:
     commitment: str = ""
     metering: dict[str, Any] = dataclasses.field(default_factory=dict)
     at_ms: int = 0
+    # With homomorphic delivery: the values' ``value`` fields are 0 and the encrypted values
+    # travel beside the receipt; this is their SHA-256.
+    ciphertext_digest: str = ""
 
     def __post_init__(self) -> None:
         if self.status not in ("ok", "failed", "refused"):
@@ -176,7 +179,7 @@ class Receipt:
             epsilon_charged=Fraction(0) if eps == "0" else parse_epsilon(eps),
             values=tuple(ReleasedValue.from_dict(v) for v in d.get("values", ())),
             commitment=str(d.get("commitment", "")), metering=dict(d.get("metering", {})),
-            at_ms=int(d.get("at_ms", 0)),
+            at_ms=int(d.get("at_ms", 0)), ciphertext_digest=str(d.get("ciphertext_digest", "")),
         )
 
     def payload(self) -> bytes:

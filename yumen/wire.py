@@ -76,7 +76,7 @@ def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
 def job_to_proto(req: JobRequest) -> jobs_pb2.Job:
     msg = jobs_pb2.Job(
         job_id=req.job_id, datasets=list(req.datasets), tier=req.tier.value,
-        purpose=req.purpose.value, epsilon=req.to_dict()["epsilon"],
+        purpose=req.purpose.value, epsilon=req.to_dict()["epsilon"], he_context=req.he_context,
     )
     if req.query is not None:
         msg.query.CopyFrom(jobs_pb2.Query(
@@ -88,6 +88,7 @@ def job_to_proto(req: JobRequest) -> jobs_pb2.Job:
             source=a.source,
             outputs=[jobs_pb2.OutputRange(name=o.name, lower=o.lower, upper=o.upper) for o in a.outputs],
             params_json=json.dumps(a.params, sort_keys=True), timeout_s=a.timeout_s, memory_mb=a.memory_mb,
+            blocks=a.blocks,
         ))
     return msg
 
@@ -120,13 +121,13 @@ def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
         algorithm = Algorithm(
             source=a.source,
             outputs=tuple(OutputRange(name=o.name, lower=o.lower, upper=o.upper) for o in a.outputs),
-            params=params, timeout_s=a.timeout_s or 60.0, memory_mb=a.memory_mb or 512,
+            params=params, timeout_s=a.timeout_s or 60.0, memory_mb=a.memory_mb or 512, blocks=a.blocks or 10,
         )
     else:
         raise YumenError(Code.INVALID_ARGUMENT, "the job carries neither a query nor an algorithm")
     return JobRequest(
         job_id=msg.job_id, datasets=tuple(msg.datasets), tier=tier, purpose=purpose,
-        epsilon=parse_epsilon(msg.epsilon), query=query, algorithm=algorithm,
+        epsilon=parse_epsilon(msg.epsilon), query=query, algorithm=algorithm, he_context=msg.he_context,
     )
 
 

@@ -20,6 +20,8 @@ DEPARTMENTS = (
     Department(id="transport-dept", datasets=(("bus-trips", 20_000),)),
     # This department accepts at most ε 0.25 per job, whatever the broker allows.
     Department(id="culture-tourism", datasets=(("scenic-visits", 20_000),), local_policy={"max_epsilon_per_job": "0.25"}),
+    # A second city's health commission with outpatient visits of the same schema.
+    Department(id="health-tianshui", datasets=(("outpatient-visits", 10_000, "outpatient-visits-tianshui"),)),
 )
 
 

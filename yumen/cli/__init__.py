@@ -27,7 +27,9 @@ _COMMAND_MODULES = (
     "yumen.connectors._cli",
     "yumen.cli._operator",
     "yumen.cli._admin",
-    # INTEGRATE: "yumen.sandbox._cli", "yumen.audit._cli", "yumen.cli._demo",
+    # "yumen.sandbox._cli",  (pending)
+    "yumen.audit._cli",
+    "yumen.cli._demo",
 )
 
 

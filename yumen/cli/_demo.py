@@ -37,9 +37,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     root = Path(args.dir).resolve()
     _step("preparing the sandbox runtime (built once, then reused)")
-    from yumen.sandbox import ensure_runtime
+    from yumen.sandbox import build_runtime
 
-    print(f"  runtime {ensure_runtime().digest}")
+    print(f"  runtime {build_runtime().digest}")
     _step(f"setting up a local data space in {root}")
     space = LocalSpace(root)
     space.setup()

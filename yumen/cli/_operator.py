@@ -118,7 +118,7 @@ def _parse_output(text: str) -> OutputRange:
         raise YumenError(Code.INVALID_ARGUMENT, f"output {text!r}: bounds must be numbers") from None
 
 
-def _run(args: argparse.Namespace, request: JobRequest) -> int:
+def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = b"") -> int:
     with client(args) as c:
         info = c.submit(request)
         if not args.json:
@@ -143,7 +143,12 @@ def _run(args: argparse.Namespace, request: JobRequest) -> int:
             from yumen.errors import exit_code
 
             return exit_code(code)
-        result = c.result(info.job_id)
+        is_mean = request.query is not None and request.query.aggregate is Aggregate.MEAN
+        result = c.result(info.job_id, mean=is_mean)
+        if result.encrypted:
+            if not secret_context:
+                raise YumenError(Code.INVALID_ARGUMENT, "the result is encrypted and no secret context is at hand")
+            result = result.decrypt(secret_context)
     if args.json:
         _print_json({"job": info.to_dict(), "result": result.to_dict()})
     else:
@@ -153,7 +158,8 @@ def _run(args: argparse.Namespace, request: JobRequest) -> int:
 
 
 def _print_result(result: Any) -> None:
-    print(f"result of {result.job_id} ({result.mechanism}, ε spent {result.epsilon_spent}):")
+    print(f"result of {result.job_id} ({result.mechanism}, ε spent {result.epsilon_spent}"
+          f"{', bill ' + result.bill.get('amount', '0') + ' ' + result.bill.get('currency', '') if result.bill else ''}):")
     for v in result.values:
         label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
         print(f"  {label:<32} {v['value']:>14.3f}   ±{v['ci95']:.3f} (95%, noise scale {v['noise_scale']:.3g})")
@@ -162,13 +168,31 @@ def _print_result(result: Any) -> None:
     print(f"  result digest {result.result_digest}, log entry {result.log_index}")
 
 
+def _he_keys(args: argparse.Namespace) -> tuple[bytes, bytes]:
+    """A fresh CKKS key pair for this job; the secret stays on this machine (saved if asked)."""
+    if not args.he:
+        return b"", b""
+    from yumen.privacy import he_keygen
+
+    secret, public = he_keygen()
+    if args.he_secret_out:
+        import os as _os
+
+        fd = _os.open(args.he_secret_out, _os.O_WRONLY | _os.O_CREAT | _os.O_TRUNC, 0o600)
+        with _os.fdopen(fd, "wb") as f:
+            f.write(secret)
+    return secret, public
+
+
 def _submit_query(args: argparse.Namespace) -> int:
+    secret, public = _he_keys(args)
     request = JobRequest(
         job_id=_job_id(args), datasets=tuple(args.dataset), tier=Tier.QUERY, purpose=Purpose(args.purpose),
         epsilon=parse_epsilon(args.epsilon),
         query=Query(aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or ""),
+        he_context=public,
     )
-    return _run(args, request)
+    return _run(args, request, secret)
 
 
 def _submit_algorithm(args: argparse.Namespace) -> int:
@@ -183,6 +207,7 @@ def _submit_algorithm(args: argparse.Namespace) -> int:
         algorithm=Algorithm(
             source=source, outputs=tuple(_parse_output(o) for o in args.output or ()),
             params=dict(_parse_param(p) for p in args.param or ()), timeout_s=args.timeout, memory_mb=args.memory,
+            blocks=args.blocks,
         ),
     )
     return _run(args, request)
@@ -283,6 +308,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--aggregate", required=True, choices=[a.value for a in Aggregate])
     q.add_argument("--column", help="numeric column (sum, mean)")
     q.add_argument("--group-by", help="a declared category column")
+    q.add_argument("--he", action="store_true",
+                   help="homomorphic delivery: results come back encrypted under a key made here; the broker cannot read them")
+    q.add_argument("--he-secret-out", help="also save the secret CKKS context to this file (mode 0600)")
     common(q)
     q.set_defaults(func=_submit_query)
     a = ssub.add_parser("algorithm", help="a Python algorithm run in a sandbox next to the data")
@@ -292,6 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--tier", default=Tier.CUSTOM_ALGORITHM.value, choices=[Tier.APPROVED_ALGORITHM.value, Tier.CUSTOM_ALGORITHM.value])
     a.add_argument("--timeout", type=float, default=60.0, help="wall-time limit in seconds")
     a.add_argument("--memory", type=int, default=512, help="memory limit in MB")
+    a.add_argument("--blocks", type=int, default=10,
+                   help="custom tier: sample-and-aggregate blocks, 2–100 (more blocks, less noise, less data each)")
     common(a)
     a.set_defaults(func=_submit_algorithm)
 

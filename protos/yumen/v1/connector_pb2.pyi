@@ -26,18 +26,22 @@ class Hello(_message.Message):
     def __init__(self, connector_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[_catalog_pb2.Dataset, _Mapping]]] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class JobTicket(_message.Message):
-    __slots__ = ("ticket", "algorithm_source")
+    __slots__ = ("ticket", "algorithm_source", "he_context")
     TICKET_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ticket: Signed
     algorithm_source: bytes
-    def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ...) -> None: ...
+    he_context: bytes
+    def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ..., he_context: _Optional[bytes] = ...) -> None: ...
 
 class Receipt(_message.Message):
-    __slots__ = ("receipt",)
+    __slots__ = ("receipt", "ciphertext")
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     receipt: Signed
-    def __init__(self, receipt: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
+    ciphertext: bytes
+    def __init__(self, receipt: _Optional[_Union[Signed, _Mapping]] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("at_unix_ms",)

@@ -27,21 +27,23 @@ class OutputRange(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ...) -> None: ...
 
 class Algorithm(_message.Message):
-    __slots__ = ("source", "outputs", "params_json", "timeout_s", "memory_mb")
+    __slots__ = ("source", "outputs", "params_json", "timeout_s", "memory_mb", "blocks")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     source: bytes
     outputs: _containers.RepeatedCompositeFieldContainer[OutputRange]
     params_json: str
     timeout_s: float
     memory_mb: int
-    def __init__(self, source: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[OutputRange, _Mapping]]] = ..., params_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., memory_mb: _Optional[int] = ...) -> None: ...
+    blocks: int
+    def __init__(self, source: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[OutputRange, _Mapping]]] = ..., params_json: _Optional[str] = ..., timeout_s: _Optional[float] = ..., memory_mb: _Optional[int] = ..., blocks: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "datasets", "tier", "purpose", "epsilon", "query", "algorithm")
+    __slots__ = ("job_id", "datasets", "tier", "purpose", "epsilon", "query", "algorithm", "he_context")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +51,7 @@ class Job(_message.Message):
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    HE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
     tier: str
@@ -56,7 +59,8 @@ class Job(_message.Message):
     epsilon: str
     query: Query
     algorithm: Algorithm
-    def __init__(self, job_id: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., algorithm: _Optional[_Union[Algorithm, _Mapping]] = ...) -> None: ...
+    he_context: bytes
+    def __init__(self, job_id: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., purpose: _Optional[str] = ..., epsilon: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., algorithm: _Optional[_Union[Algorithm, _Mapping]] = ..., he_context: _Optional[bytes] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("job",)
@@ -137,7 +141,14 @@ class Provenance(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., department: _Optional[str] = ..., dataset_version: _Optional[str] = ..., receipt_digest: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index")
+    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index", "ciphertext", "bill")
+    class BillEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +156,8 @@ class Result(_message.Message):
     RESULT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    BILL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     values: _containers.RepeatedCompositeFieldContainer[ReleasedValue]
     mechanism: str
@@ -152,7 +165,9 @@ class Result(_message.Message):
     result_digest: str
     provenance: _containers.RepeatedCompositeFieldContainer[Provenance]
     log_index: int
-    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ...) -> None: ...
+    ciphertext: bytes
+    bill: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period")
