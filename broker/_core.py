@@ -213,6 +213,14 @@ class Broker:
             if not decision.allowed:
                 self.audit.job_decided(request, identity, reg, decision)
                 raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
+            if decision.allowed and decision.obligations and decision.obligations.min_group_size \
+                    and request.he_context and request.query is not None and request.query.group_by:
+                raise YumenError(
+                    Code.INVALID_ARGUMENT,
+                    f"dataset {reg.id} requires groups of at least {decision.obligations.min_group_size}, which the "
+                    "broker cannot check on encrypted results",
+                    hint="drop --he or the grouping",
+                )
             decisions.append((reg, decision))
         created = now_ms()
         reg0, dec0 = decisions[0]
@@ -323,12 +331,31 @@ class Broker:
                         hint="group by one of: " + ", ".join(c.name for c in reg.columns if c.categories),
                     )
 
+    @staticmethod
+    def _min_group_size(job: JobRecord) -> int:
+        per = job.decision.get("per_dataset") or {}
+        sizes = [int((d.get("obligations") or {}).get("min_group_size", 0)) for d in per.values()]
+        return max(sizes, default=0)
+
+    def _needs_parts(self, job: JobRecord) -> bool:
+        """Whether connectors release a sum or mean as (noisy sum, noisy count).
+
+        Needed to combine a mean across departments or under encryption, and to apply a
+        minimum group size to grouped sums and means (groups are suppressed by their noisy
+        count, which is post-processing and costs no further ε).
+        """
+        q = job.request["query"]
+        if q["aggregate"] == "mean" and (len(job.request["datasets"]) > 1 or "he_context" in job.request):
+            return True
+        return q["aggregate"] in ("sum", "mean") and bool(q["group_by"]) and self._min_group_size(job) > 0 \
+            and "he_context" not in job.request
+
     def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str) -> OutgoingTicket:
         req = job.request
         work: dict[str, Any] = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
         if "he_context" in req:
             work["he_context"] = req["he_context"]
-        if "query" in req and req["query"]["aggregate"] == "mean" and (len(req["datasets"]) > 1 or "he_context" in req):
+        if "query" in req and self._needs_parts(job):
             work["partial"] = "sum+count"
         decision = job.decision.get("per_dataset", {}).get(reg.id, job.decision)
         ticket = Ticket(
@@ -514,12 +541,25 @@ class Broker:
             body["values"] = summed
             body["ciphertext"] = base64.b64encode(total).decode()
             body["ciphertext_digest"] = "sha256:" + hashlib.sha256(total).hexdigest()
-        elif job.request.get("query", {}).get("aggregate") == "mean" and any(v["name"] == "sum" for v in summed):
-            body["values"] = means_from_parts(summed)
         else:
-            body["values"] = summed
+            body["values"], body["suppressed_groups"] = self._final_values(job, summed)
         body["result_digest"] = digest_of({k: v for k, v in body.items() if k != "ciphertext"})
         return body
+
+    def _final_values(self, job: JobRecord, summed: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Divide means, apply the minimum group size, and keep only what the job asked for."""
+        q = job.request.get("query") or {}
+        counts = {v["group"]: v["value"] for v in summed if v["name"] == "count"}
+        if q.get("aggregate") == "mean" and any(v["name"] == "sum" for v in summed):
+            values = means_from_parts(summed)
+        else:
+            values = [v for v in summed if v["name"] == q.get("aggregate", v["name"])] if q else summed
+        k = self._min_group_size(job)
+        suppressed: list[str] = []
+        if k and q.get("group_by") and counts:
+            suppressed = [g for g, c in counts.items() if c < k]
+            values = [v for v in values if v["group"] not in suppressed]
+        return values, suppressed
 
     # -- recovery ----------------------------------------------------------------
     def recover(self) -> None:

@@ -117,6 +117,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             log_index=int(r.get("log_index", 0)),
             ciphertext=base64.b64decode(r["ciphertext"]) if r.get("ciphertext") else b"",
             bill={k: str(v) for k, v in r.get("bill", {}).items()},
+            suppressed_groups=r.get("suppressed_groups", []),
         )
 
 

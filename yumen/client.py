@@ -58,6 +58,8 @@ class JobResult:
     log_index: int
     bill: dict[str, str] = dataclasses.field(default_factory=dict)
     ciphertext: bytes = b""  # homomorphic delivery: decrypt with decrypt()
+    mean: bool = False  # the job asked for a mean (decryption divides sums by counts)
+    suppressed_groups: tuple[str, ...] = ()
 
     @property
     def encrypted(self) -> bool:
@@ -80,14 +82,12 @@ class JobResult:
             values = means_from_parts(values)
         return dataclasses.replace(self, values=tuple(values), ciphertext=b"")
 
-    mean: bool = False  # the job asked for a mean (relevant to decryption only)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "values": list(self.values), "mechanism": self.mechanism,
             "epsilon_spent": self.epsilon_spent, "result_digest": self.result_digest,
             "provenance": list(self.provenance), "log_index": self.log_index, "bill": dict(self.bill),
-            "encrypted": self.encrypted,
+            "encrypted": self.encrypted, "suppressed_groups": list(self.suppressed_groups),
         }
 
 
@@ -158,6 +158,7 @@ class YumenClient:
             provenance=tuple({"dataset": p.dataset, "department": p.department, "dataset_version": p.dataset_version,
                               "receipt_digest": p.receipt_digest} for p in r.provenance),
             log_index=r.log_index, bill=dict(r.bill), ciphertext=r.ciphertext, mean=mean,
+            suppressed_groups=tuple(r.suppressed_groups),
         )
 
 

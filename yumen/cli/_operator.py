@@ -163,6 +163,8 @@ def _print_result(result: Any) -> None:
     for v in result.values:
         label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
         print(f"  {label:<32} {v['value']:>14.3f}   ±{v['ci95']:.3f} (95%, noise scale {v['noise_scale']:.3g})")
+    if result.suppressed_groups:
+        print(f"  suppressed (below the minimum group size): {', '.join(result.suppressed_groups)}")
     for p in result.provenance:
         print(f"  from {p['dataset']} of {p['department']}, version {p['dataset_version'][:19]}…")
     print(f"  result digest {result.result_digest}, log entry {result.log_index}")

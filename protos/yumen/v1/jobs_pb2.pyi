@@ -141,7 +141,7 @@ class Provenance(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., department: _Optional[str] = ..., dataset_version: _Optional[str] = ..., receipt_digest: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index", "ciphertext", "bill")
+    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index", "ciphertext", "bill", "suppressed_groups")
     class BillEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Result(_message.Message):
     LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     BILL_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     values: _containers.RepeatedCompositeFieldContainer[ReleasedValue]
     mechanism: str
@@ -167,7 +168,8 @@ class Result(_message.Message):
     log_index: int
     ciphertext: bytes
     bill: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    suppressed_groups: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ..., suppressed_groups: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Explanation(_message.Message):
     __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period")
