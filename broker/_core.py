@@ -40,7 +40,16 @@ from yumen.policy import Decision, DecisionRequest, License, LicenseStatus, Poli
 from yumen.tickets import Receipt, Ticket
 
 from yumen.broker._audit import BrokerAudit
-from yumen.broker._store import EventRecord, JobRecord, Reservation, SqliteStore, now_ms
+from yumen.broker._store import (
+    EventRecord,
+    JobRecord,
+    Reservation,
+    SqliteStore,
+    budget_exhausted,
+    now_ms,
+    dataset_exhausted_message,
+    runs_exhausted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +296,17 @@ class Broker:
                        runs_remaining=max(r.max_runs - runs, 0))
             after = left - request.epsilon
             out["epsilon_remaining_after"] = format_epsilon(after) if after > 0 else "0"
-            if decision.allowed and after < 0:
-                out.update(allowed=False, gate="budget",
-                           reason=f"budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(r.cap)} ε "
-                                  f"left on dataset {reg.id} for license {r.license} in period {r.period}; "
-                                  f"ask for ε ≤ {format_epsilon(left) if left else '0'}")
-            elif decision.allowed and r.max_runs and runs >= r.max_runs:
-                out.update(allowed=False, gate="budget",
-                           reason=f"run limit reached: {runs} of {r.max_runs} jobs on dataset {reg.id} in period {r.period}")
+            refusal = None
+            if after < 0:
+                refusal = budget_exhausted(left=left, cap=r.cap, dataset=reg.id, license=r.license, period=r.period,
+                                           asks=request.epsilon)
+            elif r.max_runs and runs >= r.max_runs:
+                refusal = runs_exhausted(runs=runs, max_runs=r.max_runs, dataset=reg.id, license=r.license, period=r.period)
+            elif r.dataset_cap and self.store.spent("*", reg.id, r.period) + request.epsilon > r.dataset_cap:
+                total_left = max(r.dataset_cap - self.store.spent("*", reg.id, r.period), Fraction(0))
+                refusal = YumenError(Code.BUDGET_EXHAUSTED, dataset_exhausted_message(total_left, r))
+            if decision.allowed and refusal is not None:
+                out.update(allowed=False, gate="budget", reason=refusal.message)
         return out
 
     @staticmethod

@@ -26,6 +26,30 @@ from yumen.jobs import JobState, format_epsilon
 __all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "now_ms"]
 
 
+def budget_exhausted(*, left: Fraction, cap: Fraction, dataset: str, license: str, period: str, asks: Fraction) -> YumenError:
+    """The one wording of a budget refusal, shared by enforcement and explanation."""
+    return YumenError(
+        Code.BUDGET_EXHAUSTED,
+        f"budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(cap)} ε left on dataset "
+        f"{dataset} for license {license} in period {period}; this job asks for {format_epsilon(asks)}",
+        hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
+    )
+
+
+def runs_exhausted(*, runs: int, max_runs: int, dataset: str, license: str, period: str) -> YumenError:
+    return YumenError(
+        Code.BUDGET_EXHAUSTED,
+        f"run limit reached: license {license} has run {runs} of {max_runs} jobs allowed on dataset "
+        f"{dataset} in period {period}",
+        hint="wait for the next budget period",
+    )
+
+
+def dataset_exhausted_message(left: Fraction, r: "Reservation") -> str:
+    return (f"dataset budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(r.dataset_cap)} ε left "
+            f"on dataset {r.dataset} for all licenses together in period {r.period}")
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -300,28 +324,16 @@ class SqliteStore:
     def _reserve(self, db: sqlite3.Connection, job_id: str, r: Reservation, at_ms: int) -> None:
         spent, runs = self._budget_row(db, r.license, r.dataset, r.period)
         if spent + r.epsilon > r.cap:
-            left = max(r.cap - spent, Fraction(0))
-            raise YumenError(
-                Code.BUDGET_EXHAUSTED,
-                f"budget exhausted: {format_epsilon(left)} of {format_epsilon(r.cap)} ε left on dataset "
-                f"{r.dataset} for license {r.license} in period {r.period}; this job asks for {format_epsilon(r.epsilon)}",
-                hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
-            )
+            raise budget_exhausted(left=max(r.cap - spent, Fraction(0)), cap=r.cap, dataset=r.dataset,
+                                   license=r.license, period=r.period, asks=r.epsilon)
         if r.max_runs and runs + 1 > r.max_runs:
-            raise YumenError(
-                Code.BUDGET_EXHAUSTED,
-                f"run limit reached: license {r.license} has run {runs} of {r.max_runs} jobs allowed on dataset "
-                f"{r.dataset} in period {r.period}",
-                hint="wait for the next budget period",
-            )
+            raise runs_exhausted(runs=runs, max_runs=r.max_runs, dataset=r.dataset, license=r.license, period=r.period)
         if r.dataset_cap:
             total, _ = self._budget_row(db, "*", r.dataset, r.period)
             if total + r.epsilon > r.dataset_cap:
                 left = max(r.dataset_cap - total, Fraction(0))
                 raise YumenError(
-                    Code.BUDGET_EXHAUSTED,
-                    f"dataset budget exhausted: {format_epsilon(left)} of {format_epsilon(r.dataset_cap)} ε left on "
-                    f"dataset {r.dataset} for all licenses together in period {r.period}",
+                    Code.BUDGET_EXHAUSTED, dataset_exhausted_message(left, r),
                     hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
                 )
             self._budget_add(db, "*", r.dataset, r.period, r.epsilon, 1)

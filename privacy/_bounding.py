@@ -24,9 +24,9 @@ logger = logging.getLogger(__name__)
 class BoundedFrame:
     """A frame already truncated to ``max_contributions`` rows per privacy unit.
 
-    Truncation costs a stable sort by the unit column (about 0.6 s on 10 M rows here, ten
-    times a plain group-by), and its result depends only on the pinned dataset version. The connector
-    therefore builds one ``BoundedFrame`` per (dataset version, registration) with
+    Truncation costs a stable sort by the unit column (0.6-4 s on 10 M rows here, 10-40
+    times a plain group-by), and its result depends only on the pinned dataset version. The
+    connector therefore builds one ``BoundedFrame`` per (dataset version, registration) with
     ``bound_contributions`` and passes it to every ``dp_query`` on that version. It is only
     made by ``bound_contributions``; ``dp_query`` checks that it was made for the same
     registration.

@@ -4,9 +4,9 @@ Flow (see docs/privacy.md):
 
 1. Operator SDK: ``he_keygen()`` makes a CKKS key pair and returns (secret context bytes,
    public context bytes). The public context carries the public key only: no secret key,
-   no relinearisation keys, no Galois keys. Addition needs none of those, and Galois keys
-   alone make a context about 35 MB (gRPC's default message limit is 4 MB); ours is about
-   0.4 MB.
+   no relinearisation keys, no Galois keys. Addition needs none of those, and with Galois
+   keys the context measures 18.7 MB at these parameters (35.5 MB at TenSEAL's usual
+   (60, 40, 40, 60)), against gRPC's default 4 MB message limit; ours is 0.37 MB.
 2. Connector: ``he_encrypt(public_ctx, values)`` after any DP noise the policy requires.
 3. Broker: ``he_sum(public_ctx, ciphertexts)`` adds the departments' vectors. It refuses a
    context that carries a secret key, so the broker can never decrypt, and it bounds every
@@ -33,7 +33,7 @@ POLY_MODULUS_DEGREE = 8192  # 4096 slots; 128-bit security allows up to 218 modu
 COEFF_MOD_BIT_SIZES = (60, 40, 60)  # additions only: one middle prime is enough
 SCALE_BITS = 40
 SLOTS = POLY_MODULUS_DEGREE // 2
-MAX_CONTEXT_BYTES = 2 * 1024 * 1024  # a public context is ~0.37 MB; Galois keys would be ~35 MB
+MAX_CONTEXT_BYTES = 2 * 1024 * 1024  # a public context is ~0.37 MB; with Galois keys 18.7 MB
 MAX_CIPHERTEXT_BYTES = 1024 * 1024  # a 4,096-slot ciphertext is ~0.24 MB
 MAX_CIPHERTEXTS = 1024  # departments in one job
 MAX_ABS_VALUE = 2.0**60  # far inside the ~2^119 headroom of an unrescaled ciphertext

@@ -16,7 +16,7 @@ Pipeline (every step is ours except the noise, which is OpenDP's):
 4. **Clamping and an integer grid.** Values are clamped to the registered ``[L, U]`` and
    rounded to a power-of-two grid (step 1 for integer columns with moderate bounds, else
    2^(e-30) with 2^e >= max(|L|, |U|)), so every per-row contribution is an integer of at most
-   2^30 and every sum is exact in Int64 (up to ``MAX_ROWS`` rows). Float sums are never
+   2^31 and every sum is exact in Int64 (up to ``MAX_ROWS`` = 2^32 rows). Float sums are never
    noised directly: a float sum's rounding error depends on the data and breaks the
    textbook sensitivity (Casacuberta et al., CCS 2022); integer sums have none.
 5. **Sensitivities** in the add/remove-one-unit (unbounded) relation, in grid units,
@@ -36,7 +36,8 @@ Pipeline (every step is ours except the noise, which is OpenDP's):
    the whole group vector, scale = sensitivity / ε_i, certified by OpenDP's privacy map.
    ε is split evenly over the components (mean: count + centered sum; variance: count +
    centered sum + centered square sum) and composes sequentially; the ε spent is the exact
-   sum of what OpenDP certifies.
+   sum of what OpenDP certifies. Quantiles instead select one of 1,025 public candidates
+   per group with OpenDP's ``make_noisy_max`` (see ``_plan.make_plan`` and docs/privacy.md).
 7. **Post-processing.** mean = mid + S'/C' (clamped to [L, U]); variance = S2'/C' - (S1'/C')^2
    (clamped to [0, ((U-L)/2)^2]). Counts are left signed and unclamped, so they stay
    unbiased when the broker adds several departments' counts.

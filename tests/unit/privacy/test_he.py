@@ -7,7 +7,16 @@ import tenseal as ts
 
 import yumen.privacy._he as he_module
 from yumen.errors import Code, YumenError
-from yumen.privacy import MAX_CIPHERTEXT_BYTES, MAX_CONTEXT_BYTES, SLOTS, he_decrypt, he_encrypt, he_keygen, he_sum
+from yumen.privacy import (
+    MAX_CIPHERTEXT_BYTES,
+    MAX_CONTEXT_BYTES,
+    SLOTS,
+    he_check_public_context,
+    he_decrypt,
+    he_encrypt,
+    he_keygen,
+    he_sum,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +117,23 @@ def test_too_many_or_non_finite_values_are_refused(keys):
         he_encrypt(public, [0.0] * (SLOTS + 1))
     with pytest.raises(YumenError, match="finite"):
         he_encrypt(public, [float("nan")])
+
+
+def test_a_context_with_galois_keys_is_refused_by_its_size(keys):
+    _, public = keys
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=8192, coeff_mod_bit_sizes=[60, 40, 60])
+    ctx.global_scale = 2**40
+    ctx.generate_galois_keys()
+    heavy = ctx.serialize(save_secret_key=False, save_galois_keys=True)
+    assert len(heavy) > MAX_CONTEXT_BYTES
+    with pytest.raises(YumenError, match="no Galois keys"):
+        he_sum(heavy, [he_encrypt(public, [1.0])])
+
+
+def test_submission_check_accepts_the_public_context_and_refuses_the_secret_one(keys):
+    secret, public = keys
+    assert he_check_public_context(public) is None
+    with pytest.raises(YumenError, match="secret key"):
+        he_check_public_context(secret)
+    with pytest.raises(YumenError, match="not a valid TenSEAL context"):
+        he_check_public_context(b"not a context")
