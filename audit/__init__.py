@@ -44,6 +44,7 @@ from ._note import (
 from ._replay import Accumulator, BillTotals, BudgetLedger, ReplayContext, ReplayReport, replay
 from ._service import AuditServicer, add_audit_service
 from ._storage import LogStorage, SQLiteLogStorage
+from ._storage_postgres import PostgresLogStorage
 from ._verify import VerificationReport, export, verify_export
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     # storage and log
     "LogStorage",
     "SQLiteLogStorage",
+    "PostgresLogStorage",
     "TransparencyLog",
     # export and verification
     "VerificationReport",

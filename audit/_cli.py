@@ -1,10 +1,12 @@
 """``yumen audit …``: export the log and verify it, offline or against a broker.
 
-``yumen audit export --out DIR`` reads the log either over the AuditService (``--broker``
-with mTLS files) or straight from the broker's database (``--db``, ``--log-key``,
-``--origin``, on the broker host). ``yumen audit verify`` checks an export (``--from DIR``)
-or a live broker (``--broker``), optionally against a state directory that remembers what
-was verified before. Exit status 0 means everything verified; a failed verification exits
+``yumen audit keygen`` creates the log signing key and prints the verifier key to publish.
+``yumen audit export --out DIR`` reads the log straight from the broker's database when
+given ``--db``, ``--log-key`` and ``--origin`` (on the broker host), and otherwise over the
+AuditService. ``yumen audit verify`` checks an export (``--from DIR``) or, without
+``--from``, the live broker; either optionally against a state directory that remembers
+what was verified before. Connection settings come from flags or the environment
+(``YUMEN_BROKER``, ``YUMEN_CA``, ``YUMEN_CERT``, ``YUMEN_KEY``), as for every client command. Exit status 0 means everything verified; a failed verification exits
 with the code of ``VERIFICATION_FAILED`` (see docs/cli.md) after printing where it failed.
 ``replay`` and ``reexecute`` are added by the broker's CLI (they need policy and connectors);
 they build on :func:`yumen.audit.replay`.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import grpc
@@ -32,19 +35,19 @@ def _read(path: str, what: str) -> bytes:
         raise YumenError(Code.CONFIG, f"cannot read {what} {path}: {e.strerror}", hint=f"check --{what}") from None
 
 
-def secure_channel(broker: str, ca: str | None, cert: str | None, key: str | None) -> grpc.Channel:
-    """An mTLS channel to the broker (all three files are required: every channel is mutual TLS)."""
-    missing = [n for n, v in (("ca", ca), ("cert", cert), ("key", key)) if not v]
+def secure_channel(args: argparse.Namespace) -> grpc.Channel:
+    """The mTLS channel to ``--broker`` (every channel is mutual TLS; all three files are needed)."""
+    from yumen.rpc import TlsFiles
+    from yumen.rpc import secure_channel as _channel
+
+    missing = [n for n in ("ca", "cert", "key") if not getattr(args, n)]
     if missing:
         raise YumenError(
-            Code.INVALID_ARGUMENT,
-            f"--broker needs --{', --'.join(missing)}",
-            hint="pass the data space CA and your auditor certificate and key",
+            Code.CONFIG,
+            f"no {', '.join('--' + m for m in missing)} given for the broker {args.broker}",
+            hint="pass them or set YUMEN_CA, YUMEN_CERT and YUMEN_KEY (an auditor or administrator certificate)",
         )
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "ca"), private_key=_read(key, "key"), certificate_chain=_read(cert, "cert")  # type: ignore[arg-type]
-    )
-    return grpc.secure_channel(broker, creds)
+    return _channel(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key)))
 
 
 def _local_log(args: argparse.Namespace):
@@ -67,17 +70,17 @@ def _local_log(args: argparse.Namespace):
 def _cmd_export(args: argparse.Namespace) -> int:
     from ._verify import export
 
-    if args.broker:
-        from ._client import AuditClient
-
-        with secure_channel(args.broker, args.ca, args.cert, args.key) as channel:
-            cp = export(AuditClient(channel), args.out)
-    else:
+    if args.db or args.log_key or args.origin:
         log = _local_log(args)
         try:
             cp = export(log, args.out)
         finally:
             log.close()
+    else:
+        from ._client import AuditClient
+
+        with secure_channel(args) as channel:
+            cp = export(AuditClient(channel), args.out)
     print(f"exported {cp.size} entries of {cp.origin} to {args.out}")
     return 0
 
@@ -90,37 +93,54 @@ def _vkey_text(path: str | None) -> str | None:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     vkey = _vkey_text(args.vkey)
-    if args.broker and args.from_dir:
-        raise YumenError(Code.INVALID_ARGUMENT, "pass either --from DIR or --broker, not both")
-    if args.broker:
+    if args.from_dir:
+        from ._verify import verify_export
+
+        report = verify_export(args.from_dir, vkey, args.state)
+    else:
         from ._client import AuditClient, verify_online
 
-        with secure_channel(args.broker, args.ca, args.cert, args.key) as channel:
+        with secure_channel(args) as channel:
             report = verify_online(
                 AuditClient(channel), vkey, args.state, full=not args.light, source=f"broker {args.broker}"
             )
-    else:
-        from ._verify import verify_export
-
-        if not args.from_dir:
-            raise YumenError(Code.INVALID_ARGUMENT, "nothing to verify", hint="pass --from DIR (an export) or --broker HOST:PORT")
-        report = verify_export(args.from_dir, vkey, args.state)
     print(report.summary())
     if not report.key_pinned:
         print("warning: the key was taken from what is being verified; pass --vkey or --state to pin it")
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ._note import NoteSigner, generate_log_key, save_log_key
+
+    key = generate_log_key()
+    vkey = NoteSigner(args.origin, key).verifier.vkey  # validates the name before writing anything
+    save_log_key(key, args.out)
+    if args.vkey_out:
+        Path(args.vkey_out).write_text(vkey + "\n", encoding="utf-8")
+    print(vkey)
+    return 0
+
+
 def _add_tls(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", metavar="HOST:PORT", help="read the log from this broker's AuditService")
-    p.add_argument("--ca", metavar="FILE", help="data space CA certificate (PEM)")
-    p.add_argument("--cert", metavar="FILE", help="your auditor/administrator certificate (PEM)")
-    p.add_argument("--key", metavar="FILE", help="your private key (PEM)")
+    g = p.add_argument_group("broker connection (mTLS)")
+    g.add_argument("--broker", default=os.environ.get("YUMEN_BROKER", "127.0.0.1:7443"), metavar="HOST:PORT",
+                   help="the broker's address (env YUMEN_BROKER)")
+    g.add_argument("--ca", default=os.environ.get("YUMEN_CA"), metavar="FILE", help="data space CA certificate (env YUMEN_CA)")
+    g.add_argument("--cert", default=os.environ.get("YUMEN_CERT"), metavar="FILE",
+                   help="your auditor or administrator certificate (env YUMEN_CERT)")
+    g.add_argument("--key", default=os.environ.get("YUMEN_KEY"), metavar="FILE", help="your private key (env YUMEN_KEY)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     audit = subparsers.add_parser("audit", help="export and verify the transparency log")
     sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND", required=True)
+
+    gen = sub.add_parser("keygen", help="create the log signing key (PEM, 0600) and print its verifier key")
+    gen.add_argument("--out", required=True, metavar="PATH", help="where to write the private key (never overwritten)")
+    gen.add_argument("--origin", required=True, metavar="NAME", help="the log origin, e.g. yumen.example.gov/log")
+    gen.add_argument("--vkey-out", metavar="PATH", help="also write the verifier key here (publish it)")
+    gen.set_defaults(func=_cmd_keygen)
 
     exp = sub.add_parser("export", help="write entries.jsonl, checkpoint and log.vkey to a directory")
     exp.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")

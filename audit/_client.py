@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 
-from yumen.errors import Code, YumenError
+from yumen.errors import YumenError
 from yumen.v1 import audit_pb2_grpc
 
 from . import _convert as cv

@@ -3,20 +3,19 @@
 The broker constructs it with its :class:`~yumen.audit.TransparencyLog` and an
 ``authorize(context)`` callable that checks the caller's certificate role (auditor or
 administrator) and raises ``YumenError(PERMISSION_DENIED)`` otherwise. Errors are mapped to
-gRPC statuses through :data:`yumen.errors.ERROR_TABLE`, so the servicer behaves the same
-with or without the broker's interceptor in front of it.
+gRPC statuses by the project's one pair of decorators, :func:`yumen.rpc.rpc_method` and
+:func:`yumen.rpc.rpc_stream`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 
-from yumen.errors import Code, YumenError, grpc_status
+from yumen.errors import Code, YumenError
+from yumen.rpc import rpc_method, rpc_stream
 from yumen.v1 import audit_pb2_grpc
 
 from . import _convert as cv
@@ -32,48 +31,19 @@ MAX_ENTRIES_PER_CALL = 100_000
 Authorize = Callable[[grpc.ServicerContext], None]
 
 
-def _abort(context: grpc.ServicerContext, e: Exception) -> None:
-    if isinstance(e, YumenError):
-        context.abort(grpc_status(e.code), e.message)
-    _log.exception("AuditService internal error")
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
-def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def wrapper(self: "AuditServicer", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            self._authorize(context)
-            return method(self, request, context)
-        except Exception as e:  # noqa: BLE001 - mapped to a status, internals logged
-            _abort(context, e)
-
-    return wrapper
-
-
-def _streaming(method: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
-    @functools.wraps(method)
-    def wrapper(self: "AuditServicer", request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            self._authorize(context)
-            yield from method(self, request, context)
-        except Exception as e:  # noqa: BLE001
-            _abort(context, e)
-
-    return wrapper
-
-
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def __init__(self, log: TransparencyLog, authorize: Authorize) -> None:
         self._log = log
         self._authorize = authorize
 
-    @_unary
+    @rpc_method
     def GetCheckpoint(self, request, context):  # noqa: N802 - gRPC method name
+        self._authorize(context)
         return cv.checkpoint_to_proto(self._log.checkpoint(), self._log.vkey)
 
-    @_streaming
+    @rpc_stream
     def GetEntries(self, request, context):  # noqa: N802
+        self._authorize(context)
         start, end = cv.entries_range(request)
         if end - start > MAX_ENTRIES_PER_CALL:
             raise YumenError(
@@ -84,8 +54,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         for index, leaf in self._log.leaves(start, end):
             yield cv.entry_to_proto(index, leaf)
 
-    @_unary
+    @rpc_method
     def GetInclusionProof(self, request, context):  # noqa: N802
+        self._authorize(context)
         index, size = cv.inclusion_args(request)
         size = size if size is not None else self._log.size
         hashes = self._log.inclusion_proof(index, size)
@@ -93,8 +64,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             cv.InclusionProof(index=index, size=size, hashes=tuple(hashes), leaf=self._log.leaf(index))
         )
 
-    @_unary
+    @rpc_method
     def GetConsistencyProof(self, request, context):  # noqa: N802
+        self._authorize(context)
         old, new = cv.consistency_args(request)
         new = new if new is not None else self._log.size
         hashes = self._log.consistency_proof(old, new)

@@ -16,8 +16,8 @@ Schema (tables prefixed ``log_`` so the log can share a database with the broker
     log_entries(idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL)
     log_nodes(level INTEGER, idx INTEGER, hash BLOB NOT NULL, PRIMARY KEY(level, idx))
 
-A PostgreSQL store uses the same two tables (``BIGINT``, ``BYTEA``) and the same
-statements (node reads are an OR of primary-key point lookups, one query per proof).
+:class:`~yumen.audit.PostgresLogStorage` keeps the same two tables (``BIGINT``, ``BYTEA``)
+for several broker replicas; one contract test suite runs against both stores.
 """
 
 from __future__ import annotations

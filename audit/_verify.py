@@ -153,7 +153,26 @@ def export(log: LogSource, out_dir: str | Path) -> Checkpoint:
     cp = Checkpoint.open(note, verifier)
     tmp = out / f".{ENTRIES_FILE}.partial"
     tree = MerkleTree()
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    try:
+        count = _write_entries(log, cp, tmp, tree)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if count != cp.size or tree.root() != cp.root:
+        tmp.unlink()
+        raise _fail(
+            f"the log's entries 0..{cp.size - 1} do not hash to its own checkpoint root",
+            "the log's storage is damaged; do not trust it, and report this to the administrator",
+        )
+    os.replace(tmp, out / ENTRIES_FILE)
+    _atomic_write(out / CHECKPOINT_FILE, note.encode("utf-8"))
+    _atomic_write(out / VKEY_FILE, (vkey + "\n").encode())
+    _log.info("exported %d entries of %s to %s", cp.size, cp.origin, out)
+    return cp
+
+
+def _write_entries(log: LogSource, cp: Checkpoint, path: Path, tree: MerkleTree) -> int:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
         expected = 0
         for index, leaf in log.leaves(0, cp.size):
             if index != expected:
@@ -167,17 +186,7 @@ def export(log: LogSource, out_dir: str | Path) -> Checkpoint:
             )
         f.flush()
         os.fsync(f.fileno())
-    if expected != cp.size or tree.root() != cp.root:
-        tmp.unlink()
-        raise _fail(
-            f"the log's entries 0..{cp.size - 1} do not hash to its own checkpoint root",
-            "the log's storage is damaged; do not trust it, and report this to the administrator",
-        )
-    os.replace(tmp, out / ENTRIES_FILE)
-    _atomic_write(out / CHECKPOINT_FILE, note.encode("utf-8"))
-    _atomic_write(out / VKEY_FILE, (vkey + "\n").encode())
-    _log.info("exported %d entries of %s to %s", cp.size, cp.origin, out)
-    return cp
+    return expected
 
 
 # --------------------------------------------------------------------------- state
@@ -370,9 +379,10 @@ def _check_lines(lines: Iterable[tuple[int, bytes]], first_index: int | None) ->
             start = index
         expected += 1
         try:
-            d = decode(leaf.decode("utf-8"))
+            text = leaf.decode("utf-8")
+            d = decode(text)
             entry_type = _entry_type_of(d)
-            if _canonical_str(d).encode("utf-8") != leaf:
+            if _canonical_str(d) != text:
                 raise _fail("the leaf is not in canonical encoding (sorted keys, no spaces, UTF-8)")
         except (UnicodeDecodeError, ValueError) as e:
             raise _fail(f"{ENTRIES_FILE} line {lineno} (entry {index}): the leaf is not UTF-8 JSON: {e}") from None
@@ -404,7 +414,8 @@ def _general_line(lineno: int, raw: bytes) -> tuple[int, bytes]:
         leaf_value = _loads(leaf)
     except (ValueError, YumenError):
         leaf_value = None  # reported below as a mismatch or as an invalid leaf
-    if leaf_value is None or leaf_value != rec["entry"]:
+    # compared as canonical text, so that 1 and true (equal in Python) still differ
+    if leaf_value is None or _canonical_str(leaf_value) != _canonical_str(rec["entry"]):
         raise _fail(f"{where} (entry {index}): the decoded entry does not match the leaf bytes (one of them was altered)")
     return index, leaf
 

@@ -328,20 +328,11 @@ class Broker:
                 )
 
     def _validate_work(self, request: JobRequest, reg: DatasetRegistration) -> None:
+        """Refuse a query the registration does not support, before any decision or budget."""
         if request.query is not None:
-            q = request.query
-            if q.column:
-                col = reg.column(q.column)
-                if not col.numeric:
-                    raise YumenError(Code.INVALID_ARGUMENT, f"column {q.column!r} of {reg.id} is not numeric; {q.aggregate.value} needs a numeric column")
-            if q.group_by:
-                col = reg.column(q.group_by)
-                if not col.categories:
-                    raise YumenError(
-                        Code.INVALID_ARGUMENT,
-                        f"column {q.group_by!r} of {reg.id} has no declared categories; only declared category columns can be grouped by",
-                        hint="group by one of: " + ", ".join(c.name for c in reg.columns if c.categories),
-                    )
+            from yumen.privacy import QuerySpec, validate_query
+
+            validate_query(reg, QuerySpec.from_query(request.query))
 
     @staticmethod
     def _min_group_size(job: JobRecord) -> int:

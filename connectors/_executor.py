@@ -258,6 +258,7 @@ class Executor:
         from yumen.privacy import dp_query
 
         from yumen.jobs import Aggregate
+        from yumen.privacy import QuerySpec
 
         query = Query.from_dict(ticket.work["query"])
         if ticket.work.get("partial") == "sum+count":
@@ -266,17 +267,21 @@ class Executor:
             half = ticket.epsilon / 2
             parts = []
             for agg in (Aggregate.SUM, Aggregate.COUNT):
-                q = Query(aggregate=agg, column=query.column if agg is Aggregate.SUM else "", group_by=query.group_by)
-                parts.append(self._released(dp_query(served.source.scan(), reg, q, half), agg.value, salt,
-                                            grouped=bool(query.group_by)))
+                q = Query(aggregate=agg, column=query.column if agg is Aggregate.SUM else "", group_by=query.group_by,
+                          filters=query.filters)
+                parts.append(self._released(dp_query(served.source.scan(), reg, QuerySpec.from_query(q), half),
+                                            agg.value, salt, grouped=bool(query.group_by)))
             both = dict(parts[0])
             both["values"] = parts[0]["values"] + parts[1]["values"]
             both["epsilon_charged"] = parts[0]["epsilon_charged"] + parts[1]["epsilon_charged"]
             both["mechanism_params"] = {"parts": [parts[0]["mechanism_params"], parts[1]["mechanism_params"]]}
             both["commitment"] = _commitment(salt, [parts[0]["commitment"], parts[1]["commitment"]])
             return both
-        release = dp_query(served.source.scan(), reg, query, ticket.epsilon)
-        return self._released(release, query.aggregate.value, salt, grouped=bool(query.group_by))
+        from yumen.privacy import QuerySpec
+
+        release = dp_query(served.source.scan(), reg, QuerySpec.from_query(query), ticket.epsilon)
+        grouped = bool(query.group_by) or query.aggregate is Aggregate.HISTOGRAM
+        return self._released(release, query.aggregate.value, salt, grouped=grouped)
 
     def _run_algorithm(
         self, served: ServedDataset, reg: DatasetRegistration, ticket: Ticket, source: bytes, salt: bytes

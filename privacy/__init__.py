@@ -22,7 +22,7 @@ from ._aggregate import MAX_ROWS
 from ._bounding import BoundedFrame, bound_contributions
 from ._query import AccuracyForecast, dp_accuracy, dp_queries, dp_query
 from ._record import UNGROUPED, Component, DPRelease
-from ._spec import Filter, FilterOp, QuerySpec, Statistic
+from ._spec import Filter, FilterOp, QuerySpec, Statistic, validate as validate_query
 
 __all__ = [
     "CONFIDENCE",
@@ -54,4 +54,5 @@ __all__ = [
     "he_sum",
     "partition_blocks",
     "release_outputs",
+    "validate_query",
 ]

@@ -120,7 +120,16 @@ class QuerySpec:
 
     @classmethod
     def from_query(cls, query: Query) -> "QuerySpec":
-        return cls(statistic=Statistic(query.aggregate.value), column=query.column, group_by=query.group_by)
+        """The job record's query (``yumen.jobs.Query``) as a spec, filters and all."""
+        filters = []
+        for f in query.filters:
+            try:
+                op = FilterOp(f.op)
+            except ValueError:
+                raise _bad(f"filter operator {f.op!r} is unknown") from None
+            filters.append(Filter(column=f.column, op=op, value=f.value))
+        return cls(statistic=Statistic(query.aggregate.value), column=query.column, group_by=query.group_by,
+                   filters=tuple(filters), bins=query.bins, quantile=query.quantile)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -21,6 +21,7 @@ __all__ = [
     "Purpose",
     "Aggregate",
     "Query",
+    "QueryFilter",
     "OutputRange",
     "Algorithm",
     "JobRequest",
@@ -50,6 +51,17 @@ class Aggregate(enum.Enum):
     COUNT = "count"
     SUM = "sum"
     MEAN = "mean"
+    VARIANCE = "variance"
+    HISTOGRAM = "histogram"
+    QUANTILE = "quantile"
+
+    @property
+    def combinable(self) -> bool:
+        """Whether partial results of several departments can be added (or encrypted and added)."""
+        return self in (Aggregate.COUNT, Aggregate.SUM, Aggregate.MEAN, Aggregate.HISTOGRAM)
+
+
+_FILTER_OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
 
 
 class JobState(enum.Enum):
@@ -91,19 +103,75 @@ def format_epsilon(eps: Fraction) -> str:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class QueryFilter:
+    """Keep rows where ``column op value`` (``in`` takes a tuple of declared categories)."""
+
+    column: str
+    op: str
+    value: float | str | tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.op not in _FILTER_OPS:
+            raise _bad(f"filter operator {self.op!r} is unknown", f"use one of {' '.join(_FILTER_OPS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"column": self.column, "op": self.op,
+                "value": list(self.value) if isinstance(self.value, tuple) else self.value}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QueryFilter":
+        v = d.get("value")
+        return cls(column=str(d.get("column", "")), op=str(d.get("op", "")),
+                   value=tuple(str(x) for x in v) if isinstance(v, list) else v)  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls, text: str) -> "QueryFilter":
+        """``"cost_yuan >= 100"``, ``"region == lanzhou"``, ``"age_band in 65-74,75+"``."""
+        m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|\sin\s)\s*(.+?)\s*", text)
+        if not m:
+            raise _bad(f"filter {text!r} is not COLUMN OP VALUE", 'e.g. "cost_yuan >= 100" or "age_band in 65-74,75+"')
+        col, op, raw = m.group(1), m.group(2).strip(), m.group(3)
+        if op == "in":
+            return cls(column=col, op=op, value=tuple(x.strip() for x in raw.split(",") if x.strip()))
+        try:
+            number = float(raw)
+            if math.isfinite(number):
+                return cls(column=col, op=op, value=number)
+        except ValueError:
+            pass
+        return cls(column=col, op=op, value=raw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Query:
     """A declarative aggregate. Bounds come from the dataset registration, never from here."""
 
     aggregate: Aggregate
-    column: str = ""  # required for sum and mean
+    column: str = ""  # required for every aggregate but count
     group_by: str = ""  # a category column declared in the registration
+    filters: tuple[QueryFilter, ...] = ()
+    bins: int = 0  # histogram of a numeric column: equal-width bins over its registered bounds
+    quantile: Fraction | None = None  # quantile in (0, 1), e.g. Fraction(1, 2) for the median
 
     def __post_init__(self) -> None:
-        if self.aggregate in (Aggregate.SUM, Aggregate.MEAN) and not self.column:
+        if self.aggregate is not Aggregate.COUNT and not self.column:
             raise _bad(f"a {self.aggregate.value} query needs a column", "pass --column NAME")
+        if (self.aggregate is Aggregate.QUANTILE) != (self.quantile is not None):
+            raise _bad("a quantile query, and only a quantile query, takes --quantile", "e.g. --quantile 0.5")
+        if self.quantile is not None and not 0 < self.quantile < 1:
+            raise _bad(f"quantile {self.quantile} is not between 0 and 1")
+        if self.bins and self.aggregate is not Aggregate.HISTOGRAM:
+            raise _bad("--bins applies to histograms only")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"aggregate": self.aggregate.value, "column": self.column, "group_by": self.group_by}
+        d: dict[str, Any] = {"aggregate": self.aggregate.value, "column": self.column, "group_by": self.group_by}
+        if self.filters:
+            d["filters"] = [f.to_dict() for f in self.filters]
+        if self.bins:
+            d["bins"] = self.bins
+        if self.quantile is not None:
+            d["quantile"] = format_epsilon(self.quantile)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Query":
@@ -114,7 +182,12 @@ class Query:
                 f"unknown aggregate {d.get('aggregate')!r}",
                 f"use one of {', '.join(a.value for a in Aggregate)}",
             ) from None
-        return cls(aggregate=agg, column=str(d.get("column", "")), group_by=str(d.get("group_by", "")))
+        q = d.get("quantile")
+        return cls(
+            aggregate=agg, column=str(d.get("column", "")), group_by=str(d.get("group_by", "")),
+            filters=tuple(QueryFilter.from_dict(f) for f in d.get("filters", ())),
+            bins=int(d.get("bins", 0)), quantile=Fraction(q) if q else None,
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -190,6 +263,9 @@ class JobRequest:
     def __post_init__(self) -> None:
         if len(self.datasets) > 1 and self.tier is not Tier.QUERY:
             raise _bad("a job over several datasets must be a query", "run an algorithm on one dataset at a time")
+        if (len(self.datasets) > 1 or self.he_context) and self.query is not None and not self.query.aggregate.combinable:
+            raise _bad(f"a {self.query.aggregate.value} cannot be combined across departments or encrypted",
+                       "use count, sum, mean or histogram, or one dataset without --he")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", self.job_id):
             raise _bad(f"job id {self.job_id!r} is not valid", "use letters, digits, '.', '_' or '-' (max 80)")
         if not self.datasets:

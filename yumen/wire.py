@@ -12,7 +12,7 @@ from typing import Any
 
 from yumen.catalog import Column, ColumnType, DatasetRegistration, Level, PrivacyUnit
 from yumen.errors import Code, YumenError
-from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, Tier, parse_epsilon
+from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
 from yumen.v1 import admin_pb2, catalog_pb2, jobs_pb2
 from yumen.policy import License
 
@@ -79,8 +79,12 @@ def job_to_proto(req: JobRequest) -> jobs_pb2.Job:
         purpose=req.purpose.value, epsilon=req.to_dict()["epsilon"], he_context=req.he_context,
     )
     if req.query is not None:
+        q = req.query
         msg.query.CopyFrom(jobs_pb2.Query(
-            aggregate=req.query.aggregate.value, column=req.query.column, group_by=req.query.group_by
+            aggregate=q.aggregate.value, column=q.column, group_by=q.group_by,
+            filters=[jobs_pb2.QueryFilter(column=f.column, op=f.op, value_json=json.dumps(f.to_dict()["value"]))
+                     for f in q.filters],
+            bins=q.bins, quantile=q.to_dict().get("quantile", ""),
         ))
     if req.algorithm is not None:
         a = req.algorithm
@@ -109,7 +113,16 @@ def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
     kind = msg.WhichOneof("work")
     if kind == "query":
         q = msg.query
-        query = Query(aggregate=_enum(Aggregate, q.aggregate, "aggregate"), column=q.column, group_by=q.group_by)
+        filters = []
+        for f in q.filters:
+            try:
+                value = json.loads(f.value_json)
+            except ValueError:
+                raise YumenError(Code.INVALID_ARGUMENT, f"filter value {f.value_json!r} is not JSON") from None
+            filters.append(QueryFilter.from_dict({"column": f.column, "op": f.op, "value": value}))
+        query = Query(aggregate=_enum(Aggregate, q.aggregate, "aggregate"), column=q.column, group_by=q.group_by,
+                      filters=tuple(filters), bins=q.bins,
+                      quantile=parse_epsilon(q.quantile) if q.quantile else None)
     elif kind == "algorithm":
         a = msg.algorithm
         try:

@@ -92,3 +92,23 @@ def test_groups_below_the_minimum_group_size_are_suppressed(space, operator):
     suppressed = set(out["result"]["suppressed_groups"])
     assert kept and not kept & suppressed
     assert {v["name"] for v in out["result"]["values"]} == {"sum"}
+
+
+@pytest.mark.parametrize("args,name,groups", [
+    (["--aggregate", "variance", "--column", "temp_mean_c"], "variance", 1),
+    (["--aggregate", "quantile", "--column", "temp_mean_c", "--quantile", "0.5"], "quantile", 1),
+    (["--aggregate", "histogram", "--column", "temp_mean_c", "--bins", "5"], "histogram", 5),
+    (["--aggregate", "histogram", "--column", "region"], "histogram", 14),
+    (["--aggregate", "mean", "--column", "precip_mm", "--filter", "temp_mean_c >= 15", "--filter", "region in lanzhou,wuwei"],
+     "mean", 1),
+])
+def test_extended_query_language(operator, args, name, groups):
+    out = operator.json("submit", "query", "--dataset", "weather-daily", *args, "--epsilon", "0.2", "--purpose", "research")
+    values = out["result"]["values"]
+    assert {v["name"] for v in values} == {name} and len(values) == groups
+
+
+def test_filter_on_an_undeclared_category_names_the_declared_ones(operator):
+    proc = operator("submit", "query", "--dataset", "weather-daily", "--aggregate", "count", "--filter", "region == paris",
+                    "--epsilon", "0.1", "--purpose", "research")
+    assert proc.returncode != 0 and "undeclared categories" in proc.stderr and "lanzhou" in proc.stderr

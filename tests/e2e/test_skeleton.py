@@ -65,7 +65,7 @@ def test_unknown_dataset_is_not_found_with_a_hint(operator):
 
 @pytest.mark.parametrize("args,needle", [
     (["--aggregate", "sum", "--epsilon", "0.1"], "needs a column"),
-    (["--aggregate", "count", "--group-by", "cost_yuan", "--epsilon", "0.1"], "no declared categories"),
+    (["--aggregate", "count", "--group-by", "cost_yuan", "--epsilon", "0.1"], "not a declared category column"),
     (["--aggregate", "sum", "--column", "no_such_column", "--epsilon", "0.1"], "has no column"),
     (["--aggregate", "count", "--epsilon", "-1"], "not a positive decimal"),
     (["--aggregate", "count", "--epsilon", "5"], "above the"),

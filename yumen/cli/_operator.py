@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from yumen.errors import Code, YumenError
-from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, Tier, parse_epsilon
+from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
 from yumen.rpc import TlsFiles
 
 
@@ -186,13 +186,30 @@ def _he_keys(args: argparse.Namespace) -> tuple[bytes, bytes]:
     return secret, public
 
 
+def _query(args: argparse.Namespace) -> Query:
+    return Query(
+        aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or "",
+        filters=tuple(QueryFilter.parse(f) for f in args.filter or ()), bins=args.bins or 0,
+        quantile=parse_epsilon(args.quantile) if args.quantile else None,
+    )
+
+
+def _query_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aggregate", required=True, choices=[a.value for a in Aggregate])
+    p.add_argument("--column", help="the column to aggregate (all but count)")
+    p.add_argument("--group-by", help="a declared category column")
+    p.add_argument("--filter", action="append",
+                   help='keep rows where COLUMN OP VALUE, e.g. "cost_yuan >= 100" or "age_band in 65-74,75+" (repeatable)')
+    p.add_argument("--bins", type=int, help="histogram of a numeric column: number of equal-width bins")
+    p.add_argument("--quantile", help="quantile query: which quantile, e.g. 0.5 for the median")
+
+
 def _submit_query(args: argparse.Namespace) -> int:
     secret, public = _he_keys(args)
     request = JobRequest(
         job_id=_job_id(args), datasets=tuple(args.dataset), tier=Tier.QUERY, purpose=Purpose(args.purpose),
         epsilon=parse_epsilon(args.epsilon),
-        query=Query(aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or ""),
-        he_context=public,
+        query=_query(args), he_context=public,
     )
     return _run(args, request, secret)
 
@@ -220,7 +237,7 @@ def _explain(args: argparse.Namespace) -> int:
     tier = Tier(args.tier)
     query = algorithm = None
     if tier is Tier.QUERY:
-        query = Query(aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or "")
+        query = _query(args)
     else:
         if not args.algorithm:
             raise YumenError(Code.INVALID_ARGUMENT, f"a {tier.value} explanation needs --algorithm FILE")
@@ -307,9 +324,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _conn_args(p)
 
     q = ssub.add_parser("query", help="a declarative DP aggregate")
-    q.add_argument("--aggregate", required=True, choices=[a.value for a in Aggregate])
-    q.add_argument("--column", help="numeric column (sum, mean)")
-    q.add_argument("--group-by", help="a declared category column")
+    _query_args(q)
     q.add_argument("--he", action="store_true",
                    help="homomorphic delivery: results come back encrypted under a key made here; the broker cannot read them")
     q.add_argument("--he-secret-out", help="also save the secret CKKS context to this file (mode 0600)")
@@ -337,6 +352,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--aggregate", default=Aggregate.COUNT.value, choices=[a.value for a in Aggregate])
     ex.add_argument("--column")
     ex.add_argument("--group-by")
+    ex.add_argument("--filter", action="append")
+    ex.add_argument("--bins", type=int)
+    ex.add_argument("--quantile")
     ex.add_argument("--algorithm", help="the algorithm file (algorithm tiers)")
     ex.add_argument("--output", action="append", help="NAME=LOWER:UPPER (algorithm tiers)")
     ex.add_argument("--json", action="store_true")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13yumen/v1/jobs.proto\x12\x08yumen.v1\"<\n\x05Query\x12\x11\n\taggregate\x18\x01 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\x10\n\x08group_by\x18\x03 \x01(\t\"9\n\x0bOutputRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lower\x18\x02 \x01(\x01\x12\r\n\x05upper\x18\x03 \x01(\x01\"\x8e\x01\n\tAlgorithm\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.yumen.v1.OutputRange\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x11\n\tmemory_mb\x18\x05 \x01(\x05\x12\x0e\n\x06\x62locks\x18\x06 \x01(\x05\"\xbf\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\t\x12 \n\x05query\x18\x06 \x01(\x0b\x32\x0f.yumen.v1.QueryH\x00\x12(\n\talgorithm\x18\x07 \x01(\x0b\x32\x13.yumen.v1.AlgorithmH\x00\x12\x12\n\nhe_context\x18\x08 \x01(\x0c\x42\x06\n\x04work\".\n\x10SubmitJobRequest\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.yumen.v1.Job\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xef\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0f\n\x07license\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\n \x01(\x03\x12\x14\n\x0cmatched_rule\x18\x0b \x01(\t\x12\x16\n\x0epolicy_version\x18\x0c \x01(\t\"N\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nat_unix_ms\x18\x04 \x01(\x03\"^\n\rReleasedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x04 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x05 \x01(\x01\"b\n\nProvenance\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x16\n\x0ereceipt_digest\x18\x04 \x01(\t\"\xc5\x02\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06values\x18\x02 \x03(\x0b\x32\x17.yumen.v1.ReleasedValue\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x15\n\repsilon_spent\x18\x04 \x01(\t\x12\x15\n\rresult_digest\x18\x05 \x01(\t\x12(\n\nprovenance\x18\x06 \x03(\x0b\x32\x14.yumen.v1.Provenance\x12\x11\n\tlog_index\x18\x07 \x01(\x03\x12\x12\n\nciphertext\x18\x08 \x01(\x0c\x12(\n\x04\x62ill\x18\t \x03(\x0b\x32\x1a.yumen.v1.Result.BillEntry\x12\x19\n\x11suppressed_groups\x18\n \x03(\t\x1a+\n\tBillEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x02\n\x0b\x45xplanation\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04gate\x18\x03 \x01(\t\x12\x14\n\x0cmatched_rule\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12;\n\x0bobligations\x18\x06 \x03(\x0b\x32&.yumen.v1.Explanation.ObligationsEntry\x12\x19\n\x11\x65psilon_requested\x18\x07 \x01(\t\x12\x19\n\x11\x65psilon_remaining\x18\x08 \x01(\t\x12\x1f\n\x17\x65psilon_remaining_after\x18\t \x01(\t\x12\x16\n\x0eruns_remaining\x18\n \x01(\x05\x12\r\n\x05price\x18\x0b \x01(\t\x12\x0e\n\x06period\x18\x0c \x01(\t\x1a\x32\n\x10ObligationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa1\x02\n\nJobService\x12?\n\nExplainJob\x12\x1a.yumen.v1.SubmitJobRequest\x1a\x15.yumen.v1.Explanation\x12<\n\tSubmitJob\x12\x1a.yumen.v1.SubmitJobRequest\x1a\x13.yumen.v1.JobStatus\x12/\n\x06GetJob\x12\x10.yumen.v1.JobRef\x1a\x13.yumen.v1.JobStatus\x12\x32\n\x08WatchJob\x12\x10.yumen.v1.JobRef\x1a\x12.yumen.v1.JobEvent0\x01\x12/\n\tGetResult\x12\x10.yumen.v1.JobRef\x1a\x10.yumen.v1.Resultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13yumen/v1/jobs.proto\x12\x08yumen.v1\"=\n\x0bQueryFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x12\n\nvalue_json\x18\x03 \x01(\t\"\x84\x01\n\x05Query\x12\x11\n\taggregate\x18\x01 \x01(\t\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\x10\n\x08group_by\x18\x03 \x01(\t\x12&\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x15.yumen.v1.QueryFilter\x12\x0c\n\x04\x62ins\x18\x05 \x01(\x05\x12\x10\n\x08quantile\x18\x06 \x01(\t\"9\n\x0bOutputRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05lower\x18\x02 \x01(\x01\x12\r\n\x05upper\x18\x03 \x01(\x01\"\x8e\x01\n\tAlgorithm\x12\x0e\n\x06source\x18\x01 \x01(\x0c\x12&\n\x07outputs\x18\x02 \x03(\x0b\x32\x15.yumen.v1.OutputRange\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\x12\x11\n\tmemory_mb\x18\x05 \x01(\x05\x12\x0e\n\x06\x62locks\x18\x06 \x01(\x05\"\xbf\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x02 \x03(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x05 \x01(\t\x12 \n\x05query\x18\x06 \x01(\x0b\x32\x0f.yumen.v1.QueryH\x00\x12(\n\talgorithm\x18\x07 \x01(\x0b\x32\x13.yumen.v1.AlgorithmH\x00\x12\x12\n\nhe_context\x18\x08 \x01(\x0c\x42\x06\n\x04work\".\n\x10SubmitJobRequest\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.yumen.v1.Job\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xef\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08operator\x18\x04 \x01(\t\x12\x0f\n\x07license\x18\x05 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x06 \x03(\t\x12\x0c\n\x04tier\x18\x07 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x08 \x01(\t\x12\x17\n\x0f\x63reated_unix_ms\x18\t \x01(\x03\x12\x17\n\x0fupdated_unix_ms\x18\n \x01(\x03\x12\x14\n\x0cmatched_rule\x18\x0b \x01(\t\x12\x16\n\x0epolicy_version\x18\x0c \x01(\t\"N\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x12\n\nat_unix_ms\x18\x04 \x01(\x03\"^\n\rReleasedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x13\n\x0bnoise_scale\x18\x04 \x01(\x01\x12\x0c\n\x04\x63i95\x18\x05 \x01(\x01\"b\n\nProvenance\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x16\n\x0ereceipt_digest\x18\x04 \x01(\t\"\xc5\x02\n\x06Result\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06values\x18\x02 \x03(\x0b\x32\x17.yumen.v1.ReleasedValue\x12\x11\n\tmechanism\x18\x03 \x01(\t\x12\x15\n\repsilon_spent\x18\x04 \x01(\t\x12\x15\n\rresult_digest\x18\x05 \x01(\t\x12(\n\nprovenance\x18\x06 \x03(\x0b\x32\x14.yumen.v1.Provenance\x12\x11\n\tlog_index\x18\x07 \x01(\x03\x12\x12\n\nciphertext\x18\x08 \x01(\x0c\x12(\n\x04\x62ill\x18\t \x03(\x0b\x32\x1a.yumen.v1.Result.BillEntry\x12\x19\n\x11suppressed_groups\x18\n \x03(\t\x1a+\n\tBillEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe9\x02\n\x0b\x45xplanation\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04gate\x18\x03 \x01(\t\x12\x14\n\x0cmatched_rule\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12;\n\x0bobligations\x18\x06 \x03(\x0b\x32&.yumen.v1.Explanation.ObligationsEntry\x12\x19\n\x11\x65psilon_requested\x18\x07 \x01(\t\x12\x19\n\x11\x65psilon_remaining\x18\x08 \x01(\t\x12\x1f\n\x17\x65psilon_remaining_after\x18\t \x01(\t\x12\x16\n\x0eruns_remaining\x18\n \x01(\x05\x12\r\n\x05price\x18\x0b \x01(\t\x12\x0e\n\x06period\x18\x0c \x01(\t\x1a\x32\n\x10ObligationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xa1\x02\n\nJobService\x12?\n\nExplainJob\x12\x1a.yumen.v1.SubmitJobRequest\x1a\x15.yumen.v1.Explanation\x12<\n\tSubmitJob\x12\x1a.yumen.v1.SubmitJobRequest\x1a\x13.yumen.v1.JobStatus\x12/\n\x06GetJob\x12\x10.yumen.v1.JobRef\x1a\x13.yumen.v1.JobStatus\x12\x32\n\x08WatchJob\x12\x10.yumen.v1.JobRef\x1a\x12.yumen.v1.JobEvent0\x01\x12/\n\tGetResult\x12\x10.yumen.v1.JobRef\x1a\x10.yumen.v1.Resultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT_BILLENTRY']._serialized_options = b'8\001'
   _globals['_EXPLANATION_OBLIGATIONSENTRY']._loaded_options = None
   _globals['_EXPLANATION_OBLIGATIONSENTRY']._serialized_options = b'8\001'
-  _globals['_QUERY']._serialized_start=33
-  _globals['_QUERY']._serialized_end=93
-  _globals['_OUTPUTRANGE']._serialized_start=95
-  _globals['_OUTPUTRANGE']._serialized_end=152
-  _globals['_ALGORITHM']._serialized_start=155
-  _globals['_ALGORITHM']._serialized_end=297
-  _globals['_JOB']._serialized_start=300
-  _globals['_JOB']._serialized_end=491
-  _globals['_SUBMITJOBREQUEST']._serialized_start=493
-  _globals['_SUBMITJOBREQUEST']._serialized_end=539
-  _globals['_JOBREF']._serialized_start=541
-  _globals['_JOBREF']._serialized_end=565
-  _globals['_JOBSTATUS']._serialized_start=568
-  _globals['_JOBSTATUS']._serialized_end=807
-  _globals['_JOBEVENT']._serialized_start=809
-  _globals['_JOBEVENT']._serialized_end=887
-  _globals['_RELEASEDVALUE']._serialized_start=889
-  _globals['_RELEASEDVALUE']._serialized_end=983
-  _globals['_PROVENANCE']._serialized_start=985
-  _globals['_PROVENANCE']._serialized_end=1083
-  _globals['_RESULT']._serialized_start=1086
-  _globals['_RESULT']._serialized_end=1411
-  _globals['_RESULT_BILLENTRY']._serialized_start=1368
-  _globals['_RESULT_BILLENTRY']._serialized_end=1411
-  _globals['_EXPLANATION']._serialized_start=1414
-  _globals['_EXPLANATION']._serialized_end=1775
-  _globals['_EXPLANATION_OBLIGATIONSENTRY']._serialized_start=1725
-  _globals['_EXPLANATION_OBLIGATIONSENTRY']._serialized_end=1775
-  _globals['_JOBSERVICE']._serialized_start=1778
-  _globals['_JOBSERVICE']._serialized_end=2067
+  _globals['_QUERYFILTER']._serialized_start=33
+  _globals['_QUERYFILTER']._serialized_end=94
+  _globals['_QUERY']._serialized_start=97
+  _globals['_QUERY']._serialized_end=229
+  _globals['_OUTPUTRANGE']._serialized_start=231
+  _globals['_OUTPUTRANGE']._serialized_end=288
+  _globals['_ALGORITHM']._serialized_start=291
+  _globals['_ALGORITHM']._serialized_end=433
+  _globals['_JOB']._serialized_start=436
+  _globals['_JOB']._serialized_end=627
+  _globals['_SUBMITJOBREQUEST']._serialized_start=629
+  _globals['_SUBMITJOBREQUEST']._serialized_end=675
+  _globals['_JOBREF']._serialized_start=677
+  _globals['_JOBREF']._serialized_end=701
+  _globals['_JOBSTATUS']._serialized_start=704
+  _globals['_JOBSTATUS']._serialized_end=943
+  _globals['_JOBEVENT']._serialized_start=945
+  _globals['_JOBEVENT']._serialized_end=1023
+  _globals['_RELEASEDVALUE']._serialized_start=1025
+  _globals['_RELEASEDVALUE']._serialized_end=1119
+  _globals['_PROVENANCE']._serialized_start=1121
+  _globals['_PROVENANCE']._serialized_end=1219
+  _globals['_RESULT']._serialized_start=1222
+  _globals['_RESULT']._serialized_end=1547
+  _globals['_RESULT_BILLENTRY']._serialized_start=1504
+  _globals['_RESULT_BILLENTRY']._serialized_end=1547
+  _globals['_EXPLANATION']._serialized_start=1550
+  _globals['_EXPLANATION']._serialized_end=1911
+  _globals['_EXPLANATION_OBLIGATIONSENTRY']._serialized_start=1861
+  _globals['_EXPLANATION_OBLIGATIONSENTRY']._serialized_end=1911
+  _globals['_JOBSERVICE']._serialized_start=1914
+  _globals['_JOBSERVICE']._serialized_end=2203
 # @@protoc_insertion_point(module_scope)

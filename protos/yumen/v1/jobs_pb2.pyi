@@ -6,15 +6,31 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class QueryFilter(_message.Message):
+    __slots__ = ("column", "op", "value_json")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    op: str
+    value_json: str
+    def __init__(self, column: _Optional[str] = ..., op: _Optional[str] = ..., value_json: _Optional[str] = ...) -> None: ...
+
 class Query(_message.Message):
-    __slots__ = ("aggregate", "column", "group_by")
+    __slots__ = ("aggregate", "column", "group_by", "filters", "bins", "quantile")
     AGGREGATE_FIELD_NUMBER: _ClassVar[int]
     COLUMN_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    QUANTILE_FIELD_NUMBER: _ClassVar[int]
     aggregate: str
     column: str
     group_by: str
-    def __init__(self, aggregate: _Optional[str] = ..., column: _Optional[str] = ..., group_by: _Optional[str] = ...) -> None: ...
+    filters: _containers.RepeatedCompositeFieldContainer[QueryFilter]
+    bins: int
+    quantile: str
+    def __init__(self, aggregate: _Optional[str] = ..., column: _Optional[str] = ..., group_by: _Optional[str] = ..., filters: _Optional[_Iterable[_Union[QueryFilter, _Mapping]]] = ..., bins: _Optional[int] = ..., quantile: _Optional[str] = ...) -> None: ...
 
 class OutputRange(_message.Message):
     __slots__ = ("name", "lower", "upper")

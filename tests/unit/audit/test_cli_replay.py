@@ -66,12 +66,11 @@ def test_verify_of_a_tampered_export_fails_with_the_verification_exit_code(broke
 
 def test_user_errors_say_what_to_pass(broker_files):
     with pytest.raises(YumenError, match="--db, --log-key and --origin") as e:
-        _run(["audit", "export", "--out", str(broker_files / "y")])
+        _run(["audit", "export", "--out", str(broker_files / "y"), "--db", str(broker_files / "broker.db")])
     assert e.value.code is Code.INVALID_ARGUMENT
     with pytest.raises(YumenError, match="--ca") as e:
-        _run(["audit", "verify", "--broker", "localhost:1"])
-    with pytest.raises(YumenError, match="nothing to verify"):
-        _run(["audit", "verify"])
+        _run(["audit", "verify", "--broker", "localhost:1", "--ca", "", "--cert", "", "--key", ""])
+    assert e.value.code is Code.CONFIG
 
 
 def test_replay_recomputes_budget_and_bills_and_calls_the_reevaluator():
@@ -92,7 +91,7 @@ def test_replay_reports_where_the_story_breaks():
     entries = sample_entries(2)
     overspent = JobExecuted(time=T, job_id="job-1", connector="conn-cma", dataset_id="weather-2025",
                             dataset_version=digest("ds1"), mechanism="laplace", epsilon_charged="0.3",
-                            output_commitment=digest("c"), receipt_signature="")
+                            output_commitment=digest("c"), receipt_signature="c2ln")
     broken = entries[:7] + [overspent] + entries[8:]
     with pytest.raises(YumenError, match=r"entry 7 \(job_executed\).*above the ε 0.25") as e:
         replay(enumerate(broken))
@@ -103,3 +102,20 @@ def test_replay_reports_where_the_story_breaks():
 
     with pytest.raises(YumenError, match=r"entry 3 \(job_decided\): policy now denies"):
         replay(enumerate(entries), reevaluate=refuse)
+
+
+def test_keygen_writes_a_private_key_and_the_matching_vkey(tmp_path, capsys):
+    import os
+    import stat
+
+    from yumen.audit import NoteSigner, load_log_key
+
+    assert _run(["audit", "keygen", "--out", str(tmp_path / "k.pem"), "--origin", ORIGIN,
+                 "--vkey-out", str(tmp_path / "log.vkey")]) == 0
+    vkey = capsys.readouterr().out.strip()
+    assert stat.S_IMODE(os.stat(tmp_path / "k.pem").st_mode) == 0o600
+    assert NoteSigner(ORIGIN, load_log_key(tmp_path / "k.pem")).verifier.vkey == vkey
+    assert (tmp_path / "log.vkey").read_text().strip() == vkey
+    with pytest.raises(YumenError) as e:
+        _run(["audit", "keygen", "--out", str(tmp_path / "k.pem"), "--origin", ORIGIN])
+    assert e.value.code is Code.ALREADY_EXISTS

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from yumen.audit import (
     Checkpoint,
@@ -14,9 +16,9 @@ from yumen.audit import (
     TransparencyLog,
     decode_entry,
     encode_entry,
+    leaf_hash,
     verify_consistency,
     verify_inclusion,
-    leaf_hash,
 )
 from yumen.errors import Code, YumenError
 
@@ -121,3 +123,77 @@ def test_append_leaves_refuses_bytes_that_are_not_an_entry(log):
     leaf = encode_entry(sample_entries(1)[0])
     assert log.append_leaves([leaf]) == [0]
     assert decode_entry(log.leaf(0)) == sample_entries(1)[0]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=8), data=st.data())
+def test_stored_proofs_match_the_reference_across_random_batch_boundaries(tmp_path_factory, key, batches, data):
+    pool = [encode_entry(e) for e in sample_entries(3)]
+    lg = TransparencyLog(SQLiteLogStorage(tmp_path_factory.mktemp("p") / "l.db"), origin=ORIGIN, signing_key=key)
+    ref = MerkleTree()
+    n = 0
+    for b in batches:
+        leaves = [pool[(n + i) % len(pool)] for i in range(b)]
+        assert lg.append_leaves(leaves) == list(range(n, n + b))
+        ref.append_leaves(leaves)
+        n += b
+        assert lg.root() == ref.root()
+    size = data.draw(st.integers(min_value=1, max_value=n))
+    index = data.draw(st.integers(min_value=0, max_value=size - 1))
+    old = data.draw(st.integers(min_value=0, max_value=size))
+    assert lg.inclusion_proof(index, size) == ref.inclusion_proof(index, size)
+    assert lg.consistency_proof(old, size) == ref.consistency_proof(old, size)
+    assert lg.root(size) == ref.root(size)
+    lg.close()
+
+
+class _GatedStorage:
+    """SQLite storage whose first commit waits for a gate: lets a test queue appends behind it."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gate = threading.Event()
+        self.commits: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def append(self, *, start, leaves, nodes):
+        if not self.commits:
+            self.gate.wait(10)
+        self.commits.append(len(leaves))
+        self.inner.append(start=start, leaves=leaves, nodes=nodes)
+
+
+def test_concurrent_appends_are_group_committed_and_each_returns_its_own_indices(tmp_path, key):
+    import time
+
+    storage = _GatedStorage(SQLiteLogStorage(tmp_path / "g.db"))
+    lg = TransparencyLog(storage, origin=ORIGIN, signing_key=key)
+    es = sample_entries(2)
+    results: dict[int, list[int]] = {}
+
+    def work(k):
+        results[k] = lg.append_many(es[k : k + 1]) if k else lg.append_many(es[:1])
+
+    first = threading.Thread(target=work, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 5
+    while not lg._leader_active and time.monotonic() < deadline:
+        time.sleep(0.001)
+    others = [threading.Thread(target=work, args=(k,)) for k in range(1, 6)]
+    for t in others:
+        t.start()
+    while len(lg._pending) < 5 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    storage.gate.set()
+    for t in [first, *others]:
+        t.join()
+    assert storage.commits == [1, 5]  # the five queued appends shared one transaction
+    assert sorted(i for r in results.values() for i in r) == list(range(6))
+    for k in range(1, 6):
+        (i,) = results[k]
+        assert lg.leaf(i) == encode_entry(es[k])
+    ref = MerkleTree()
+    ref.append_leaves(lg.leaf(i) for i in range(6))
+    assert lg.root() == ref.root()

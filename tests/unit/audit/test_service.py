@@ -17,9 +17,9 @@ from yumen.audit import (
     export,
     verify_consistency,
     verify_export,
+    leaf_hash,
     verify_inclusion,
     verify_online,
-    leaf_hash,
 )
 from yumen.errors import Code, YumenError
 

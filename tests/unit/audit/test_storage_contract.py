@@ -65,3 +65,22 @@ def test_concurrent_readers_see_committed_data(storage):
     for t in threads:
         t.join()
     assert seen == [[b"a"]] * 4
+
+
+def test_two_log_replicas_over_one_storage_stay_linear_and_match_the_reference(storage, key):
+    from yumen.audit import MerkleTree, TransparencyLog, encode_entry
+
+    from audit_samples import ORIGIN, sample_entries
+
+    a = TransparencyLog(storage, origin=ORIGIN, signing_key=key)
+    b = TransparencyLog(storage, origin=ORIGIN, signing_key=key)
+    es = sample_entries(4)
+    got = a.append_many(es[:5]) + b.append_many(es[5:9]) + a.append_many(es[9:])  # b and a were stale
+    assert got == list(range(len(es)))
+    ref = MerkleTree()
+    ref.append_leaves(encode_entry(e) for e in es)
+    assert a.root() == b.root(len(es)) == ref.root()
+    for size in (1, 7, len(es)):
+        for index in range(0, size, 3):
+            assert a.inclusion_proof(index, size) == ref.inclusion_proof(index, size)
+        assert b.consistency_proof(size // 2, size) == ref.consistency_proof(size // 2, size)

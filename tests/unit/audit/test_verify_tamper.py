@@ -221,3 +221,17 @@ def test_parallel_chunked_check_locates_like_the_sequential_one(filled, tmp_path
     del lines[11]
     _write(d, lines)
     _fails(d, "index 12 where 11 was expected", vkey=filled.vkey, workers=3)
+
+
+def test_lines_in_another_json_layout_verify_but_a_display_only_change_does_not(filled, tmp_path):
+    d = tmp_path / "x"
+    export(filled, d)
+    relaid = [json.dumps(json.loads(line), indent=None, sort_keys=False) + "\n" for line in _lines(d)]
+    relaid = [json.dumps({"leaf": r["leaf"], "index": r["index"], "entry": r["entry"]}) + "\n" for r in map(json.loads, relaid)]
+    _write(d, relaid)
+    assert verify_export(d, filled.vkey).size == 15
+    rec = json.loads(relaid[3])
+    rec["entry"]["allowed"] = 1  # equal to true in Python, but not the same JSON
+    relaid[3] = json.dumps(rec) + "\n"
+    _write(d, relaid)
+    _fails(d, "line 4 (entry 3): the decoded entry does not match", vkey=filled.vkey)

@@ -143,13 +143,13 @@ class SourceFactory:
 
 
 @pytest.fixture
-def frame() -> object:
+def make_frame() -> object:
     """``contract_frame`` itself, for tests (conftest modules are not importable by name)."""
     return contract_frame
 
 
 @pytest.fixture(params=[k if k != "postgres" else pytest.param(k, marks=pytest.mark.postgres) for k in KINDS])
-def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceFactory]:
+def source_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SourceFactory]:
     dsn = None
     if request.param == "postgres":
         dsn = request.getfixturevalue("postgres_dsn")

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 import yumen.connectors._source_files as files
-from yumen.connectors._sources import VERSION_CACHE, SourceSpec, frame_digest, open_source
+from yumen.connectors._sources import (
+    VERSION_CACHE,
+    SourceSpec,
+    frame_digest,
+    open_source,
+)
 from yumen.errors import Code, YumenError
 
 
@@ -57,15 +61,18 @@ def test_an_empty_file_and_a_directory_are_named(tmp_path: Path) -> None:
         open_source(SourceSpec(kind="parquet", path=str(tmp_path))).check()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file; permission checks need another user")
-def test_an_unreadable_file_is_reported_with_the_fix(tmp_path: Path) -> None:
+def test_an_unreadable_file_is_reported_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = _csv(tmp_path / "a.csv", "x\n1\n")
     (tmp_path / "a.csv").chmod(0)
+    if os.geteuid() == 0:  # root may read anything; ask the kernel's answer for other users
+        monkeypatch.setattr(files.os, "access", lambda path, mode: False)
     with pytest.raises(YumenError, match="not readable by this process"):
         source.check()
 
 
-def test_a_file_rewritten_while_hashed_is_hashed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_rewritten_while_hashed_is_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "a.parquet"
     first = pl.DataFrame({"x": [1, 2, 3]})
     second = pl.DataFrame({"x": [1, 2, 4]})
@@ -99,3 +106,16 @@ def test_the_same_rows_in_csv_and_parquet_have_one_version(tmp_path: Path) -> No
         for k, n in (("csv", "a.csv"), ("parquet", "a.parquet"), ("parquet", "b.parquet"))
     }
     assert versions == {frame_digest(df)}
+
+
+def test_stream_batches_keeps_order_and_releases_its_worker_when_abandoned() -> None:
+    import threading
+
+    lf = pl.LazyFrame({"i": range(200_000)})
+    got = pl.concat(list(files.stream_batches(lf, 10_000)))
+    assert got.get_column("i").to_list() == list(range(200_000))
+    before = threading.active_count()
+    stream = files.stream_batches(lf, 1_000)
+    assert next(stream).height > 0
+    stream.close()
+    assert threading.active_count() <= before

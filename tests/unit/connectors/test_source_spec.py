@@ -6,6 +6,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yumen.connectors._source_digest import TableHasher
 from yumen.connectors._sources import SourceSpec, frame_digest, open_source
 
@@ -133,3 +135,22 @@ def test_digest_refuses_nested_types_naming_the_column() -> None:
     df = pl.DataFrame({"tags": [["a"], ["b"]]})
     with pytest.raises(YumenError, match="column 'tags' has type"):
         frame_digest(df)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ints=st.lists(st.one_of(st.none(), st.integers(-(2**62), 2**62)), min_size=1, max_size=40),
+    texts=st.lists(st.one_of(st.none(), st.text(max_size=6)), min_size=40, max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=5),
+)
+def test_digest_is_the_same_for_any_batching(ints: list[int | None], texts: list[str | None], cuts: list[int]) -> None:
+    df = pl.DataFrame(
+        {"n": pl.Series(ints, dtype=pl.Int64), "s": texts[: len(ints)], "x": [None if i is None else i / 3 for i in ints]},
+        schema_overrides={"s": pl.String, "x": pl.Float64},
+    )
+    bounds = sorted({0, df.height, *(min(c, df.height) for c in cuts)})
+    hasher = TableHasher(df.schema)
+    for lo, hi in zip(bounds, bounds[1:]):
+        hasher.update(df.slice(lo, hi - lo))
+    assert hasher.digest() == frame_digest(df)
+    assert hasher.rows == df.height

@@ -1,0 +1,103 @@
+"""Shared fixtures for the sandbox escape suite: one fixture per available backend.
+
+Each backend is checked once per session; a backend that cannot run here is skipped with
+the reason its ``check()`` gave (e.g. no Docker engine, no runsc runtime, no runtime
+image). CI provides all three; see docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import pytest
+
+from yumen.errors import YumenError
+from yumen.sandbox import get_backend
+from yumen.sandbox._docker import OWNER_LABEL, _owner
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "docker: needs a running Docker engine")
+    config.addinivalue_line("markers", "gvisor: needs Docker with the runsc runtime")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+_CHECKED: dict[str, object] = {}
+
+# A private range of per-job host user ids and a private staging directory, so that other
+# sandboxes running on the same host (a connector, another test run) cannot be mistaken
+# for traces of these tests, and these tests cannot be blamed for theirs.
+JOB_UID_RANGE = range(2_100_000_000, 2_100_100_000)
+STAGING_DIR = tempfile.mkdtemp(prefix="yumen-escape-suite-")
+
+
+def _backend(name: str):
+    if name not in _CHECKED:
+        options = {"staging_dir": STAGING_DIR}
+        if name == "bwrap":
+            options.update(uid_base=JOB_UID_RANGE.start, uid_count=len(JOB_UID_RANGE))
+        backend = get_backend(name, **options)
+        try:
+            backend.check()
+            _CHECKED[name] = backend
+        except YumenError as e:
+            _CHECKED[name] = f"{name} backend unavailable: {e}"
+    value = _CHECKED[name]
+    if isinstance(value, str):
+        pytest.skip(value)
+    return value
+
+
+@pytest.fixture(
+    params=[
+        "bwrap",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("gvisor", marks=pytest.mark.gvisor),
+    ]
+)
+def backend(request):
+    return _backend(request.param)
+
+
+def _alive(pid: str) -> bool:
+    """Running or sleeping; a zombie has already died and only waits for its parent's wait()."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def leftover_sandbox_processes() -> list[int]:
+    """Host processes still alive as one of this suite's job users, or of a sandbox container."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not _alive(entry.name):
+                continue
+            if entry.stat().st_uid in JOB_UID_RANGE:
+                found.append(int(entry.name))
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if b"yumen-sandbox-" in f.read():
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def assert_no_trace(backend) -> None:
+    """After a job: no process, container, cgroup or staging directory of it remains.
+
+    Container engines tear down their shim and (gVisor) sentry processes asynchronously
+    after a container is removed, so processes get a short grace period to finish dying.
+    """
+    grace = time.monotonic() + (1.0 if backend.name == "bwrap" else 5.0)
+    while leftover_sandbox_processes() and time.monotonic() < grace:
+        time.sleep(0.05)
+    assert leftover_sandbox_processes() == []
+    assert os.listdir(STAGING_DIR) == []
+    if backend.name != "bwrap":
+        left = backend.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
+        assert left == []
