@@ -476,6 +476,12 @@ class Broker:
             owner = self.store.get_dataset(receipt.dataset)
             if owner is None or owner[1] != link.identity.name:
                 raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {receipt.dataset}")
+            if receipt.dataset_version and receipt.dataset_version != owner[0].version:
+                # The department's data changed while it was connected: the new version is
+                # registered (and logged) before the execution that used it.
+                fresh = dataclasses.replace(owner[0], version=receipt.dataset_version)
+                self.store.put_dataset(fresh, link.identity.name)
+                self.audit.dataset_registered(fresh, link.identity)
             if not self.store.put_partial(job.job_id, receipt.dataset, {
                 "payload": payload.decode(), "signature": signature.hex(),
             }, ciphertext):

@@ -8,6 +8,9 @@ broker = "127.0.0.1:7443"        # the connector dials out; it opens no port of 
 state_dir = "state"              # local ledger, receipts, snapshots
 sandbox = "bwrap"                # bwrap | docker | gvisor
 max_parallel_jobs = 2
+snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
+allow_reexecution = true         # the department consents to auditors re-running logged jobs
+metrics = "127.0.0.1:9464"       # Prometheus /metrics (empty: off)
 
 [tls]
 ca = "pki/ca.crt"
@@ -88,6 +91,9 @@ class ConnectorConfig:
     local_policy: LocalPolicy
     datasets: tuple[DatasetConfig, ...]
     path: Path
+    snapshot_retention_days: float = 90.0
+    allow_reexecution: bool = True
+    metrics_listen: str = ""
 
 
 def _err(path: Path, what: str, hint: str = "") -> YumenError:
@@ -160,4 +166,7 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         tls=TlsFiles(ca=p(tls["ca"]), cert=p(tls["cert"]), key=p(tls["key"])),
         broker_certificate=p(tls["broker_certificate"]), local_policy=local,
         datasets=tuple(datasets), path=path,
+        snapshot_retention_days=float(c.get("snapshot_retention_days", 90)),
+        allow_reexecution=bool(c.get("allow_reexecution", True)),
+        metrics_listen=str(c.get("metrics", "")),
     )

@@ -12,6 +12,7 @@ commitment whose salt stays in the connector's state.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,34 +39,82 @@ from yumen.connectors._state import ConnectorState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Executor", "ServedDataset"]
+__all__ = ["Executor", "Pinned", "ServedDataset"]
 
 _STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
 
-class ServedDataset:
-    """A configured dataset with its source and its current version digest."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Pinned:
+    """One dataset version: its registration, its snapshot file, and (lazily) its bounded frame.
 
-    def __init__(self, registration: DatasetRegistration, source: DataSource) -> None:
+    Every job runs on the snapshot of the version its receipt names, never on the live
+    source, so a source that changes mid-job cannot make the receipt lie, and a later audit
+    can re-run the job on exactly the same rows.
+    """
+
+    registration: DatasetRegistration
+    snapshot: Path
+    _bounded: list[Any] = dataclasses.field(default_factory=list, compare=False, repr=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def frame(self) -> Any:
+        """The snapshot with contributions truncated once per version (shared by all queries)."""
+        import polars as pl
+
+        from yumen.privacy import bound_contributions
+
+        with self._lock:
+            if not self._bounded:
+                self._bounded.append(bound_contributions(pl.scan_parquet(self.snapshot), self.registration))
+            return self._bounded[0]
+
+
+class ServedDataset:
+    """A configured dataset with its source and the version currently pinned."""
+
+    def __init__(self, registration: DatasetRegistration, source: DataSource, snapshots: Path,
+                 retention_days: float = 90.0) -> None:
         self.base = registration
         self.source = source
+        self.snapshots = snapshots
+        self.retention_days = retention_days
         self._lock = threading.Lock()
-        self._registration = registration
+        self._pinned: Pinned | None = None
 
     @property
     def registration(self) -> DatasetRegistration:
         with self._lock:
-            return self._registration
+            return self._pinned.registration if self._pinned else self.base
 
     def refresh(self) -> DatasetRegistration:
-        """Recompute the version digest; a changed source yields a new registration version."""
-        import dataclasses
+        """Pin the source's current version (snapshotting it when it is new) and return it."""
+        return self.pin().registration
 
+    def pin(self) -> Pinned:
         version = self.source.version()
         with self._lock:
-            if self._registration.version != version:
-                self._registration = dataclasses.replace(self.base, version=version)
-            return self._registration
+            if self._pinned is not None and self._pinned.registration.version == version:
+                return self._pinned
+        path = self.source.snapshot(self.snapshots)
+        pinned = Pinned(registration=dataclasses.replace(self.base, version=version), snapshot=path)
+        with self._lock:
+            self._pinned = pinned
+        self._prune(keep=path)
+        return pinned
+
+    def snapshot_of(self, version: str) -> Path | None:
+        """The retained snapshot of ``version``, for an audit re-execution."""
+        path = self.snapshots / f"{version.removeprefix('sha256:')}.parquet"
+        return path if path.exists() else None
+
+    def _prune(self, *, keep: Path) -> None:
+        """Drop snapshots older than the retention period (never the pinned one)."""
+        cutoff = time.time() - self.retention_days * 86400
+        for p in self.snapshots.glob("*.parquet"):
+            if p != keep and p.stat().st_mtime < cutoff:
+                p.unlink(missing_ok=True)
+                log.info("snapshot %s pruned (older than %s days)", p.name, self.retention_days)
 
 
 def _commitment(salt: bytes, exact: Any) -> str:
@@ -79,7 +128,9 @@ class Executor:
         self._broker_cert = broker_cert
         self.state = ConnectorState(config.state_dir / "connector.db")
         self.datasets: dict[str, ServedDataset] = {
-            d.registration.id: ServedDataset(d.registration, open_source(d.source)) for d in config.datasets
+            d.registration.id: ServedDataset(d.registration, open_source(d.source), config.state_dir / "snapshots",
+                                             config.snapshot_retention_days)
+            for d in config.datasets
         }
         self._running: set[tuple[str, str]] = set()
         self._running_lock = threading.Lock()
@@ -216,11 +267,11 @@ class Executor:
         salt = os.urandom(32)
         ciphertext = b""
         try:
-            reg = served.refresh()
+            pinned = served.pin()
             if "query" in ticket.work:
-                fields = self._run_query(served, reg, ticket, salt)
+                fields = self._run_query(pinned, ticket, salt)
             else:
-                fields = self._run_algorithm(served, reg, ticket, algorithm_source, salt)
+                fields = self._run_algorithm(pinned, ticket, algorithm_source, salt)
             if he_digest and fields.get("status") == "ok":
                 fields, ciphertext = self._encrypt(fields, he_context)
             self.metrics["jobs_run"] += 1
@@ -254,12 +305,13 @@ class Executor:
                        for v in values)
         return {**fields, "values": hidden, "ciphertext_digest": "sha256:" + hashlib.sha256(ciphertext).hexdigest()}, ciphertext
 
-    def _run_query(self, served: ServedDataset, reg: DatasetRegistration, ticket: Ticket, salt: bytes) -> dict[str, Any]:
+    def _run_query(self, pinned: Pinned, ticket: Ticket, salt: bytes) -> dict[str, Any]:
         from yumen.privacy import dp_query
 
         from yumen.jobs import Aggregate
         from yumen.privacy import QuerySpec
 
+        reg = pinned.registration
         query = Query.from_dict(ticket.work["query"])
         if ticket.work.get("partial") == "sum+count":
             # A mean combined across departments (or under encryption) is released as its
@@ -269,7 +321,7 @@ class Executor:
             for agg in (Aggregate.SUM, Aggregate.COUNT):
                 q = Query(aggregate=agg, column=query.column if agg is Aggregate.SUM else "", group_by=query.group_by,
                           filters=query.filters)
-                parts.append(self._released(dp_query(served.source.scan(), reg, QuerySpec.from_query(q), half),
+                parts.append(self._released(dp_query(pinned.frame(), reg, QuerySpec.from_query(q), half),
                                             agg.value, salt, grouped=bool(query.group_by)))
             both = dict(parts[0])
             both["values"] = parts[0]["values"] + parts[1]["values"]
@@ -279,13 +331,11 @@ class Executor:
             return both
         from yumen.privacy import QuerySpec
 
-        release = dp_query(served.source.scan(), reg, QuerySpec.from_query(query), ticket.epsilon)
+        release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), ticket.epsilon)
         grouped = bool(query.group_by) or query.aggregate is Aggregate.HISTOGRAM
         return self._released(release, query.aggregate.value, salt, grouped=grouped)
 
-    def _run_algorithm(
-        self, served: ServedDataset, reg: DatasetRegistration, ticket: Ticket, source: bytes, salt: bytes
-    ) -> dict[str, Any]:
+    def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes) -> dict[str, Any]:
         """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate."""
         from yumen.privacy import aggregate_blocks, partition_blocks, release_outputs
         from yumen.sandbox import SandboxRequest, Status
@@ -295,7 +345,7 @@ class Executor:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
         backend = self.sandbox(str(ticket.obligations.get("sandbox", "")))
-        snapshot = served.source.snapshot(self.config.state_dir / "snapshots")
+        reg, snapshot = pinned.registration, pinned.snapshot
 
         def run(path: Path) -> Any:
             return backend.run(SandboxRequest(
