@@ -110,6 +110,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Verify an export, replay it (re-deciding every decision), and compare the books."""
+    from yumen.errors import Code, YumenError
+
+    from ._reconcile import Bills, Ledger, compare_accounts, entries_from_export, reevaluate
+    from ._replay import replay
+    from ._verify import verify_export
+
+    report = verify_export(args.from_dir, _vkey_text(args.vkey), args.state)
+    print(report.summary())
+    ledger, bills = Ledger(), Bills()
+    result = replay(
+        entries_from_export(args.from_dir),
+        reevaluate=lambda entry, ctx: reevaluate(entry, ctx, ledger),
+        accumulators={"ledger": ledger, "bills": bills},
+    )
+    print(f"replayed {result.entries} entries; {result.decisions_reevaluated} decisions re-evaluated "
+          "under the policy versions they name, all reached the same result")
+    if not (args.ca and args.cert and args.key):
+        print("books rebuilt from the log (pass --ca/--cert/--key to compare them with the broker's):")
+        for (lic, ds, period), (eps, runs) in sorted(ledger.result().items()):
+            print(f"  ε {eps} in {runs} runs: license {lic}, dataset {ds}, period {period}")
+        for (op, cur), (amount, n) in sorted(bills.result().items()):
+            print(f"  billed {amount} {cur} for {n} jobs: {op}")
+        return 0
+    from pathlib import Path
+
+    from yumen.client import AdminClient
+    from yumen.rpc import TlsFiles
+
+    with AdminClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))) as admin:
+        accounts = admin.accounts()
+    differences = compare_accounts(ledger.result(), bills.result(), accounts)
+    for d in differences:
+        print(f"difference: {d}")
+    if differences:
+        raise YumenError(Code.VERIFICATION_FAILED, f"{len(differences)} differences between the log and the broker's books")
+    print(f"the broker's ledger ({len(ledger.result())} rows) and bills ({len(bills.result())} operators) match the log")
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from ._note import NoteSigner, generate_log_key, save_log_key
 
@@ -157,3 +198,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ver.add_argument("--light", action="store_true", help="(online) check checkpoint and proofs only, without downloading entries")
     _add_tls(ver)
     ver.set_defaults(func=_cmd_verify)
+
+    rep = sub.add_parser("replay", help="re-decide every logged decision and rebuild the ledger and bills from an export")
+    rep.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="an export directory (yumen audit export)")
+    rep.add_argument("--vkey", metavar="FILE", help="the log's published verifier key")
+    rep.add_argument("--state", metavar="DIR", help="remembered checkpoints, as for verify")
+    _add_tls(rep)
+    rep.set_defaults(func=_cmd_replay)

@@ -43,6 +43,7 @@ class ReplayContext:
     decisions: dict[str, JobDecided] = dataclasses.field(default_factory=dict)
     executions: dict[str, list[JobExecuted]] = dataclasses.field(default_factory=dict)
     released: set[str] = dataclasses.field(default_factory=set)
+    cancelled: set[str] = dataclasses.field(default_factory=set)
 
 
 class Accumulator(Protocol):
@@ -117,12 +118,21 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
     elif isinstance(entry, LicenseChanged):
         ctx.licenses[entry.license_id] = entry
     elif isinstance(entry, JobDecided):
-        _check(entry.job_id not in ctx.decisions, f"job {entry.job_id} was already decided")
+        # A job id may be denied any number of times (a denied job is not kept, so the id can
+        # be submitted again), allowed at most once, and cancelled once after it was allowed
+        # if none of its tickets ran.
+        previous = ctx.decisions.get(entry.job_id)
+        if previous is not None and previous.allowed:
+            cancels = not entry.allowed and bool(entry.details.get("cancelled"))
+            _check(cancels, f"job {entry.job_id} was already allowed")
+            _check(entry.job_id not in ctx.executions, f"job {entry.job_id} was cancelled after it ran")
+            ctx.cancelled.add(entry.job_id)
         _check(entry.policy_version in ctx.policies, f"job {entry.job_id} names policy {entry.policy_version}, never logged")
-        ctx.decisions[entry.job_id] = entry
+        if previous is None or not previous.allowed:
+            ctx.decisions[entry.job_id] = entry
     elif isinstance(entry, JobExecuted):
         decision = ctx.decisions.get(entry.job_id)
-        if decision is None or not decision.allowed:
+        if decision is None or not decision.allowed or entry.job_id in ctx.cancelled:
             raise YumenError(Code.VERIFICATION_FAILED, f"job {entry.job_id} ran without an allowing decision")
         _check(entry.dataset_id in decision.datasets, f"job {entry.job_id} ran on {entry.dataset_id}, not a dataset it was allowed")
         _check(

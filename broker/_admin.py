@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from yumen.errors import Code, YumenError
@@ -97,6 +99,19 @@ class Administration:
         if bundle is None:
             raise YumenError(Code.NOT_FOUND, f"no policy version {version}")
         return version, bundle
+
+    def accounts(self, identity: Identity) -> tuple[list[tuple[str, str, str, Fraction, int]], list[tuple[str, str, Decimal, int]]]:
+        """The ledger and the bill totals per operator (for replay to compare with the log)."""
+        if identity.role not in (Role.ADMIN, Role.AUDITOR):
+            raise YumenError(Code.PERMISSION_DENIED, "the books are visible to administrators and auditors")
+        totals: dict[tuple[str, str], tuple[Decimal, int]] = {}
+        for job in self.broker.store.jobs_in_state(JobState.SUCCEEDED):
+            bill = (job.result or {}).get("bill") or {}
+            key = (job.operator, str(bill.get("currency", "CNY")))
+            amount, n = totals.get(key, (Decimal(0), 0))
+            totals[key] = (amount + Decimal(str(bill.get("amount", "0"))), n + 1)
+        bills = [(op, cur, amount, n) for (op, cur), (amount, n) in sorted(totals.items())]
+        return self.broker.store.ledger(), bills
 
     def set_policy(self, identity: Identity, bundle: PolicyBundle) -> str:
         self._admin(identity)

@@ -76,7 +76,8 @@ class BrokerAudit:
             details=engine.bundle.to_dict(),
         ))
 
-    def job_decided(self, request: JobRequest, operator: Identity, reg: DatasetRegistration, decision: Decision) -> int:
+    def job_decided(self, request: JobRequest, operator: Identity, reg: DatasetRegistration, decision: Decision,
+                    period: str = "") -> int:
         return self.tlog.append(JobDecided(
             job_id=request.job_id, allowed=decision.allowed, policy_version=decision.policy_version,
             matched_rule=decision.rule,
@@ -86,10 +87,12 @@ class BrokerAudit:
             epsilon=format_epsilon(request.epsilon), reason=decision.reason,
             request_digest=request.digest(),
             details={"department": reg.department, "level": reg.level.value, "dataset_version": reg.version,
-                     "gate": decision.gate, "price": str(decision.price), "price_class": reg.price_class},
+                     "gate": decision.gate, "price": str(decision.price), "price_class": reg.price_class,
+                     "period": period},
         ))
 
-    def job_allowed(self, request: JobRequest, operator: Identity, decisions: list[tuple[DatasetRegistration, Decision]]) -> int:
+    def job_allowed(self, request: JobRequest, operator: Identity, decisions: list[tuple[DatasetRegistration, Decision]],
+                    periods: dict[str, str]) -> int:
         """One entry for an allowed job, covering every dataset it names (one decision each)."""
         reg0, dec0 = decisions[0]
         return self.tlog.append(JobDecided(
@@ -102,7 +105,7 @@ class BrokerAudit:
                 "per_dataset": {
                     r.id: {"department": r.department, "level": r.level.value, "dataset_version": r.version,
                            "rule": d.rule, "obligations": d.obligations.to_dict() if d.obligations else {},
-                           "price": str(d.price), "price_class": r.price_class}
+                           "price": str(d.price), "price_class": r.price_class, "period": periods.get(r.id, "")}
                     for r, d in decisions
                 },
                 "price": str(sum((d.price for _, d in decisions), Decimal(0))),

@@ -249,10 +249,10 @@ class Broker:
         except YumenError as e:
             if e.code is Code.BUDGET_EXHAUSTED:
                 denied = dataclasses.replace(dec0, allowed=False, gate="budget", reason=e.message)
-                self.audit.job_decided(request, identity, reg0, denied)
+                self.audit.job_decided(request, identity, reg0, denied, period=reservations[0].period)
             raise
         if created_now:
-            self.audit.job_allowed(request, identity, decisions)
+            self.audit.job_allowed(request, identity, decisions, {r.dataset: r.period for r in reservations})
             self._notify()
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record

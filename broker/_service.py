@@ -201,6 +201,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListLicensesResponse(licenses=[license_to_proto(x) for x in self.admin.licenses(caller(context))])
 
     @rpc_method
+    def GetAccounts(self, request: admin_pb2.GetAccountsRequest, context: grpc.ServicerContext) -> admin_pb2.Accounts:
+        ledger, bills = self.admin.accounts(caller(context))
+        return admin_pb2.Accounts(
+            ledger=[admin_pb2.LedgerRow(license=lic, dataset=ds, period=p, spent=f"{spent.numerator}/{spent.denominator}",
+                                        runs=runs) for lic, ds, p, spent, runs in ledger],
+            bills=[admin_pb2.BillTotal(operator=op, currency=cur, amount=str(amount), jobs=n) for op, cur, amount, n in bills],
+        )
+
+    @rpc_method
     def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> admin_pb2.Policy:
         version, bundle = self.admin.policy(caller(context), request.version)
         return admin_pb2.Policy(version=version, **bundle)

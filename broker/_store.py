@@ -455,6 +455,11 @@ class SqliteStore:
         """ε spent by ``license`` (or ``"*"``: all licenses) on ``dataset`` in ``period``."""
         return self._budget_row(self._db(), license, dataset, period)[0]
 
+    def ledger(self) -> list[tuple[str, str, str, Fraction, int]]:
+        """Every budget row: (license or "*", dataset, period, ε spent, runs)."""
+        rows = self._db().execute("SELECT license, dataset, period, spent, runs FROM budget ORDER BY 1, 2, 3").fetchall()
+        return [(lic, ds, period, _frac(spent), int(runs)) for lic, ds, period, spent, runs in rows]
+
     def runs(self, license: str, dataset: str, period: str = "total") -> int:
         return self._budget_row(self._db(), license, dataset, period)[1]
 

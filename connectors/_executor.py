@@ -186,6 +186,8 @@ class Executor:
                 self._running.discard(key)
 
     def _receipt(self, ticket: Ticket, digest: str, **fields: Any) -> Receipt:
+        # A refusal touches no data: it names the version the ticket was issued for.
+        fields.setdefault("dataset_version", ticket.dataset_version)
         return Receipt(
             job_id=ticket.job_id, dataset=ticket.dataset, connector=self.config.id,
             department=self.config.department, ticket_digest=digest, at_ms=int(time.time() * 1000), **fields,

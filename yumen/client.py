@@ -6,6 +6,7 @@ Generated protobuf types stay inside this module; callers get plain records.
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 from typing import Any, Iterator
 
 import grpc
@@ -198,6 +199,18 @@ class AdminClient:
 
         resp = call(self._admin.ListLicenses, admin_pb2.ListLicensesRequest(), timeout=30)
         return [license_from_proto(x) for x in resp.licenses]
+
+    def accounts(self) -> dict[str, Any]:
+        """The broker's ledger and bill totals (administrators and auditors)."""
+        from fractions import Fraction
+
+        from yumen.v1 import admin_pb2
+
+        a = call(self._admin.GetAccounts, admin_pb2.GetAccountsRequest(), timeout=60)
+        return {
+            "ledger": {(r.license, r.dataset, r.period): (Fraction(r.spent), r.runs) for r in a.ledger},
+            "bills": {(b.operator, b.currency): (Decimal(b.amount), b.jobs) for b in a.bills},
+        }
 
     def policy(self, version: str = "") -> tuple[str, PolicyBundle]:
         from yumen.v1 import admin_pb2

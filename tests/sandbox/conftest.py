@@ -24,6 +24,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+def pytest_unconfigure(config):
+    # Empty when every job cleaned up after itself; a leftover keeps the evidence.
+    try:
+        os.rmdir(STAGING_DIR)
+    except OSError:
+        pass
+
+
 _CHECKED: dict[str, object] = {}
 
 # A private range of per-job host user ids and a private staging directory, so that other
@@ -31,6 +39,7 @@ _CHECKED: dict[str, object] = {}
 # for traces of these tests, and these tests cannot be blamed for theirs.
 JOB_UID_RANGE = range(2_100_000_000, 2_100_100_000)
 STAGING_DIR = tempfile.mkdtemp(prefix="yumen-escape-suite-")
+os.chmod(STAGING_DIR, 0o711)  # job users must traverse it to reach staged inputs
 
 
 def _backend(name: str):
@@ -85,6 +94,12 @@ def leftover_sandbox_processes() -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def no_trace():
+    """The after-job check, as a fixture so tests share this module's staging directory."""
+    return assert_no_trace
 
 
 def assert_no_trace(backend) -> None:

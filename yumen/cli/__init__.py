@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "yumen.connectors._cli",
     "yumen.cli._operator",
     "yumen.cli._admin",
+    "yumen.cli._dev",
     # "yumen.sandbox._cli",  (pending)
     "yumen.audit._cli",
     "yumen.cli._demo",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14yumen/v1/admin.proto\x12\x08yumen.v1\"\x95\x01\n\x07License\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x0e\n\x06levels\x18\x05 \x03(\t\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\"P\n\rLicenseChange\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ListLicensesRequest\";\n\x14ListLicensesResponse\x12#\n\x08licenses\x18\x01 \x03(\x0b\x32\x11.yumen.v1.License\"I\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x01(\t\x12\x10\n\x08settings\x18\x04 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\t2\xbc\x02\n\x0c\x41\x64minService\x12\x34\n\x0cIssueLicense\x12\x11.yumen.v1.License\x1a\x11.yumen.v1.License\x12;\n\rChangeLicense\x12\x17.yumen.v1.LicenseChange\x1a\x11.yumen.v1.License\x12M\n\x0cListLicenses\x12\x1d.yumen.v1.ListLicensesRequest\x1a\x1e.yumen.v1.ListLicensesResponse\x12\x39\n\tGetPolicy\x12\x1a.yumen.v1.GetPolicyRequest\x1a\x10.yumen.v1.Policy\x12/\n\tSetPolicy\x12\x10.yumen.v1.Policy\x1a\x10.yumen.v1.Policyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14yumen/v1/admin.proto\x12\x08yumen.v1\"\x95\x01\n\x07License\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x0e\n\x06levels\x18\x05 \x03(\t\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\"P\n\rLicenseChange\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ListLicensesRequest\";\n\x14ListLicensesResponse\x12#\n\x08licenses\x18\x01 \x03(\x0b\x32\x11.yumen.v1.License\"I\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x01(\t\x12\x10\n\x08settings\x18\x04 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x14\n\x12GetAccountsRequest\"Z\n\tLedgerRow\x12\x0f\n\x07license\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x0c\n\x04runs\x18\x05 \x01(\x05\"M\n\tBillTotal\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\"S\n\x08\x41\x63\x63ounts\x12#\n\x06ledger\x18\x01 \x03(\x0b\x32\x13.yumen.v1.LedgerRow\x12\"\n\x05\x62ills\x18\x02 \x03(\x0b\x32\x13.yumen.v1.BillTotal2\xfd\x02\n\x0c\x41\x64minService\x12?\n\x0bGetAccounts\x12\x1c.yumen.v1.GetAccountsRequest\x1a\x12.yumen.v1.Accounts\x12\x34\n\x0cIssueLicense\x12\x11.yumen.v1.License\x1a\x11.yumen.v1.License\x12;\n\rChangeLicense\x12\x17.yumen.v1.LicenseChange\x1a\x11.yumen.v1.License\x12M\n\x0cListLicenses\x12\x1d.yumen.v1.ListLicensesRequest\x1a\x1e.yumen.v1.ListLicensesResponse\x12\x39\n\tGetPolicy\x12\x1a.yumen.v1.GetPolicyRequest\x1a\x10.yumen.v1.Policy\x12/\n\tSetPolicy\x12\x10.yumen.v1.Policy\x1a\x10.yumen.v1.Policyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,6 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICY']._serialized_end=425
   _globals['_GETPOLICYREQUEST']._serialized_start=427
   _globals['_GETPOLICYREQUEST']._serialized_end=462
-  _globals['_ADMINSERVICE']._serialized_start=465
-  _globals['_ADMINSERVICE']._serialized_end=781
+  _globals['_GETACCOUNTSREQUEST']._serialized_start=464
+  _globals['_GETACCOUNTSREQUEST']._serialized_end=484
+  _globals['_LEDGERROW']._serialized_start=486
+  _globals['_LEDGERROW']._serialized_end=576
+  _globals['_BILLTOTAL']._serialized_start=578
+  _globals['_BILLTOTAL']._serialized_end=655
+  _globals['_ACCOUNTS']._serialized_start=657
+  _globals['_ACCOUNTS']._serialized_end=740
+  _globals['_ADMINSERVICE']._serialized_start=743
+  _globals['_ADMINSERVICE']._serialized_end=1124
 # @@protoc_insertion_point(module_scope)

@@ -65,3 +65,41 @@ class GetPolicyRequest(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     version: str
     def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class GetAccountsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LedgerRow(_message.Message):
+    __slots__ = ("license", "dataset", "period", "spent", "runs")
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    license: str
+    dataset: str
+    period: str
+    spent: str
+    runs: int
+    def __init__(self, license: _Optional[str] = ..., dataset: _Optional[str] = ..., period: _Optional[str] = ..., spent: _Optional[str] = ..., runs: _Optional[int] = ...) -> None: ...
+
+class BillTotal(_message.Message):
+    __slots__ = ("operator", "currency", "amount", "jobs")
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    currency: str
+    amount: str
+    jobs: int
+    def __init__(self, operator: _Optional[str] = ..., currency: _Optional[str] = ..., amount: _Optional[str] = ..., jobs: _Optional[int] = ...) -> None: ...
+
+class Accounts(_message.Message):
+    __slots__ = ("ledger", "bills")
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    BILLS_FIELD_NUMBER: _ClassVar[int]
+    ledger: _containers.RepeatedCompositeFieldContainer[LedgerRow]
+    bills: _containers.RepeatedCompositeFieldContainer[BillTotal]
+    def __init__(self, ledger: _Optional[_Iterable[_Union[LedgerRow, _Mapping]]] = ..., bills: _Optional[_Iterable[_Union[BillTotal, _Mapping]]] = ...) -> None: ...

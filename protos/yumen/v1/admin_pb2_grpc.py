@@ -34,6 +34,11 @@ class AdminServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.GetAccounts = channel.unary_unary(
+                '/yumen.v1.AdminService/GetAccounts',
+                request_serializer=yumen_dot_v1_dot_admin__pb2.GetAccountsRequest.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_admin__pb2.Accounts.FromString,
+                _registered_method=True)
         self.IssueLicense = channel.unary_unary(
                 '/yumen.v1.AdminService/IssueLicense',
                 request_serializer=yumen_dot_v1_dot_admin__pb2.License.SerializeToString,
@@ -63,6 +68,13 @@ class AdminServiceStub(object):
 
 class AdminServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
+
+    def GetAccounts(self, request, context):
+        """For auditors and administrators: what replay compares the log against.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def IssueLicense(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -97,6 +109,11 @@ class AdminServiceServicer(object):
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'GetAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccounts,
+                    request_deserializer=yumen_dot_v1_dot_admin__pb2.GetAccountsRequest.FromString,
+                    response_serializer=yumen_dot_v1_dot_admin__pb2.Accounts.SerializeToString,
+            ),
             'IssueLicense': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueLicense,
                     request_deserializer=yumen_dot_v1_dot_admin__pb2.License.FromString,
@@ -132,6 +149,33 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.AdminService/GetAccounts',
+            yumen_dot_v1_dot_admin__pb2.GetAccountsRequest.SerializeToString,
+            yumen_dot_v1_dot_admin__pb2.Accounts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def IssueLicense(request,

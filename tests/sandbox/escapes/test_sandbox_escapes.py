@@ -2,7 +2,7 @@
 
 Every test asserts two things: the attack failed (the algorithm's own attempt, the status,
 and what the host can observe), and the host shows no trace of the job afterwards
-(``assert_no_trace``: no process, container, cgroup or staging directory left).
+(the ``no_trace`` fixture: no process, container, cgroup or staging directory left).
 
 Attacks are bounded so the host stays healthy: small memory, process and time limits.
 """
@@ -16,16 +16,12 @@ import secrets
 import select
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from yumen.sandbox import SandboxRequest, Status
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import assert_no_trace  # noqa: E402
 
 PRELUDE = '''
 import ctypes, errno, json, os, signal, socket, sys
@@ -60,7 +56,7 @@ def everything(report) -> bytes:
 # --- network ------------------------------------------------------------------------
 
 
-def test_tcp_connection_to_a_host_loopback_listener_fails(backend):
+def test_tcp_connection_to_a_host_loopback_listener_fails(backend, no_trace):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -73,10 +69,10 @@ report(escaped=sum(works(connect, h) for h in ('127.0.0.1', 'localhost', '::1', 
 """)
         assert select.select([server], [], [], 0)[0] == []  # nobody knocked
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_udp_datagram_to_a_host_loopback_socket_never_arrives(backend):
+def test_udp_datagram_to_a_host_loopback_socket_never_arrives(backend, no_trace):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
         server.bind(("127.0.0.1", 0))
         port = server.getsockname()[1]
@@ -89,10 +85,10 @@ report(escaped=0)
 """)
         assert select.select([server], [], [], 0.2)[0] == []
     assert report.status is Status.OK
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_unix_socket_connections_to_host_listeners_fail(backend, tmp_path):
+def test_unix_socket_connections_to_host_listeners_fail(backend, no_trace, tmp_path):
     path = str(tmp_path / "host.sock")
     abstract = "\0yumen-test-" + secrets.token_hex(4)
     servers = []
@@ -115,10 +111,10 @@ report(escaped=works(connect, {path!r}) + works(connect, {abstract!r}))
         for s in servers:
             s.close()
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_docker_socket_is_unreachable(backend):
+def test_docker_socket_is_unreachable(backend, no_trace):
     report = run(backend, """
 def connect(p):
     s = socket.socket(socket.AF_UNIX); s.settimeout(1); s.connect(p)
@@ -127,10 +123,10 @@ report(escaped=sum(works(connect, p) for p in ('/var/run/docker.sock', '/run/doc
        '/run/containerd/containerd.sock')))
 """)
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_no_route_to_the_internet_or_dns(backend):
+def test_no_route_to_the_internet_or_dns(backend, no_trace):
     report = run(backend, """
 def connect(addr):
     socket.create_connection(addr, timeout=1)
@@ -141,13 +137,13 @@ report(escaped=works(connect, ('1.1.1.1', 53)) + works(connect, ('151.101.2.132'
     assert_contained(report)
     interfaces = os.listdir("/sys/class/net")
     assert interfaces  # the host's own network is untouched
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 # --- reading host secrets -----------------------------------------------------------
 
 
-def test_host_shadow_and_root_home_are_invisible(backend):
+def test_host_shadow_and_root_home_are_invisible(backend, no_trace):
     shadow = Path("/etc/shadow").read_bytes()
     root_entries = [e.encode() for e in os.listdir("/root") if len(e) > 4]
     report = run(backend, """
@@ -166,10 +162,10 @@ report(escaped=0)
         if b":$" in line:  # a real password hash
             assert line not in leaked
     assert not any(entry in leaked for entry in root_entries), [e for e in root_entries if e in leaked]
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_environment_and_proc_never_show_host_variables(backend, monkeypatch):
+def test_environment_and_proc_never_show_host_variables(backend, no_trace, monkeypatch):
     secret = "host-secret-" + secrets.token_hex(8)
     monkeypatch.setenv("YUMEN_TEST_SECRET", secret)
     report = run(backend, """
@@ -184,10 +180,10 @@ report(escaped=int(os.environ.get('HOME', '') == '/root'))
     assert_contained(report)
     assert secret.encode() not in everything(report)
     assert b"/root/.pyenv" not in report.stdout
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_connector_and_broker_private_keys_are_out_of_reach(backend, tmp_path):
+def test_connector_and_broker_private_keys_are_out_of_reach(backend, no_trace, tmp_path):
     token = secrets.token_hex(16)
     keys = {
         tmp_path / "etc" / "yumen" / "connector" / "connector.key": f"-----BEGIN PRIVATE KEY-----\nC{token}\n",
@@ -216,7 +212,7 @@ report(escaped=found)
 """)
     assert_contained(report)
     assert token.encode() not in everything(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 # --- writing to the host ------------------------------------------------------------
@@ -226,7 +222,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_writes_outside_scratch_and_into_inputs_fail(backend, tmp_path):
+def test_writes_outside_scratch_and_into_inputs_fail(backend, no_trace, tmp_path):
     data = tmp_path / "ds.parquet"
     pl.DataFrame({"v": [1, 2, 3]}).write_parquet(data)
     data.chmod(0o666)
@@ -251,10 +247,10 @@ report(escaped=n, scratch_ok=ok)
     assert report.result["scratch_ok"] == 3
     assert _sha(data) == before and not marker.exists()
     assert not Path("/planted").exists() and not Path("/usr/planted").exists()
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_result_symlink_to_a_host_path_is_rejected_and_the_host_file_untouched(backend, tmp_path):
+def test_result_symlink_to_a_host_path_is_rejected_and_the_host_file_untouched(backend, no_trace, tmp_path):
     target = tmp_path / "host-file"
     target.write_text("host content")
     tmp_path.chmod(0o777)
@@ -264,39 +260,39 @@ os.symlink({str(target)!r}, '/data/output/result.json')
     assert report.status is Status.INVALID_OUTPUT
     assert target.read_text() == "host content"
     assert b"host content" not in everything(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_result_symlink_to_a_sandbox_secret_is_rejected(backend):
+def test_result_symlink_to_a_sandbox_secret_is_rejected(backend, no_trace):
     report = run(backend, "os.symlink('/etc/passwd', '/data/output/result.json')")
     assert report.status is Status.INVALID_OUTPUT
     assert b"root:" not in everything(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_result_hardlink_tricks_are_rejected(backend):
+def test_result_hardlink_tricks_are_rejected(backend, no_trace):
     report = run(backend, """
 cross = works(os.link, '/etc/passwd', '/data/output/result.json')
 open('/data/output/real.json', 'w').write('{"a": 1}')
 os.link('/data/output/real.json', '/data/output/result.json') if not cross else None
 """)
     assert report.status is Status.INVALID_OUTPUT and "hard link" in report.error
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
-def test_result_that_is_not_a_regular_file_is_rejected_without_hanging(backend, kind):
+def test_result_that_is_not_a_regular_file_is_rejected_without_hanging(backend, no_trace, kind):
     make = "os.mkfifo('/data/output/result.json')" if kind == "fifo" else "os.mkdir('/data/output/result.json')"
     report = run(backend, make, timeout_s=10)
     assert report.status is Status.INVALID_OUTPUT
     assert report.usage.wall_ms < 9000
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 # --- kernel attack surface ----------------------------------------------------------
 
 
-def test_ptrace_mount_unshare_setns_and_chroot_fail(backend):
+def test_ptrace_mount_unshare_setns_and_chroot_fail(backend, no_trace):
     report = run(backend, """
 n = 0
 n += works(lambda: libc.ptrace(16, 1, 0, 0))           # PTRACE_ATTACH to the first process
@@ -316,10 +312,10 @@ report(escaped=n)
         assert report.status in (Status.OK, Status.ERROR)
     else:
         assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_ptrace_of_a_host_process_is_impossible(backend):
+def test_ptrace_of_a_host_process_is_impossible(backend, no_trace):
     canary = subprocess.Popen(["sleep", "60"])
     try:
         report = run(backend, f"""
@@ -331,10 +327,10 @@ report(escaped=works(lambda: libc.ptrace(16, {canary.pid}, 0, 0)) + works(os.kil
         canary.kill()
         canary.wait()
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_setuid_and_capabilities_are_unavailable(backend):
+def test_setuid_and_capabilities_are_unavailable(backend, no_trace):
     report = run(backend, """
 n = works(os.setuid, 0) + works(os.setgid, 0) + works(os.seteuid, 0)
 caps = [l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapPrm', 'CapBnd'))]
@@ -344,10 +340,10 @@ report(escaped=n, uid=os.getuid(), no_new_privs=nnp)
 """)
     assert_contained(report)
     assert report.result["uid"] != 0 and report.result["no_new_privs"] == 1
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_module_loading_kexec_keyrings_and_bpf_fail(backend):
+def test_module_loading_kexec_keyrings_and_bpf_fail(backend, no_trace):
     report = run(backend, """
 sc = libc.syscall
 n = 0
@@ -365,10 +361,10 @@ n += works(lambda: sc(167, b'/tmp/swap', 0))      # swapon
 report(escaped=n)
 """)
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_raw_devices_are_absent_or_unreadable(backend):
+def test_raw_devices_are_absent_or_unreadable(backend, no_trace):
     report = run(backend, """
 def read(p):
     with open(p, 'rb') as f: return len(f.read(16))
@@ -379,10 +375,10 @@ def mknod_and_read():
 report(escaped=sum(works(read, d) for d in devs) + works(mknod_and_read))
 """)
     assert_contained(report)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_host_canary_process_cannot_be_killed(backend):
+def test_host_canary_process_cannot_be_killed(backend, no_trace):
     canary = subprocess.Popen(["sleep", "60"])
     try:
         report = run(backend, f"""
@@ -398,10 +394,10 @@ report(escaped=n)
     # kill(-1) takes the algorithm down with it; the canary surviving is what matters.
     assert report.status in (Status.OK, Status.KILLED)
     assert report.result is None or report.result["escaped"] == 0
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_hostname_and_kernel_settings_stay_unchanged(backend):
+def test_hostname_and_kernel_settings_stay_unchanged(backend, no_trace):
     host = socket.gethostname()
     report = run(backend, """
 n = works(lambda: libc.sethostname(b'pwned', 5)) + works(socket.sethostname, 'pwned')
@@ -409,10 +405,10 @@ report(escaped=n)
 """)
     assert socket.gethostname() == host
     assert report.status is Status.OK and (backend.name != "bwrap" or report.result["escaped"] == 0)
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_io_uring_is_refused(backend):
+def test_io_uring_is_refused(backend, no_trace):
     report = run(backend, """
 params = ctypes.create_string_buffer(120)
 fd = libc.syscall(425, 8, params)
@@ -422,13 +418,13 @@ report(escaped=int(fd >= 0))
         assert_contained(report)
     else:
         assert report.status is Status.OK
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 # --- resource exhaustion ------------------------------------------------------------
 
 
-def test_fork_bomb_is_contained_and_leaves_no_process(backend):
+def test_fork_bomb_is_contained_and_leaves_no_process(backend, no_trace):
     report = run(backend, """
 import time
 pids = 0
@@ -445,16 +441,16 @@ report(forked=pids)
     assert report.status in (Status.OK, Status.TIMEOUT, Status.ERROR)
     if report.result is not None:
         assert report.result["forked"] < 32
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_memory_bomb_ends_with_memory_status(backend):
+def test_memory_bomb_ends_with_memory_status(backend, no_trace):
     report = run(backend, "chunks = []\nwhile True: chunks.append(bytearray(16 * 1024 * 1024))", memory_mb=128)
     assert report.status is Status.MEMORY, (report.status, report.error, report.stderr[-300:])
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_filling_the_disk_stops_at_the_scratch_cap(backend):
+def test_filling_the_disk_stops_at_the_scratch_cap(backend, no_trace):
     before = os.statvfs("/")
     report = run(backend, """
 written = 0
@@ -473,16 +469,16 @@ report(written_mb=written)
     if report.result is not None:
         assert report.result["written_mb"] < 16 * 3 + 4
     assert (before.f_bavail - after.f_bavail) * before.f_frsize < 256 << 20
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_infinite_loop_times_out(backend):
+def test_infinite_loop_times_out(backend, no_trace):
     report = run(backend, "while True: pass", timeout_s=1.5)
     assert report.status is Status.TIMEOUT and report.usage.wall_ms < 8000
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_ignoring_sigterm_does_not_survive_the_timeout(backend):
+def test_ignoring_sigterm_does_not_survive_the_timeout(backend, no_trace):
     report = run(backend, """
 import time
 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):
@@ -490,10 +486,10 @@ for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):
 while True: time.sleep(0.1)
 """, timeout_s=1.5)
     assert report.status is Status.TIMEOUT
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_double_forked_daemon_does_not_outlive_the_job(backend, tmp_path):
+def test_double_forked_daemon_does_not_outlive_the_job(backend, no_trace, tmp_path):
     tmp_path.chmod(0o777)
     marker = tmp_path / "daemon-was-here"
     report = run(backend, f"""
@@ -514,15 +510,15 @@ report(escaped=0)
 """)
     assert report.status is Status.OK
     assert report.usage.wall_ms < 5000
-    assert_no_trace(backend)
+    no_trace(backend)
     import time
 
     time.sleep(2.5)
     assert not marker.exists()
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_one_gibibyte_on_stdout_is_drained_and_capped(backend):
+def test_one_gibibyte_on_stdout_is_drained_and_capped(backend, no_trace):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     report = run(backend, """
 block = b'y' * (1 << 20)
@@ -535,7 +531,7 @@ report(escaped=0)
     assert report.status is Status.OK
     assert len(report.stdout) == 64 * 1024 and report.usage.stdout_bytes == 1 << 30
     assert after - before < 64 * 1024  # KiB: the host kept the cap, not the stream
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
 # --- hostile results ----------------------------------------------------------------
@@ -553,14 +549,14 @@ report(escaped=0)
     ],
     ids=["huge", "non-json", "nan", "deeply-nested", "nested-object", "strings"],
 )
-def test_hostile_results_are_rejected(backend, content, status):
+def test_hostile_results_are_rejected(backend, no_trace, content, status):
     report = run(backend, f"open('/data/output/result.json', 'w').write({content!r})")
     assert report.status is status and report.result is None
     assert "alice" not in str(report.to_json())
-    assert_no_trace(backend)
+    no_trace(backend)
 
 
-def test_result_written_by_a_leftover_process_after_exit_is_not_trusted(backend):
+def test_result_written_by_a_leftover_process_after_exit_is_not_trusted(backend, no_trace):
     report = run(backend, """
 import time
 if os.fork() == 0:
@@ -570,4 +566,4 @@ if os.fork() == 0:
 report(early=1)
 """)
     assert report.status is Status.OK and report.result == {"early": 1.0}
-    assert_no_trace(backend)
+    no_trace(backend)

@@ -1,0 +1,194 @@
+"""Auditor replay: re-decide every logged decision and rebuild the broker's books from the log.
+
+``replay`` (in ``_replay``) walks the log and checks each job's lifecycle; this module plugs
+in what needs the policy engine:
+
+* :func:`reevaluate` re-decides a logged ``job_decided`` under the policy version it names
+  (whose full text the log holds in its ``policy_changed`` entry) and the license as the log
+  last recorded it, and fails when the outcome, the matched rule, the obligations or the
+  reason differ. A denial at the budget gate is checked against the ledger rebuilt so far:
+  the job must really have overrun its cap.
+* :class:`Ledger` rebuilds what the broker reserves: ε and runs per (license, dataset,
+  period), from allowed decisions, less cancelled jobs and jobs a department refused
+  before touching data (their budget is given back).
+* :class:`Bills` adds up the bills of released jobs per (operator, currency).
+
+:func:`compare_accounts` lists every difference between the rebuilt books and the ones the
+broker reports (``AdminService.GetAccounts``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from yumen.errors import Code, YumenError
+
+from ._entries import Entry, JobDecided, JobExecuted, JobReleased
+from ._replay import ReplayContext
+
+__all__ = ["Bills", "Ledger", "compare_accounts", "reevaluate"]
+
+_engines: dict[str, Any] = {}
+
+
+def _engine(version: str, ctx: ReplayContext) -> Any:
+    from yumen.policy import PolicyBundle, PolicyEngine
+
+    if version not in _engines:
+        details = ctx.policies[version].details
+        bundle = PolicyBundle(model=details["model"], rules=details["rules"], settings=details["settings"])
+        if bundle.version != version:
+            raise YumenError(Code.VERIFICATION_FAILED, f"the text logged for policy {version} hashes to {bundle.version}")
+        _engines[version] = PolicyEngine(bundle)
+    return _engines[version]
+
+
+def _fail(entry: JobDecided, what: str) -> YumenError:
+    return YumenError(Code.VERIFICATION_FAILED, f"decision on job {entry.job_id} does not replay: {what}")
+
+
+class Ledger:
+    """ε and runs reserved per (license, dataset, period), rebuilt from the log."""
+
+    def __init__(self) -> None:
+        self.books: dict[tuple[str, str, str], tuple[Fraction, int]] = {}
+        self._jobs: dict[str, list[tuple[str, str, str, Fraction]]] = {}
+
+    def _add(self, key: tuple[str, str, str], eps: Fraction, runs: int) -> None:
+        spent, n = self.books.get(key, (Fraction(0), 0))
+        self.books[key] = (spent + eps, n + runs)
+
+    def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None:
+        if isinstance(entry, JobDecided) and entry.allowed:
+            eps = Fraction(entry.epsilon)
+            rows = []
+            for ds, d in (entry.details.get("per_dataset") or {}).items():
+                for lic in (entry.license_id, "*"):
+                    if lic == "*" and not Fraction((d.get("obligations") or {}).get("dataset_epsilon_cap", "0") or "0"):
+                        continue
+                    key = (lic, ds, d.get("period", ""))
+                    self._add(key, eps, 1)
+                    rows.append((*key, eps))
+            self._jobs[entry.job_id] = rows
+        elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
+            self._give_back(entry.job_id)
+        elif isinstance(entry, JobExecuted) and entry.details.get("status") == "refused":
+            self._give_back(entry.job_id)
+
+    def _give_back(self, job_id: str) -> None:
+        for lic, ds, period, eps in self._jobs.pop(job_id, []):
+            self._add((lic, ds, period), -eps, -1)
+
+    def spent(self, license: str, dataset: str, period: str) -> Fraction:
+        return self.books.get((license, dataset, period), (Fraction(0), 0))[0]
+
+    def result(self) -> dict[tuple[str, str, str], tuple[Fraction, int]]:
+        return {k: v for k, v in self.books.items() if v != (Fraction(0), 0)}
+
+
+class Bills:
+    """Money billed per (operator, currency), from ``job_released`` entries."""
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, str], tuple[Decimal, int]] = {}
+
+    def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None:
+        if isinstance(entry, JobReleased) and entry.bill:
+            key = (str(entry.bill.get("operator") or context.decisions[entry.job_id].operator),
+                   str(entry.bill.get("currency", "CNY")))
+            amount, n = self.totals.get(key, (Decimal(0), 0))
+            self.totals[key] = (amount + Decimal(str(entry.bill.get("amount", "0"))), n + 1)
+
+    def result(self) -> dict[tuple[str, str], tuple[Decimal, int]]:
+        return dict(self.totals)
+
+
+def _license_at(entry: JobDecided, ctx: ReplayContext) -> Any:
+    from yumen.policy import License
+
+    changed = ctx.licenses.get(entry.license_id)
+    return License.from_dict(changed.details["license"]) if changed is not None else None
+
+
+def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = None) -> None:
+    """Re-decide ``entry`` under the policy version and license state the log names."""
+    from yumen.policy import DecisionRequest
+
+    engine = _engine(entry.policy_version, ctx)
+    lic = _license_at(entry, ctx)
+    at = dt.datetime.strptime(entry.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    if entry.details.get("cancelled"):
+        if lic is not None and lic.status.value == "active" and lic.valid_from <= at < lic.valid_until:
+            raise _fail(entry, "it was cancelled, but its license was active and valid")
+        return
+    if entry.details.get("recovered"):
+        return  # appended after a crash from the broker's own job record; its allowance replays below
+    per = entry.details.get("per_dataset") or {
+        entry.datasets[0]: {k: entry.details.get(k, "") for k in ("department", "level", "price_class", "period")}
+    }
+    for ds, d in per.items():
+        decision = engine.decide(DecisionRequest(
+            license=entry.license_id, department=d["department"], dataset=ds, level=d["level"], tier=entry.tier,
+            purpose=entry.purpose, epsilon=Fraction(entry.epsilon), price_class=d.get("price_class", "standard"), at=at,
+        ), lic)
+        obligations = decision.obligations.to_dict() if decision.obligations else {}
+        if entry.allowed:
+            if not decision.allowed:
+                raise _fail(entry, f"logged as allowed, re-decided as denied: {decision.reason}")
+            if decision.rule != d.get("rule", entry.matched_rule):
+                raise _fail(entry, f"matched rule {decision.rule}, logged {d.get('rule', entry.matched_rule)}")
+            if obligations != d.get("obligations", entry.obligations):
+                raise _fail(entry, "the obligations differ from the logged ones")
+            if str(decision.price) != str(d.get("price", decision.price)):
+                raise _fail(entry, f"price {decision.price}, logged {d.get('price')}")
+            continue
+        gate = entry.details.get("gate", "")
+        if gate == "budget":
+            if not decision.allowed:
+                raise _fail(entry, f"logged as over budget, but policy denies it: {decision.reason}")
+            if ledger is not None and decision.obligations is not None:
+                cap = decision.obligations.epsilon_cap
+                spent = ledger.spent(entry.license_id, ds, d.get("period", ""))
+                runs = ledger.books.get((entry.license_id, ds, d.get("period", "")), (0, 0))[1]
+                over = spent + Fraction(entry.epsilon) > cap or runs >= decision.obligations.max_runs
+                total_cap = decision.obligations.dataset_epsilon_cap
+                over = over or (total_cap and ledger.spent("*", ds, d.get("period", "")) + Fraction(entry.epsilon) > total_cap)
+                if not over:
+                    raise _fail(entry, f"logged as over budget, but the log shows {spent} of {cap} ε spent")
+        elif decision.allowed:
+            raise _fail(entry, f"logged as denied ({entry.reason}), re-decided as allowed under rule {decision.rule}")
+        elif decision.reason != entry.reason:
+            raise _fail(entry, f"denied for another reason: {decision.reason!r}, logged {entry.reason!r}")
+
+
+def compare_accounts(ledger: dict[Any, tuple[Fraction, int]], bills: dict[Any, tuple[Decimal, int]],
+                     broker: dict[str, Any]) -> list[str]:
+    """Every difference between the books rebuilt from the log and the broker's own."""
+    out = []
+    theirs = {k: v for k, v in broker["ledger"].items() if v != (Fraction(0), 0)}
+    for key in sorted(set(ledger) | set(theirs)):
+        if ledger.get(key) != theirs.get(key):
+            lic, ds, period = key
+            mine, other = ledger.get(key, (0, 0)), theirs.get(key, (0, 0))
+            out.append(f"ledger {lic}/{ds}/{period}: the log gives ε {mine[0]} in {mine[1]} runs, "
+                       f"the broker {other[0]} in {other[1]} runs")
+    for key in sorted(set(bills) | set(broker["bills"])):
+        if bills.get(key) != broker["bills"].get(key):
+            out.append(f"bills of {key[0]} in {key[1]}: the log gives {bills.get(key)}, the broker {broker['bills'].get(key)}")
+    return out
+
+
+def entries_from_export(directory: str) -> list[tuple[int, Entry]]:
+    from ._entries import decode_entry
+
+    out = []
+    with open(f"{directory}/entries.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            out.append((int(row["index"]), decode_entry(base64.b64decode(row["leaf"]))))
+    return out
