@@ -44,6 +44,8 @@ def build_broker(config: BrokerConfig) -> Broker:
     store = SqliteStore(config.db_path)
     tlog = open_log(config.db_path, key_path=config.log_key, origin=config.log_origin)
     audit = BrokerAudit(tlog, config.id)
+    # Publish the log's note verifier key beside its signing key, for auditors to pin.
+    (config.log_key.parent / "log.vkey").write_text(tlog.vkey + "\n")
     seed = PolicyBundle.from_files(config.policy_model, config.policy_rules, config.policy_settings)
     current = store.current_policy_version()
     stored = store.policy_version(current) if current else None

@@ -48,7 +48,7 @@ class Department:
 
 DEFAULT_DEPARTMENTS = (
     Department(id="weather-bureau", datasets=(("weather-daily", 36_500),)),
-    Department(id="health-commission", datasets=(("outpatient-visits", 200_000),)),
+    Department(id="health-commission", datasets=(("outpatient-visits", 1_000_000),)),
 )
 
 

@@ -28,7 +28,7 @@ _COMMAND_MODULES = (
     "yumen.cli._operator",
     "yumen.cli._admin",
     "yumen.cli._dev",
-    # "yumen.sandbox._cli",  (pending)
+    "yumen.sandbox._cli",
     "yumen.audit._cli",
     "yumen.cli._demo",
 )

@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
                "--column", "cost_yuan", "--group-by", "region", "--epsilon", "0.5", "--purpose", "research")
         _step("a sandboxed algorithm: seasonal temperatures, run next to the weather data")
         _yumen(env, "submit", "algorithm", str(_EXAMPLES / "seasonal_temperature.py"), "--dataset", "weather-daily",
-               "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--epsilon", "2",
+               "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--blocks", "40", "--epsilon", "1",
                "--purpose", "public-interest")
         _step("a job the policy denies: commercial use of restricted (L3) health data")
         _yumen(env, "submit", "query", "--dataset", "outpatient-visits", "--aggregate", "count",
@@ -64,7 +64,10 @@ def _demo(args: argparse.Namespace) -> int:
         audit_env = space.cli_env("auditor-1")
         out = root / "audit"
         _yumen(audit_env, "audit", "export", "--out", str(out))
-        _yumen(audit_env, "audit", "verify", "--from", str(out), "--state", str(root / "auditor-state"))
+        vkey = root / "broker-state" / "log.vkey"
+        _yumen(audit_env, "audit", "verify", "--from", str(out), "--vkey", str(vkey), "--state", str(root / "auditor-state"))
+        _step("the auditor replays the log: every decision re-decided, the ledger and bills rebuilt")
+        _yumen(audit_env, "audit", "replay", "--from", str(out), "--vkey", str(vkey))
     _step("done")
     print(f"  state (certificates, databases, log, process logs) is in {root}")
     return 0
