@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 system-deps:
 	@command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; }
-	@command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+	@command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap libseccomp2; }
 
 demo: venv system-deps
 	$(VENV)/bin/yumen demo

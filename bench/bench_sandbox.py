@@ -1,0 +1,87 @@
+"""Start-up cost of each sandbox backend, measured beside bare Python in the same run.
+
+The algorithm is trivial (write ``{"a": 1}``), so the numbers are the isolation's fixed
+cost per execution. "bare" runs the same source with the host's Debian
+``/usr/bin/python3`` (the same CPython 3.11 build the runtime rootfs contains) and no
+isolation at all; it falls back to ``sys.executable`` when that interpreter is missing.
+Each figure is the median of 20 runs. ``sandbox_mem.<backend>.kb`` is the median peak
+resident set of the sandboxed processes (the launcher and the algorithm).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = 20
+ALGORITHM = (
+    b"import json, os\n"
+    b"json.dump({'a': 1}, open(os.environ.get('YUMEN_BENCH_OUT', '/data/output/result.json'), 'w'))\n"
+)
+
+
+def _bare_ms() -> float:
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    with tempfile.TemporaryDirectory(prefix="yumen-bench-sandbox-") as tmp:
+        algo = Path(tmp) / "algo.py"
+        algo.write_bytes(ALGORITHM)
+        env = {"PATH": "/usr/bin:/bin", "YUMEN_BENCH_OUT": str(Path(tmp) / "result.json")}
+        times = []
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            subprocess.run([python, "-I", str(algo)], env=env, check=True)
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def _backend_ms(name: str) -> tuple[float, float] | None:
+    from yumen.errors import YumenError
+    from yumen.sandbox import SandboxRequest, Status, get_backend
+
+    backend = get_backend(name)
+    try:
+        backend.check()
+    except YumenError as e:
+        print(f"   skipping {name}: {e}")
+        return None
+    request = SandboxRequest(algorithm=ALGORITHM, timeout_s=30)
+    times, rss = [], []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        report = backend.run(request)
+        times.append((time.perf_counter() - started) * 1000)
+        if report.status is not Status.OK:
+            raise RuntimeError(f"{name}: trivial algorithm ended {report.status.value}: {report.error}")
+        rss.append(report.usage.max_rss_kb)
+    return statistics.median(times), statistics.median(rss)
+
+
+def run(results: dict) -> None:
+    bare = _bare_ms()
+    results["sandbox_start.bare.p50_ms"] = bare
+    results["algo_trivial_bare.p50_ms"] = bare
+    for name in ("bwrap", "docker", "gvisor"):
+        if name != "bwrap" and shutil.which("docker") is None:
+            continue
+        measured = _backend_ms(name)
+        if measured is None:
+            continue
+        ms, kb = measured
+        results[f"sandbox_start.{name}.p50_ms"] = ms
+        results[f"sandbox_overhead.{name}.p50_ms"] = ms - bare
+        results[f"sandbox_mem.{name}.kb"] = kb
+        if name == "bwrap":
+            results["algo_trivial_bwrap.p50_ms"] = ms
+
+
+if __name__ == "__main__":
+    out: dict[str, float] = {}
+    run(out)
+    for key, value in sorted(out.items()):
+        print(f"{key} = {value:.1f}")
