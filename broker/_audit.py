@@ -179,14 +179,19 @@ class BrokerAudit:
         from yumen.jobs import JobState  # local: avoids a cycle at import time
 
         missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in decided]
+        periods: dict[str, dict[str, str]] = {}
+        for job_id, dataset, _lic, period, _eps, _released in store.iter_reservations():
+            periods.setdefault(job_id, {})[dataset] = period
         for job in missing:
             req, dec = job.request, job.decision
+            per = {ds: {**d, "period": periods.get(job.job_id, {}).get(ds, "")}
+                   for ds, d in (dec.get("per_dataset") or {}).items()}
             self.tlog.append(JobDecided(
                 job_id=job.job_id, allowed=True, policy_version=dec["policy_version"],
                 matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
                 operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),
                 tier=req["tier"], purpose=req["purpose"], epsilon=req["epsilon"],
-                request_digest=job.request_digest, details={"recovered": True},
+                request_digest=job.request_digest, details={"recovered": True, "per_dataset": per},
             ))
         if missing:
             log.warning("recovered %d job decisions missing from the log", len(missing))

@@ -1,0 +1,109 @@
+"""The broker's budget under contention and across a crash, on a real store, policy and log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from fractions import Fraction
+
+import pytest
+
+from yumen.broker._audit import BrokerAudit, open_log
+from yumen.broker._core import Broker
+from yumen.broker._store import JobRecord, Reservation, SqliteStore
+from yumen.catalog import DatasetRegistration, Level
+from yumen.connectors import demo_registration
+from yumen.errors import Code, YumenError
+from yumen.identity import Identity, Role, init_ca, issue, load_private_key
+from yumen.jobs import Aggregate, JobRequest, JobState, Purpose, Query, Tier
+from yumen.policy import License, PolicyBundle, PolicyEngine
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def _bundle() -> PolicyBundle:
+    """The default policy, but one job may ask for the whole cap (so each asks for all of it)."""
+    b = PolicyBundle.default()
+    return PolicyBundle(model=b.model, rules=b.rules,
+                        settings=b.settings.replace('[rules.open-data]\nmax_epsilon = "2"', '[rules.open-data]\nmax_epsilon = "10"'))
+
+
+def _broker(root) -> Broker:
+    init_ca(root / "pki")
+    _, key = issue(root / "pki", role=Role.BROKER, name="broker")
+    store = SqliteStore(root / "b.db")
+    audit = BrokerAudit(open_log(root / "b.db", key_path=root / "log.key", origin="test/log"), "broker")
+    engine = PolicyEngine(_bundle())
+    b = Broker(broker_id="broker", store=store, policy=engine, audit=audit, signing_key=load_private_key(key))
+    audit.policy_changed(engine)
+    reg = DatasetRegistration.from_dict({**demo_registration("weather-daily"), "version": "sha256:" + "ab" * 32})
+    store.put_dataset(reg, "nobody")
+    lic = License(id="LIC-C", organization="Org", levels=frozenset({Level.L1}), valid_from=NOW - dt.timedelta(days=1),
+                  valid_until=NOW + dt.timedelta(days=365))
+    store.put_license(lic.to_dict())
+    audit.license_changed(lic.to_dict(), "issued", "admin")
+    return b
+
+
+WHO = Identity(role=Role.OPERATOR, name="op", license="LIC-C")
+
+
+def _job(i: int, eps: str) -> JobRequest:
+    return JobRequest(job_id=f"c-{i}", datasets=("weather-daily",), tier=Tier.QUERY, purpose=Purpose.RESEARCH,
+                      epsilon=Fraction(eps), query=Query(aggregate=Aggregate.COUNT))
+
+
+def test_100_concurrent_jobs_each_asking_for_the_whole_budget_exactly_one_runs(tmp_path):
+    b = _broker(tmp_path)
+    wins, refusals, errors = [], [], []
+    gate = threading.Barrier(100)
+
+    def go(i: int) -> None:
+        gate.wait()
+        try:
+            b.submit(WHO, _job(i, "10"))
+            wins.append(i)
+        except YumenError as e:
+            (refusals if e.code is Code.BUDGET_EXHAUSTED else errors).append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(wins) == 1 and len(refusals) == 99
+    period = Broker.period_of(30)
+    assert b.store.spent("LIC-C", "weather-daily", period) == 10
+    # the log holds one allowance and 99 budget denials, and nothing else about these jobs
+    decided = [e for _, e in b.audit.tlog.entries(0, b.audit.tlog.size) if e.TYPE == "job_decided"]
+    assert sum(e.allowed for e in decided) == 1 and sum(not e.allowed for e in decided) == 99
+
+
+def test_after_a_crash_between_reservation_and_logging_the_ledger_and_the_log_agree(tmp_path):
+    from yumen.audit import replay
+    from yumen.audit._reconcile import Bills, Ledger, reevaluate
+
+    b = _broker(tmp_path)
+    b.submit(WHO, _job(1, "2"))
+    # Simulate a crash: the job and its reservation are committed, the log append never happened.
+    req = _job(2, "3")
+    reg = b.store.get_dataset("weather-daily")[0]
+    decision = b.decide(WHO, req, reg)
+    record = JobRecord(job_id=req.job_id, operator=WHO.name, license=WHO.license, request_digest=req.digest(),
+                       request=req.to_dict(), algorithm_source=b"", state=JobState.PENDING, message="",
+                       decision={**decision.to_dict(), "level": "L1", "price_class": reg.price_class,
+                                 "per_dataset": {reg.id: decision.to_dict()}}, created_ms=0, updated_ms=0)
+    period = Broker.period_of(30)
+    b.store.create_job(record, [Reservation(dataset=reg.id, license=WHO.license, epsilon=req.epsilon,
+                                            cap=Fraction(10), period=period, max_runs=500)])
+    before = b.audit.tlog.size
+    # The restarted broker recovers: the missing decision is appended from the store.
+    b.recover()
+    assert b.audit.tlog.size == before + 1
+    b.recover()  # idempotent
+    assert b.audit.tlog.size == before + 1
+    ledger = Ledger()
+    replay(b.audit.tlog.entries(0, b.audit.tlog.size), reevaluate=lambda e, c: reevaluate(e, c, ledger),
+           accumulators={"ledger": ledger, "bills": Bills()})
+    assert ledger.spent("LIC-C", "weather-daily", period) == b.store.spent("LIC-C", "weather-daily", period) == 5
