@@ -151,6 +151,34 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reexecute(args: argparse.Namespace) -> int:
+    """Ask the departments of a logged job (with their consent) to run it again and check it."""
+    import json as _json
+    from pathlib import Path
+
+    from yumen.client import AdminClient
+    from yumen.errors import Code, YumenError
+    from yumen.rpc import TlsFiles
+
+    if not (args.ca and args.cert and args.key):
+        raise YumenError(Code.CONFIG, "re-execution needs --ca, --cert and --key (or YUMEN_CA/CERT/KEY)")
+    with AdminClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))) as admin:
+        results = admin.reexecute(args.job)
+    if args.json:
+        print(_json.dumps({"job_id": args.job, "datasets": results}, indent=2))
+    for r in results if not args.json else ():
+        if r["error"]:
+            print(f"{r['dataset']} ({r['department']}): not re-executed: {r['error']}")
+        else:
+            verdict = "matches" if r["matches"] else "DOES NOT MATCH"
+            print(f"{r['dataset']} ({r['department']}), version {r['dataset_version'][:19]}…: "
+                  f"recomputed commitment {verdict} the logged one")
+    bad = [r for r in results if r["error"] or not r["matches"]]
+    if bad:
+        raise YumenError(Code.VERIFICATION_FAILED, f"{len(bad)} of {len(results)} datasets did not re-execute to the logged commitment")
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from ._note import NoteSigner, generate_log_key, save_log_key
 
@@ -205,3 +233,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--state", metavar="DIR", help="remembered checkpoints, as for verify")
     _add_tls(rep)
     rep.set_defaults(func=_cmd_replay)
+
+    rex = sub.add_parser("reexecute", help="have the departments re-run a logged job on the same data version")
+    rex.add_argument("--job", required=True, help="the job id")
+    rex.add_argument("--json", action="store_true")
+    _add_tls(rex)
+    rex.set_defaults(func=_cmd_reexecute)

@@ -62,6 +62,7 @@ class OutgoingTicket:
     signature: bytes
     algorithm_source: bytes
     he_context: bytes = b""
+    reexecution: bool = False  # an auditor's re-execution, not a job
 
 
 class ConnectorLink:
@@ -101,6 +102,7 @@ class Broker:
         self._changed = threading.Condition()
         self._job_locks: dict[str, threading.Lock] = {}
         self._job_locks_guard = threading.Lock()
+        self._reexecutions: dict[tuple[str, str], "queue.Queue[tuple[bytes, bytes]]"] = {}
 
     # -- policy and licenses (see also yumen.broker._admin) -------------------------
     @property
@@ -570,10 +572,70 @@ class Broker:
             values = [v for v in values if v["group"] not in suppressed]
         return values, suppressed
 
+    # -- audit re-execution ------------------------------------------------------------
+    def reexecute(self, identity: Identity, job_id: str, *, timeout: float = 300) -> list[dict[str, Any]]:
+        """Ask each department of a logged job to run it again on the same data version.
+
+        Nothing is released and no budget is spent: the connector recomputes the pre-noise
+        output with the salt it kept, and answers only whether its commitment matches.
+        """
+        from yumen.identity import sign_payload
+
+        if identity.role not in (Role.AUDITOR, Role.ADMIN):
+            raise YumenError(Code.PERMISSION_DENIED, "re-execution is for auditors and administrators")
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise YumenError(Code.NOT_FOUND, f"no job {job_id!r}")
+        partials = self.store.partials(job_id)
+        if not partials:
+            raise YumenError(Code.JOB_NOT_READY, f"job {job_id} has not been executed anywhere")
+        waiting = []
+        out = []
+        for dataset in sorted(partials):
+            found = self.store.get_dataset(dataset)
+            receipt = Receipt.from_dict(json.loads(partials[dataset]["payload"]))
+            with self._links_lock:
+                link = self._links.get(found[1]) if found else None
+            if link is None or found is None:
+                out.append({"dataset": dataset, "department": receipt.department, "error": "the department's connector is offline"})
+                continue
+            ticket = self._ticket_for(job, dataset_version_of(found[0], receipt), found[1])
+            signature = sign_payload(self._key, "reexecution", ticket.payload)
+            answer: "queue.Queue[tuple[bytes, bytes]]" = queue.Queue(maxsize=1)
+            self._reexecutions[(job_id, dataset)] = answer
+            link.outbox.put(dataclasses.replace(ticket, signature=signature, reexecution=True, he_context=b""))
+            waiting.append((dataset, receipt, link, answer))
+        deadline = time.monotonic() + timeout
+        for dataset, receipt, link, answer in waiting:
+            try:
+                payload, signature = answer.get(timeout=max(deadline - time.monotonic(), 0.1))
+            except queue.Empty:
+                out.append({"dataset": dataset, "department": receipt.department, "error": "no answer in time"})
+                continue
+            finally:
+                self._reexecutions.pop((job_id, dataset), None)
+            from yumen.identity import verify_payload
+
+            verify_payload(link.certificate, "reexecution-report", payload, signature)
+            report = json.loads(payload)
+            out.append({**report, "report": payload, "signature": signature})
+        return out
+
+    def on_reexecuted(self, link: ConnectorLink, payload: bytes, signature: bytes) -> None:
+        report = json.loads(payload)
+        answer = self._reexecutions.get((str(report.get("job_id")), str(report.get("dataset"))))
+        if answer is not None:
+            answer.put((payload, signature))
+
     # -- recovery ----------------------------------------------------------------
     def recover(self) -> None:
         """Bring the log level with the store after a crash (see module docstring)."""
         self.audit.recover(self.store)
+
+
+def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:
+    """The registration as it was when the receipt's job ran (its logged data version)."""
+    return dataclasses.replace(reg, version=receipt.dataset_version or reg.version)
 
 
 def new_job_id() -> str:

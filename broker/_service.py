@@ -149,7 +149,9 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
             try:
                 for msg in request_iterator:
                     kind = msg.WhichOneof("kind")
-                    if kind == "receipt":
+                    if kind == "reexecuted":
+                        self.broker.on_reexecuted(link, msg.reexecuted.payload, msg.reexecuted.signature)
+                    elif kind == "receipt":
                         try:
                             self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
                                                    msg.receipt.ciphertext)
@@ -174,6 +176,12 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 continue
             if item is None:
                 break
+            if item.reexecution:
+                yield connector_pb2.BrokerMessage(reexecute=connector_pb2.Reexecution(
+                    ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
+                    algorithm_source=item.algorithm_source,
+                ))
+                continue
             yield connector_pb2.BrokerMessage(ticket=connector_pb2.JobTicket(
                 ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
                 algorithm_source=item.algorithm_source, he_context=item.he_context,
@@ -199,6 +207,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc_method
     def ListLicenses(self, request: admin_pb2.ListLicensesRequest, context: grpc.ServicerContext) -> admin_pb2.ListLicensesResponse:
         return admin_pb2.ListLicensesResponse(licenses=[license_to_proto(x) for x in self.admin.licenses(caller(context))])
+
+    @rpc_method
+    def ReexecuteJob(self, request: admin_pb2.ReexecuteRequest, context: grpc.ServicerContext) -> admin_pb2.ReexecutionReport:
+        results = self.admin.broker.reexecute(caller(context), request.job_id)
+        return admin_pb2.ReexecutionReport(job_id=request.job_id, datasets=[
+            admin_pb2.DatasetReexecution(
+                dataset=r.get("dataset", ""), department=r.get("department", ""),
+                dataset_version=r.get("dataset_version", ""), logged_commitment=r.get("logged_commitment", ""),
+                recomputed_commitment=r.get("recomputed_commitment", ""), matches=bool(r.get("matches")),
+                error=r.get("error", ""), report=r.get("report", b""), signature=r.get("signature", b""),
+            ) for r in results
+        ])
 
     @rpc_method
     def GetAccounts(self, request: admin_pb2.GetAccountsRequest, context: grpc.ServicerContext) -> admin_pb2.Accounts:

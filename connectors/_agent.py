@@ -82,6 +82,15 @@ class ConnectorAgent:
                                               ciphertext=ciphertext)
             ))
 
+    def _run_reexecution(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", r: connector_pb2.Reexecution) -> None:
+        try:
+            out = self.executor.reexecute(r.ticket.payload, r.ticket.signature, r.algorithm_source)
+        except Exception:  # noqa: BLE001
+            log.exception("re-execution failed")
+            return
+        if out is not None:
+            outbox.put(connector_pb2.ConnectorMessage(reexecuted=connector_pb2.Signed(payload=out[0], signature=out[1])))
+
     def session(self) -> None:
         """One connection, until the stream ends. Raises grpc.RpcError on failure."""
         outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]" = queue.Queue()
@@ -100,6 +109,8 @@ class ConnectorAgent:
                           f"serving {', '.join(msg.welcome.accepted_datasets) or 'no datasets'}", flush=True)
                 elif kind == "ticket":
                     self._pool.submit(self._run_ticket, outbox, msg.ticket)
+                elif kind == "reexecute":
+                    self._pool.submit(self._run_reexecution, outbox, msg.reexecute)
         finally:
             self.connected.clear()
             outbox.put(None)

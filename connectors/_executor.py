@@ -43,6 +43,9 @@ __all__ = ["Executor", "Pinned", "ServedDataset"]
 
 _STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
+# The extra output of every sample-and-aggregate release: the (noisy) share of failed blocks.
+FAILED_SHARE = "_failed_share"
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Pinned:
@@ -184,6 +187,56 @@ class Executor:
         finally:
             with self._running_lock:
                 self._running.discard(key)
+
+    def reexecute(self, payload: bytes, signature: bytes, algorithm_source: bytes) -> tuple[bytes, bytes] | None:
+        """Run a logged job again on the version it used and compare output commitments.
+
+        The department consents through ``allow_reexecution``. Nothing is released: the
+        report says only whether the recomputed commitment equals the logged one.
+        """
+        from yumen.identity import sign_payload, verify_payload
+
+        try:
+            verify_payload(self._broker_cert, "reexecution", payload, signature)
+            ticket = Ticket.from_dict(json.loads(payload))
+        except (YumenError, ValueError) as e:
+            log.warning("re-execution request rejected: %s", e)
+            return None
+        report: dict[str, Any] = {"job_id": ticket.job_id, "dataset": ticket.dataset, "department": self.config.department,
+                                  "connector": self.config.id, "dataset_version": "", "logged_commitment": "",
+                                  "recomputed_commitment": "", "matches": False, "error": ""}
+        try:
+            report.update(self._reexecute(ticket, algorithm_source))
+        except YumenError as e:
+            report["error"] = e.message
+        except Exception:  # noqa: BLE001 - the auditor gets a safe message, the department the details
+            log.exception("re-execution of %s failed", ticket.job_id)
+            report["error"] = "internal error at the connector"
+        body = canonical_json(report)
+        return body, sign_payload(self._key, "reexecution-report", body)
+
+    def _reexecute(self, ticket: Ticket, source: bytes) -> dict[str, Any]:
+        if not self.config.allow_reexecution:
+            raise YumenError(Code.PERMISSION_DENIED, f"department {self.config.department} does not consent to re-execution")
+        stored = self.state.execution(ticket.job_id, ticket.dataset)
+        served = self.datasets.get(ticket.dataset)
+        if stored is None or served is None:
+            raise YumenError(Code.NOT_FOUND, f"this connector never finished job {ticket.job_id} on {ticket.dataset}")
+        receipt_payload, salt = stored
+        receipt = Receipt.from_dict(json.loads(receipt_payload))
+        if receipt.status != "ok" or not salt:
+            raise YumenError(Code.INVALID_ARGUMENT, f"job {ticket.job_id} released nothing here ({receipt.status})")
+        snapshot = served.snapshot_of(receipt.dataset_version)
+        if snapshot is None:
+            raise YumenError(Code.NOT_FOUND, f"version {receipt.dataset_version} is no longer kept (snapshot retention)")
+        pinned = Pinned(registration=dataclasses.replace(served.base, version=receipt.dataset_version), snapshot=snapshot)
+        if "query" in ticket.work:
+            fields = self._run_query(pinned, ticket, salt)
+        else:
+            fields = self._run_algorithm(pinned, ticket, source, salt)
+        recomputed = str(fields.get("commitment", ""))
+        return {"dataset_version": receipt.dataset_version, "logged_commitment": receipt.commitment,
+                "recomputed_commitment": recomputed, "matches": recomputed == receipt.commitment}
 
     def _receipt(self, ticket: Ticket, digest: str, **fields: Any) -> Receipt:
         # A refusal touches no data: it names the version the ticket was issued for.
@@ -387,16 +440,22 @@ class Executor:
                 cpu_ms += int(report.usage.cpu_ms)
                 backend_name, runtime = report.backend, report.runtime_digest
                 statuses[report.status.value] = statuses.get(report.status.value, 0) + 1
-                outputs.append(report.result if report.status is Status.OK and report.result else {})
-        release = aggregate_blocks(outputs, ranges, ticket.epsilon)
-        # How many blocks failed, and how long they ran, depend on the data through code the
-        # operator wrote; only the department's log sees them. The receipt meters a fixed k.
+                ok = report.status is Status.OK and bool(report.result)
+                outputs.append({**(report.result if ok else {}), FAILED_SHARE: 0.0 if ok else 1.0})
+        # Whether the code failed is itself an output of untrusted code on private data, so
+        # it is released the same way: the share of failed blocks, averaged and noised with
+        # the other outputs (one person changes one block, so its sensitivity is 1/k).
+        release = aggregate_blocks(outputs, [*ranges, OutputRange(name=FAILED_SHARE, lower=0.0, upper=1.0)], ticket.epsilon)
+        # How many blocks failed exactly, and how long they ran, only the department's log sees.
         log.info("job %s: %d blocks, statuses %s, %d ms CPU", ticket.job_id, k, statuses, cpu_ms)
-        return {
-            "algorithm_digest": algo["digest"], "backend": backend_name, "runtime_digest": runtime,
-            "metering": {"sandbox_runs": k},
-            **self._released(release, "", salt, grouped=False),
-        }
+        common = {"algorithm_digest": algo["digest"], "backend": backend_name, "runtime_digest": runtime,
+                  "metering": {"sandbox_runs": k}}
+        failed_share = release.values[FAILED_SHARE]
+        if failed_share >= 0.5:
+            return {**common, "status": "failed", "epsilon_charged": release.epsilon,
+                    "error": f"the algorithm failed in most blocks (noisy share {failed_share:.2f}); "
+                             "try it on mock data first with `yumen dev run`"}
+        return {**common, **self._released(release, "", salt, grouped=False)}
 
     def _released(self, release: Any, statistic: str, salt: bytes, *, grouped: bool) -> dict[str, Any]:
         values = []

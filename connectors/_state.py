@@ -95,6 +95,15 @@ class ConnectorState:
         with self._lock:
             return self._db.execute("SELECT job_id, dataset FROM executions WHERE state='claimed'").fetchall()
 
+    def execution(self, job_id: str, dataset: str) -> tuple[bytes, bytes] | None:
+        """The stored receipt payload and commitment salt of a finished execution."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT receipt_payload, salt FROM executions WHERE job_id=? AND dataset=? AND state='done'",
+                (job_id, dataset),
+            ).fetchone()
+        return (bytes(row[0]), bytes(row[1] or b"")) if row else None
+
     def salt(self, job_id: str, dataset: str) -> bytes | None:
         with self._lock:
             row = self._db.execute("SELECT salt FROM executions WHERE job_id=? AND dataset=?", (job_id, dataset)).fetchone()

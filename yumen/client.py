@@ -212,6 +212,15 @@ class AdminClient:
             "bills": {(b.operator, b.currency): (Decimal(b.amount), b.jobs) for b in a.bills},
         }
 
+    def reexecute(self, job_id: str) -> list[dict[str, Any]]:
+        """Ask the departments of a logged job to re-run it and check its output commitment."""
+        from yumen.v1 import admin_pb2
+
+        r = call(self._admin.ReexecuteJob, admin_pb2.ReexecuteRequest(job_id=job_id), timeout=600)
+        return [{"dataset": d.dataset, "department": d.department, "dataset_version": d.dataset_version,
+                 "logged_commitment": d.logged_commitment, "recomputed_commitment": d.recomputed_commitment,
+                 "matches": d.matches, "error": d.error} for d in r.datasets]
+
     def policy(self, version: str = "") -> tuple[str, PolicyBundle]:
         from yumen.v1 import admin_pb2
 

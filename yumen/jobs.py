@@ -235,6 +235,8 @@ class Algorithm:
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise _bad("output names repeat")
+        if any(n.startswith("_") for n in names):
+            raise _bad("output names starting with '_' are reserved for the platform", "rename the output")
         if not 0 < self.timeout_s <= 3600:
             raise _bad(f"timeout {self.timeout_s}s is outside 0–3600 s")
         if not 16 <= self.memory_mb <= 16384:

@@ -40,13 +40,15 @@ def test_dp_query_is_released_with_noise_scale_and_provenance(operator):
     assert out["result"]["result_digest"].startswith("sha256:")
 
 
-def test_grouped_mean_returns_every_declared_category_and_only_those(operator):
+def test_grouped_mean_returns_each_declared_category_once_released_or_suppressed(operator):
     catalog = operator.json("catalog", "show", "outpatient-visits")
     regions = next(c["categories"] for c in catalog["columns"] if c["name"] == "region")
     out = operator.json("submit", "query", "--dataset", "outpatient-visits", "--aggregate", "mean",
                         "--column", "cost_yuan", "--group-by", "region", "--epsilon", "0.25", "--purpose", "research")
     groups = [v["group"] for v in out["result"]["values"]]
-    assert groups == regions
+    suppressed = out["result"]["suppressed_groups"]  # L3 data: groups under 10 people are left out
+    assert [g for g in regions if g not in suppressed] == groups
+    assert set(suppressed) <= set(regions)
 
 
 def test_policy_denial_is_permission_denied_with_an_actionable_reason(operator):
@@ -154,3 +156,32 @@ def test_connector_reconnects_after_the_broker_restarts(space, operator):
     out = operator.json("submit", "query", "--dataset", "weather-daily", "--aggregate", "count",
                         "--epsilon", "0.1", "--purpose", "research")
     assert out["job"]["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("algo,extra", [
+    ("crash.py", []),
+    ("garbage.py", []),
+    ("sleep_forever.py", ["--timeout", "1"]),
+])
+def test_a_custom_algorithm_that_fails_gets_a_clear_error(operator, algo, extra):
+    out = operator.json("submit", "algorithm", str(ALGOS / algo), "--dataset", "weather-daily", "--blocks", "2",
+                        "--output", "answer=0:1", *extra, "--epsilon", "0.5", "--purpose", "research")
+    assert out["job"]["state"] == "failed"
+    assert "failed in most blocks" in out["job"]["message"] and "yumen dev run" in out["job"]["message"]
+
+
+def test_l3_data_refuses_custom_algorithms(operator):
+    proc = operator("submit", "algorithm", str(ALGOS / "mean_cost.py"), "--dataset", "outpatient-visits",
+                    "--output", "mean_cost=0:2000", "--epsilon", "0.25", "--purpose", "research")
+    assert proc.returncode == exit_code(Code.POLICY_DENIED) and "L3 data does not allow custom-algorithm" in proc.stderr
+
+
+def test_custom_algorithm_result_is_released_with_noise_on_clamped_block_outputs(operator):
+    out = operator.json("submit", "algorithm", str(ALGOS.parent.parent.parent / "examples" / "algorithms" / "seasonal_temperature.py"),
+                        "--dataset", "weather-daily", "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5",
+                        "--blocks", "4", "--epsilon", "0.5", "--purpose", "research")
+    assert out["job"]["state"] == "succeeded"
+    names = {v["name"] for v in out["result"]["values"]}
+    assert {"summer_mean_c", "winter_mean_c"} <= names
+    for v in out["result"]["values"]:
+        assert v["noise_scale"] > 0

@@ -45,3 +45,24 @@ def test_a_tampered_export_fails_verification_and_says_where(auditor, tmp_path):
 def test_operators_cannot_read_the_log(operator, tmp_path):
     proc = operator("audit", "export", "--out", str(tmp_path / "x"))
     assert proc.returncode == exit_code(Code.PERMISSION_DENIED)
+
+
+@pytest.mark.parametrize("args", [
+    ["query", "--dataset", "weather-daily", "--aggregate", "mean", "--column", "temp_mean_c", "--group-by", "region"],
+    ["query", "--dataset", "outpatient-visits", "--dataset", "outpatient-visits-tianshui", "--aggregate", "count"],
+])
+def test_reexecution_reproduces_the_logged_commitment(operator, auditor, args):
+    out = operator.json("submit", *args, "--epsilon", "0.1", "--purpose", "research")
+    job = out["job"]["job_id"]
+    proc = auditor("audit", "reexecute", "--job", job, "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json as _json
+
+    report = _json.loads(proc.stdout)
+    assert report["datasets"] and all(d["matches"] and not d["error"] for d in report["datasets"])
+    assert all(d["logged_commitment"] == d["recomputed_commitment"] for d in report["datasets"])
+
+
+def test_operators_cannot_ask_for_reexecution(operator):
+    proc = operator("audit", "reexecute", "--job", "anything")
+    assert proc.returncode == exit_code(Code.PERMISSION_DENIED)

@@ -103,3 +103,39 @@ class Accounts(_message.Message):
     ledger: _containers.RepeatedCompositeFieldContainer[LedgerRow]
     bills: _containers.RepeatedCompositeFieldContainer[BillTotal]
     def __init__(self, ledger: _Optional[_Iterable[_Union[LedgerRow, _Mapping]]] = ..., bills: _Optional[_Iterable[_Union[BillTotal, _Mapping]]] = ...) -> None: ...
+
+class ReexecuteRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class DatasetReexecution(_message.Message):
+    __slots__ = ("dataset", "department", "dataset_version", "logged_commitment", "recomputed_commitment", "matches", "error", "report", "signature")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DEPARTMENT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    MATCHES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    department: str
+    dataset_version: str
+    logged_commitment: str
+    recomputed_commitment: str
+    matches: bool
+    error: str
+    report: bytes
+    signature: bytes
+    def __init__(self, dataset: _Optional[str] = ..., department: _Optional[str] = ..., dataset_version: _Optional[str] = ..., logged_commitment: _Optional[str] = ..., recomputed_commitment: _Optional[str] = ..., matches: bool = ..., error: _Optional[str] = ..., report: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReexecutionReport(_message.Message):
+    __slots__ = ("job_id", "datasets")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetReexecution]
+    def __init__(self, job_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetReexecution, _Mapping]]] = ...) -> None: ...

@@ -34,6 +34,11 @@ class AdminServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.ReexecuteJob = channel.unary_unary(
+                '/yumen.v1.AdminService/ReexecuteJob',
+                request_serializer=yumen_dot_v1_dot_admin__pb2.ReexecuteRequest.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_admin__pb2.ReexecutionReport.FromString,
+                _registered_method=True)
         self.GetAccounts = channel.unary_unary(
                 '/yumen.v1.AdminService/GetAccounts',
                 request_serializer=yumen_dot_v1_dot_admin__pb2.GetAccountsRequest.SerializeToString,
@@ -68,6 +73,14 @@ class AdminServiceStub(object):
 
 class AdminServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
+
+    def ReexecuteJob(self, request, context):
+        """For auditors and administrators: ask the departments (with their consent) to re-run a
+        logged job on the same dataset version and check the output commitment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetAccounts(self, request, context):
         """For auditors and administrators: what replay compares the log against.
@@ -109,6 +122,11 @@ class AdminServiceServicer(object):
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ReexecuteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReexecuteJob,
+                    request_deserializer=yumen_dot_v1_dot_admin__pb2.ReexecuteRequest.FromString,
+                    response_serializer=yumen_dot_v1_dot_admin__pb2.ReexecutionReport.SerializeToString,
+            ),
             'GetAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAccounts,
                     request_deserializer=yumen_dot_v1_dot_admin__pb2.GetAccountsRequest.FromString,
@@ -149,6 +167,33 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ReexecuteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.AdminService/ReexecuteJob',
+            yumen_dot_v1_dot_admin__pb2.ReexecuteRequest.SerializeToString,
+            yumen_dot_v1_dot_admin__pb2.ReexecutionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetAccounts(request,

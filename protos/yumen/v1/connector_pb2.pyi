@@ -49,15 +49,25 @@ class Heartbeat(_message.Message):
     at_unix_ms: int
     def __init__(self, at_unix_ms: _Optional[int] = ...) -> None: ...
 
+class Reexecution(_message.Message):
+    __slots__ = ("ticket", "algorithm_source")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ticket: Signed
+    algorithm_source: bytes
+    def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ...) -> None: ...
+
 class ConnectorMessage(_message.Message):
-    __slots__ = ("hello", "receipt", "heartbeat")
+    __slots__ = ("hello", "receipt", "heartbeat", "reexecuted")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REEXECUTED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     receipt: Receipt
     heartbeat: Heartbeat
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    reexecuted: Signed
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("broker_id", "accepted_datasets")
@@ -68,11 +78,13 @@ class Welcome(_message.Message):
     def __init__(self, broker_id: _Optional[str] = ..., accepted_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
-    __slots__ = ("welcome", "ticket", "heartbeat")
+    __slots__ = ("welcome", "ticket", "heartbeat", "reexecute")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REEXECUTE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ticket: JobTicket
     heartbeat: Heartbeat
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    reexecute: Reexecution
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecute: _Optional[_Union[Reexecution, _Mapping]] = ...) -> None: ...
