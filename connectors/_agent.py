@@ -104,6 +104,8 @@ class ConnectorAgent:
                 kind = msg.WhichOneof("kind")
                 if kind == "welcome":
                     self.connected.set()
+                    self.executor.metrics.connected.set(1)
+                    self.executor.metrics.reconnects.inc()
                     log.info("connected to broker %s; serving %s", msg.welcome.broker_id, ", ".join(msg.welcome.accepted_datasets))
                     print(f"connector {self.config.id} connected to broker {msg.welcome.broker_id}; "
                           f"serving {', '.join(msg.welcome.accepted_datasets) or 'no datasets'}", flush=True)
@@ -113,10 +115,13 @@ class ConnectorAgent:
                     self._pool.submit(self._run_reexecution, outbox, msg.reexecute)
         finally:
             self.connected.clear()
+            self.executor.metrics.connected.set(0)
             outbox.put(None)
             channel.close()
 
     def run_forever(self) -> None:
+        if self.config.metrics_listen:
+            self.executor.metrics.serve(self.config.metrics_listen)
         backoff = _BACKOFF_START_S
         while not self._stop.is_set():
             started = time.monotonic()

@@ -138,7 +138,9 @@ class Executor:
         self._running: set[tuple[str, str]] = set()
         self._running_lock = threading.Lock()
         self._sandboxes: dict[str, Any] = {}
-        self.metrics = {"jobs_run": 0, "jobs_refused": 0, "jobs_failed": 0, "seconds_running": 0.0}
+        from yumen.connectors._metrics import ConnectorMetrics
+
+        self.metrics = ConnectorMetrics()
 
     # -- sandboxes are created lazily: a query-only department needs none --------------
     def sandbox(self, required: str = "") -> Any:
@@ -310,7 +312,7 @@ class Executor:
     def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
         reason = self._refusal(ticket) or self._local_gates(ticket, algorithm_source)
         if reason:
-            self.metrics["jobs_refused"] += 1
+            self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome="refused", seconds=0.0)
             log.info("job %s refused locally: %s", ticket.job_id, reason)
             return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
         served = self.datasets[ticket.dataset]
@@ -329,17 +331,14 @@ class Executor:
                 fields = self._run_algorithm(pinned, ticket, algorithm_source, salt)
             if he_digest and fields.get("status") == "ok":
                 fields, ciphertext = self._encrypt(fields, he_context)
-            self.metrics["jobs_run"] += 1
         except YumenError as e:
-            self.metrics["jobs_failed"] += 1
             log.info("job %s failed: %s", ticket.job_id, e.message)
             fields = {"status": "failed", "error": e.message, "epsilon_charged": ticket.epsilon}
         except Exception:  # noqa: BLE001 - the department's log gets the details, the operator a safe message
-            self.metrics["jobs_failed"] += 1
             log.exception("job %s failed with an internal error", ticket.job_id)
             fields = {"status": "failed", "error": "internal error at the connector", "epsilon_charged": ticket.epsilon}
         elapsed = time.monotonic() - started
-        self.metrics["seconds_running"] += elapsed
+        self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome=str(fields.get("status")), seconds=elapsed)
         metering = dict(fields.pop("metering", {}))
         if ticket.tier != "custom-algorithm":
             # Custom code controls its own running time: wall and CPU time would be a side

@@ -122,7 +122,8 @@ class LocalSpace:
             issue(self.pki, role=Role.CONNECTOR, name=dep.id, department=dep.id)
             lines = [
                 "[connector]", f'id = "{dep.id}"', f'department = "{dep.id}"', f'broker = "{self.address}"',
-                f'state_dir = "{dep.id}-state"', f'sandbox = "{self.sandbox}"', "",
+                f'state_dir = "{dep.id}-state"', f'sandbox = "{self.sandbox}"',
+                f'metrics = "127.0.0.1:{free_port()}"', "",
                 "[tls]", 'ca = "pki/ca.crt"', f'cert = "pki/{dep.id}.crt"', f'key = "pki/{dep.id}.key"',
                 'broker_certificate = "pki/broker.crt"', "",
             ]
