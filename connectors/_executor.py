@@ -120,6 +120,51 @@ class ServedDataset:
                 log.info("snapshot %s pruned (older than %s days)", p.name, self.retention_days)
 
 
+def run_blocks(
+    backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
+    params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
+) -> tuple[list[dict[str, float]], dict[str, int], int, str, str]:
+    """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
+    run the algorithm once per block, each in a fresh sandbox, a few at a time.
+
+    Returns the block outputs (a failed block gives ``{FAILED_SHARE: 1}``, others their
+    result with ``FAILED_SHARE: 0``), the count of each sandbox status, the CPU time, and
+    the backend and runtime digest.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import polars as pl
+
+    from yumen.privacy import partition_blocks
+    from yumen.sandbox import SandboxRequest, Status
+
+    blocks = partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)
+    workers = parallel or max(1, min(4, os.cpu_count() or 1))
+    with tempfile.TemporaryDirectory(prefix="yumen-blocks-") as tmp:
+        paths = []
+        for i, block in enumerate(blocks):
+            path = Path(tmp) / f"block-{i}.parquet"
+            block.write_parquet(path)
+            paths.append(path)
+        del blocks
+
+        def one(path: Path) -> Any:
+            return backend.run(SandboxRequest(algorithm=source, inputs={reg.id: path}, params=params,
+                                              timeout_s=timeout_s, memory_mb=memory_mb))
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="block") as pool:
+            reports = list(pool.map(one, paths))
+    outputs: list[dict[str, float]] = []
+    statuses: dict[str, int] = {}
+    for report in reports:
+        statuses[report.status.value] = statuses.get(report.status.value, 0) + 1
+        ok = report.status is Status.OK and bool(report.result)
+        outputs.append({**(report.result if ok else {}), FAILED_SHARE: 0.0 if ok else 1.0})
+    cpu_ms = sum(int(r.usage.cpu_ms) for r in reports)
+    last = reports[-1]
+    return outputs, statuses, cpu_ms, last.backend, last.runtime_digest
+
+
 def _commitment(salt: bytes, exact: Any) -> str:
     return "sha256:" + hashlib.sha256(salt + canonical_json(exact)).hexdigest()
 
@@ -391,7 +436,7 @@ class Executor:
 
     def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes) -> dict[str, Any]:
         """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate."""
-        from yumen.privacy import aggregate_blocks, partition_blocks, release_outputs
+        from yumen.privacy import aggregate_blocks, release_outputs
         from yumen.sandbox import SandboxRequest, Status
 
         algo = ticket.work["algorithm"]
@@ -419,28 +464,16 @@ class Executor:
                         "error": f"the algorithm ended with status {report.status.value}: {report.error}"}
             release = release_outputs(report.result, ranges, ticket.epsilon)
             return {**common, **self._released(release, "", salt, grouped=False)}
-        # Custom code: GUPT-style sample-and-aggregate. Block outputs that fail are not
-        # errors the operator sees (that would leak which block failed); they count as the
-        # range's midpoint inside aggregate_blocks.
-        import polars as pl
-
+        # Custom code: GUPT-style sample-and-aggregate. A block that fails is not an error the
+        # operator sees (that would leak which block failed): its outputs count as the range's
+        # midpoint inside aggregate_blocks, and it adds to the noisy failed share.
         k = int(algo.get("blocks", 10))
         seed = hashlib.blake2b(b"yumen-blocks", key=salt[:32]).digest()
-        blocks = partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)
-        outputs: list[dict[str, float]] = []
-        statuses: dict[str, int] = {}
-        backend_name = runtime = ""
-        with tempfile.TemporaryDirectory(prefix="yumen-blocks-") as tmp:
-            for i, block in enumerate(blocks):
-                path = Path(tmp) / f"block-{i}.parquet"
-                block.write_parquet(path)
-                report = run(path)
-                path.unlink()
-                cpu_ms += int(report.usage.cpu_ms)
-                backend_name, runtime = report.backend, report.runtime_digest
-                statuses[report.status.value] = statuses.get(report.status.value, 0) + 1
-                ok = report.status is Status.OK and bool(report.result)
-                outputs.append({**(report.result if ok else {}), FAILED_SHARE: 0.0 if ok else 1.0})
+        outputs, statuses, block_cpu_ms, backend_name, runtime = run_blocks(
+            backend, source, reg, snapshot, k, seed, params=algo.get("params", {}),
+            timeout_s=float(algo.get("timeout_s", 60)), memory_mb=int(algo.get("memory_mb", 512)),
+        )
+        cpu_ms += block_cpu_ms
         # Whether the code failed is itself an output of untrusted code on private data, so
         # it is released the same way: the share of failed blocks, averaged and noised with
         # the other outputs (one person changes one block, so its sensitivity is 1/k).
