@@ -47,8 +47,11 @@ class Department:
 
 
 DEFAULT_DEPARTMENTS = (
-    Department(id="weather-bureau", datasets=(("weather-daily", 36_500),)),
+    Department(id="weather-bureau", datasets=(("weather-daily", 365_000),)),
     Department(id="health-commission", datasets=(("outpatient-visits", 1_000_000),)),
+    Department(id="transport-dept", datasets=(("bus-trips", 500_000),)),
+    Department(id="culture-tourism", datasets=(("scenic-visits", 200_000),)),
+    Department(id="agriculture-dept", datasets=(("farm-yields", 100_000),)),
 )
 
 

@@ -1,9 +1,11 @@
 """``yumen demo``: the whole data space on this machine, and one job of each kind.
 
-Starts a broker and two department connectors as separate processes with their own
-certificates, then, as a licensed operator over mutual TLS: lists the catalog, runs a
-DP query, runs a sandboxed algorithm, and submits a job the policy denies. It ends by
-exporting and verifying the transparency log, and leaves everything in ``.yumen-demo/``.
+Starts a broker and five department connectors (weather, health care, transport, culture
+and tourism, agriculture) as separate processes with their own certificates, then, as a
+licensed operator over mutual TLS: lists the catalog, runs a DP query, asks what a
+commercial query would cost and runs it, runs a sandboxed algorithm, and submits a job
+the policy denies. It ends with the auditor exporting, verifying and replaying the
+transparency log, and leaves everything in ``.yumen-demo/``.
 """
 
 from __future__ import annotations
@@ -43,16 +45,25 @@ def _demo(args: argparse.Namespace) -> int:
     _step(f"setting up a local data space in {root}")
     space = LocalSpace(root)
     space.setup()
-    print("  CA, broker, 2 department connectors, 1 licensed operator, 1 auditor; synthetic data generated")
+    print(f"  CA, broker, {len(space.departments)} department connectors, 1 operator, 1 auditor, 1 administrator; "
+          "synthetic data generated")
     with space:
         space.start()
-        print(f"  broker on {space.address}; connectors of weather-bureau and health-commission connected (outbound streams)")
+        print(f"  broker on {space.address}; connectors of {', '.join(d.id for d in space.departments)} connected "
+              "(each dials out: no department opens a port)")
+        print("  the administrator issued license LIC-2026-0001 to the operator (L1–L3 data, all purposes)")
         env = space.cli_env("operator-1")
         _step("the operator browses the catalog (metadata only, never rows)")
         _yumen(env, "catalog", "list")
         _step("a DP query: mean outpatient cost by region (L3 data, research purpose)")
         _yumen(env, "submit", "query", "--dataset", "outpatient-visits", "--aggregate", "mean",
                "--column", "cost_yuan", "--group-by", "region", "--epsilon", "0.5", "--purpose", "research")
+        _step("before spending budget: what would a commercial query on bus trips be allowed and cost?")
+        _yumen(env, "policy", "explain", "--dataset", "bus-trips", "--aggregate", "sum", "--column", "fare_yuan",
+               "--group-by", "card_type", "--epsilon", "0.5", "--purpose", "commercial")
+        _step("the commercial query itself: fares by card type (billed at the government-guided price)")
+        _yumen(env, "submit", "query", "--dataset", "bus-trips", "--aggregate", "sum", "--column", "fare_yuan",
+               "--group-by", "card_type", "--epsilon", "0.5", "--purpose", "commercial")
         _step("a sandboxed algorithm: seasonal temperatures, run next to the weather data")
         _yumen(env, "submit", "algorithm", str(_EXAMPLES / "seasonal_temperature.py"), "--dataset", "weather-daily",
                "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--blocks", "40", "--epsilon", "1",
