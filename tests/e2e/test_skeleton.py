@@ -200,3 +200,40 @@ def test_connector_serves_prometheus_metrics(space, operator):
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'yumen_connector_jobs_total{dataset="weather-daily",outcome="ok",tier="query"}' in body
     assert "yumen_connector_job_seconds_bucket" in body and "yumen_connector_connected 1.0" in body
+
+
+def test_connector_check_says_what_is_wrong_in_plain_words(space, tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "yumen", "connector", "check", "--config", "weather-bureau.toml"],
+                        cwd=space.root, text=True, capture_output=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "certificates: ok" in ok.stdout and "dataset weather-daily: ok" in ok.stdout and "sandbox bwrap: ok" in ok.stdout
+    broken = (space.root / "weather-bureau.toml").read_text().replace("weather-daily.parquet", "missing.parquet")
+    broken = broken.replace('cert = "pki/weather-bureau.crt"', 'cert = "pki/operator-1.crt"')
+    (space.root / "broken.toml").write_text(broken)
+    bad = subprocess.run([sys.executable, "-m", "yumen", "connector", "check", "--config", "broken.toml"],
+                         cwd=space.root, text=True, capture_output=True, timeout=120)
+    assert bad.returncode == 2
+    assert "problem: certificates" in bad.stdout and "problem: dataset weather-daily" in bad.stdout
+    assert "missing.parquet" in bad.stdout
+
+
+def test_broker_serves_standard_health_checking_and_reflection(space):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from yumen.rpc import secure_channel
+
+    ch = secure_channel(space.address, space.tls("operator-1"))
+    try:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        (resp,) = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        names = {s.name for s in resp.list_services_response.service}
+        assert {"yumen.v1.JobService", "yumen.v1.CatalogService", "yumen.v1.ConnectorService", "yumen.v1.AuditService",
+                "grpc.health.v1.Health"} <= names
+    finally:
+        ch.close()
