@@ -17,6 +17,7 @@ def check_config(path: Path) -> int:
     problems: list[str] = []
     config = load_connector_config(path)  # a config that does not parse raises with its reason
     print(f"config {path}: parsed ({len(config.datasets)} datasets)")
+    cert_problems: list[str] = []
     try:
         ca, cert, _ = config.tls.read()
         load_private_key(config.tls.key)
@@ -25,15 +26,18 @@ def check_config(path: Path) -> int:
         leaf = x509.load_pem_x509_certificate(cert)
         leaf.verify_directly_issued_by(ca_cert)
         if ident.role is not Role.CONNECTOR:
-            problems.append(f"the certificate is for a {ident.role.value}, not a connector")
+            cert_problems.append(f"the certificate is for the role {ident.role.value!r}, not a connector")
         if ident.name != config.id:
-            problems.append(f"the certificate names {ident.name!r} but [connector] id is {config.id!r}")
+            cert_problems.append(f"the certificate names {ident.name!r} but [connector] id is {config.id!r}")
         if ident.department != config.department:
-            problems.append(f"the certificate's department is {ident.department!r}, the config says {config.department!r}")
+            cert_problems.append(f"the certificate's department is {ident.department!r}, the config says {config.department!r}")
         x509.load_pem_x509_certificate(config.broker_certificate.read_bytes()).verify_directly_issued_by(ca_cert)
+    except (YumenError, OSError, ValueError, TypeError) as e:
+        cert_problems.append(str(e))
+    if cert_problems:
+        problems += [f"certificates: {p}" for p in cert_problems]
+    else:
         print("certificates: ok")
-    except (YumenError, OSError, ValueError) as e:
-        problems.append(f"certificates: {e}")
     for d in config.datasets:
         try:
             src = open_source(d.source)

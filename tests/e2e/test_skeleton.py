@@ -164,8 +164,9 @@ def test_connector_reconnects_after_the_broker_restarts(space, operator):
     ("sleep_forever.py", ["--timeout", "0.3"]),
 ])
 def test_a_custom_algorithm_that_fails_gets_a_clear_error(operator, algo, extra):
-    # With 50 blocks the released failure share (true value 1) has noise scale 1/50 / 0.5:
-    # it falls under the 0.5 threshold with probability about 2e-6.
+    # With 50 blocks the released failure share (true value 1) has noise scale 1/50 / 0.5 =
+    # 0.04 and a 95% half-width of about 0.12: it is reported as failed unless the noise
+    # exceeds 0.38, with probability about 1e-4.
     out = operator.json("submit", "algorithm", str(ALGOS / algo), "--dataset", "weather-daily", "--blocks", "50",
                         "--output", "answer=0:1", *extra, "--epsilon", "1", "--purpose", "research")
     assert out["job"]["state"] == "failed"
