@@ -12,13 +12,11 @@ because from then on the department may have touched the data.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
-import math
 import queue
 import threading
 import time
@@ -30,15 +28,14 @@ from typing import Any, Iterator
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from yumen.canonical import digest_of
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role
-from yumen.jobs import JobRequest, JobState, Tier, format_epsilon
-from yumen.results import means_from_parts
-from yumen.policy import Decision, DecisionRequest, License, LicenseStatus, PolicyBundle, PolicyEngine
+from yumen.jobs import JobRequest, JobState, format_epsilon
+from yumen.policy import Decision, DecisionRequest, License, PolicyBundle, PolicyEngine
 from yumen.tickets import Receipt, Ticket
 
+from yumen.broker._assembly import combine, needs_parts
 from yumen.broker._audit import BrokerAudit
 from yumen.broker._store import (
     EventRecord,
@@ -336,31 +333,12 @@ class Broker:
 
             validate_query(reg, QuerySpec.from_query(request.query))
 
-    @staticmethod
-    def _min_group_size(job: JobRecord) -> int:
-        per = job.decision.get("per_dataset") or {}
-        sizes = [int((d.get("obligations") or {}).get("min_group_size", 0)) for d in per.values()]
-        return max(sizes, default=0)
-
-    def _needs_parts(self, job: JobRecord) -> bool:
-        """Whether connectors release a sum or mean as (noisy sum, noisy count).
-
-        Needed to combine a mean across departments or under encryption, and to apply a
-        minimum group size to grouped sums and means (groups are suppressed by their noisy
-        count, which is post-processing and costs no further ε).
-        """
-        q = job.request["query"]
-        if q["aggregate"] == "mean" and (len(job.request["datasets"]) > 1 or "he_context" in job.request):
-            return True
-        return q["aggregate"] in ("sum", "mean") and bool(q["group_by"]) and self._min_group_size(job) > 0 \
-            and "he_context" not in job.request
-
     def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str) -> OutgoingTicket:
         req = job.request
         work: dict[str, Any] = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
         if "he_context" in req:
             work["he_context"] = req["he_context"]
-        if "query" in req and self._needs_parts(job):
+        if "query" in req and needs_parts(job):
             work["partial"] = "sum+count"
         decision = job.decision.get("per_dataset", {}).get(reg.id, job.decision)
         ticket = Ticket(
@@ -463,8 +441,6 @@ class Broker:
     def on_receipt(self, link: ConnectorLink, payload: bytes, signature: bytes, ciphertext: bytes = b"") -> None:
         receipt = Receipt.verify(payload, signature, link.certificate)
         if receipt.ciphertext_digest:
-            import hashlib
-
             if "sha256:" + hashlib.sha256(ciphertext).hexdigest() != receipt.ciphertext_digest:
                 raise YumenError(Code.VERIFICATION_FAILED, "the ciphertext does not match the digest in the receipt")
         elif ciphertext:
@@ -506,7 +482,7 @@ class Broker:
                 self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
                 return
             try:
-                result = self._combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
+                result = combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
                                              for p in partials.values()])
             except YumenError as e:
                 self._set_state(job.job_id, JobState.FAILED, f"the partial results could not be combined: {e.message}")
@@ -514,63 +490,6 @@ class Broker:
             result["log_index_executed"] = index
             result["log_index"] = self.audit.job_released(job, result)
             self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
-
-    def _combine(self, job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any]:
-        """Assemble the released result from the departments' partial results.
-
-        One department: its released values as they are. Several: counts and sums add; the
-        noise of independent parts adds in variance, so the reported noise scale and 95%
-        half-width are the root-sum-square of the parts'. A mean over several departments
-        (or under encryption) arrives as noisy sums and counts and is divided here (or by
-        the operator, after decryption). Under encryption the broker adds ciphertexts it
-        cannot read; the values stay 0 and the operator's SDK decrypts.
-        """
-        order = sorted(parts, key=lambda p: p[0].dataset)
-        receipts = [r for r, _ in order]
-        layouts = {tuple((v.name, v.group) for v in r.values) for r in receipts}
-        if len(layouts) != 1:
-            raise YumenError(Code.INTERNAL, "departments returned different result layouts")
-        provenance = [{"dataset": r.dataset, "department": r.department, "dataset_version": r.dataset_version,
-                       "receipt_digest": r.digest()} for r in receipts]
-        body: dict[str, Any] = {
-            "job_id": job.job_id, "mechanism": receipts[0].mechanism,
-            "epsilon_spent": format_epsilon(max(r.epsilon_charged for r in receipts)),
-            "provenance": provenance,
-            "bill": {"amount": job.decision.get("price", "0"), "currency": "CNY",
-                     "purpose": job.request["purpose"], "price_class": job.decision.get("price_class", "")},
-        }
-        summed = []
-        for i, v0 in enumerate(receipts[0].values):
-            vals = [r.values[i] for r in receipts]
-            summed.append({"name": v0.name, "group": v0.group, "value": sum(v.value for v in vals),
-                           "noise_scale": math.sqrt(sum(v.noise_scale ** 2 for v in vals)),
-                           "ci95": math.sqrt(sum(v.ci95 ** 2 for v in vals))})
-        if receipts[0].ciphertext_digest:
-            from yumen.privacy import he_sum
-
-            total = he_sum(job.he_context, [c for _, c in order])
-            body["values"] = summed
-            body["ciphertext"] = base64.b64encode(total).decode()
-            body["ciphertext_digest"] = "sha256:" + hashlib.sha256(total).hexdigest()
-        else:
-            body["values"], body["suppressed_groups"] = self._final_values(job, summed)
-        body["result_digest"] = digest_of({k: v for k, v in body.items() if k != "ciphertext"})
-        return body
-
-    def _final_values(self, job: JobRecord, summed: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-        """Divide means, apply the minimum group size, and keep only what the job asked for."""
-        q = job.request.get("query") or {}
-        counts = {v["group"]: v["value"] for v in summed if v["name"] == "count"}
-        if q.get("aggregate") == "mean" and any(v["name"] == "sum" for v in summed):
-            values = means_from_parts(summed)
-        else:
-            values = [v for v in summed if v["name"] == q.get("aggregate", v["name"])] if q else summed
-        k = self._min_group_size(job)
-        suppressed: list[str] = []
-        if k and q.get("group_by") and counts:
-            suppressed = [g for g, c in counts.items() if c < k]
-            values = [v for v in values if v["group"] not in suppressed]
-        return values, suppressed
 
     # -- audit re-execution ------------------------------------------------------------
     def reexecute(self, identity: Identity, job_id: str, *, timeout: float = 300) -> list[dict[str, Any]]:

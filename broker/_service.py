@@ -18,7 +18,6 @@ from cryptography import x509
 
 from yumen.errors import Code, YumenError
 from yumen.identity import Role
-from yumen.jobs import format_epsilon
 from yumen.rpc import caller, require_role, rpc_method, rpc_stream
 from yumen.policy import PolicyBundle
 from yumen.v1 import (

@@ -40,7 +40,6 @@ import dataclasses
 import tomllib
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 from yumen.catalog import DatasetRegistration
 from yumen.connectors._sources import SourceSpec

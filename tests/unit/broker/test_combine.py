@@ -1,6 +1,6 @@
 """Result assembly at the broker: sums of parts, means, minimum group size."""
 
-from yumen.broker._core import Broker
+from yumen.broker._assembly import final_values
 from yumen.broker._store import JobRecord
 from yumen.jobs import JobState
 
@@ -20,27 +20,23 @@ def _v(name, group, value, ci=1.0):
 
 
 def test_groups_whose_noisy_count_is_below_the_minimum_are_suppressed():
-    b = Broker.__new__(Broker)
-    values, suppressed = b._final_values(_job("count"), [_v("count", "small", 3.2), _v("count", "big", 120.0)])
+    values, suppressed = final_values(_job("count"), [_v("count", "small", 3.2), _v("count", "big", 120.0)])
     assert suppressed == ["small"] and [v["group"] for v in values] == ["big"]
 
 
 def test_sum_released_as_parts_keeps_only_the_sum_of_large_groups():
-    b = Broker.__new__(Broker)
     parts = [_v("sum", "small", 10.0), _v("sum", "big", 900.0), _v("count", "small", 1.0), _v("count", "big", 90.0)]
-    values, suppressed = b._final_values(_job("sum"), parts)
+    values, suppressed = final_values(_job("sum"), parts)
     assert suppressed == ["small"] and values == [_v("sum", "big", 900.0)]
 
 
 def test_mean_from_parts_divides_and_bounds_the_error():
-    b = Broker.__new__(Broker)
     parts = [_v("sum", "g", 1000.0, ci=100.0), _v("count", "g", 100.0, ci=10.0)]
-    (v,), _ = b._final_values(_job("mean", k=0), parts)
+    (v,), _ = final_values(_job("mean", k=0), parts)
     assert v["name"] == "mean" and v["value"] == 10.0
     assert abs(v["ci95"] - (100.0 + 10.0 * 10.0) / 90.0) < 1e-9
 
 
 def test_no_minimum_means_nothing_is_suppressed():
-    b = Broker.__new__(Broker)
-    values, suppressed = b._final_values(_job("count", k=0), [_v("count", "small", 0.5)])
+    values, suppressed = final_values(_job("count", k=0), [_v("count", "small", 0.5)])
     assert suppressed == [] and len(values) == 1
