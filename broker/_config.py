@@ -29,10 +29,10 @@ key = "state/log.key"          # Ed25519 log key; created on first start
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from yumen.config import read_toml
 from yumen.errors import Code, YumenError
 from yumen.policy import default_policy_paths
 from yumen.rpc import TlsFiles
@@ -67,17 +67,7 @@ def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 def load_broker_config(path: Path) -> BrokerConfig:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise YumenError(Code.CONFIG, f"cannot read broker config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise YumenError(Code.CONFIG, f"broker config {path} is not valid TOML: {e}") from None
-    base = path.parent.resolve()
-
-    def p(value: str) -> Path:
-        q = Path(value)
-        return q if q.is_absolute() else base / q
+    doc, p = read_toml(path, "broker config")
 
     b, tls, pol, lg = (_section(doc, n) for n in ("broker", "tls", "policy", "log"))
     for key in ("ca", "cert", "key"):

@@ -37,12 +37,12 @@ source = { kind = "parquet", path = "data/weather-daily.parquet" }
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from fractions import Fraction
 from pathlib import Path
 
 from yumen.catalog import DatasetRegistration
 from yumen.connectors._sources import SourceSpec
+from yumen.config import read_toml
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 from yumen.rpc import TlsFiles
@@ -101,17 +101,8 @@ def _err(path: Path, what: str, hint: str = "") -> YumenError:
 
 def load_connector_config(path: Path) -> ConnectorConfig:
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise YumenError(Code.CONFIG, f"cannot read connector config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise YumenError(Code.CONFIG, f"connector config {path} is not valid TOML: {e}") from None
+    doc, p = read_toml(path, "connector config")
     base = path.parent.resolve()
-
-    def p(v: str) -> Path:
-        q = Path(v)
-        return q if q.is_absolute() else base / q
 
     c = doc.get("connector") or {}
     tls = doc.get("tls") or {}

@@ -12,6 +12,7 @@ connector also remembers every ticket it executed and refuses a second delivery.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from fractions import Fraction
 from typing import Any
@@ -29,6 +30,18 @@ __all__ = ["Ticket", "Receipt", "ReleasedValue", "TICKET", "RECEIPT"]
 TICKET = "ticket"
 RECEIPT = "receipt"
 _VERSION = 1
+
+
+def _verified(purpose: str, payload: bytes, signature: bytes, signer: x509.Certificate | ec.EllipticCurvePublicKey) -> dict[str, Any]:
+    """The payload as a JSON object, once its signature for ``purpose`` verifies."""
+    verify_payload(signer, purpose, payload, signature)
+    try:
+        doc = json.loads(payload)
+    except ValueError as e:
+        raise YumenError(Code.VERIFICATION_FAILED, f"{purpose} payload is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise YumenError(Code.VERIFICATION_FAILED, f"{purpose} payload is not a JSON object")
+    return doc
 
 
 def _need(d: dict[str, Any], key: str, kind: type) -> Any:
@@ -89,13 +102,7 @@ class Ticket:
 
     @classmethod
     def verify(cls, payload: bytes, signature: bytes, broker: x509.Certificate | ec.EllipticCurvePublicKey) -> "Ticket":
-        verify_payload(broker, TICKET, payload, signature)
-        import json
-
-        try:
-            return cls.from_dict(json.loads(payload))
-        except ValueError as e:
-            raise YumenError(Code.VERIFICATION_FAILED, f"ticket payload is not JSON: {e}") from None
+        return cls.from_dict(_verified(TICKET, payload, signature, broker))
 
     @staticmethod
     def digest_of_payload(payload: bytes) -> str:
@@ -191,12 +198,9 @@ class Receipt:
 
     @classmethod
     def verify(cls, payload: bytes, signature: bytes, signer: x509.Certificate | ec.EllipticCurvePublicKey) -> "Receipt":
-        verify_payload(signer, RECEIPT, payload, signature)
-        import json
-
         try:
-            return cls.from_dict(json.loads(payload))
-        except (ValueError, KeyError, TypeError) as e:
+            return cls.from_dict(_verified(RECEIPT, payload, signature, signer))
+        except (KeyError, TypeError, ValueError) as e:
             raise YumenError(Code.VERIFICATION_FAILED, f"receipt payload is malformed: {e}") from None
 
     def digest(self) -> str:
