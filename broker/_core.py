@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -134,6 +135,37 @@ class Broker:
             ),
             self.license(identity.license),
         )
+
+    # -- identity ------------------------------------------------------------------------
+    def identify(self, context: Any) -> Identity:
+        """The caller's identity from its verified certificate, unless that certificate was revoked.
+
+        The registry is read on every call, so a revocation takes effect at once.
+        """
+        from yumen.rpc import caller
+
+        who = caller(context)
+        revoked = self.store.revoked(who.fingerprint)
+        if revoked is not None:
+            raise YumenError(
+                Code.UNAUTHENTICATED,
+                f"the certificate of {who.name} was revoked: {revoked['reason'] or 'no reason given'}",
+                hint="ask the data authority for a new certificate",
+            )
+        return who
+
+    def revoke_certificate(self, by: Identity, fingerprint: str, *, name: str, reason: str) -> dict[str, Any]:
+        if by.role is not Role.ADMIN:
+            raise YumenError(Code.PERMISSION_DENIED, "only administrator certificates may revoke certificates")
+        if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+            raise YumenError(Code.INVALID_ARGUMENT, "a certificate fingerprint is 64 lowercase hex digits (SHA-256 of the DER)")
+        record = self.store.revoke_certificate(fingerprint, name=name, reason=reason, by=by.name)
+        with self._links_lock:
+            links = [link for link in self._links.values() if link.identity.fingerprint == fingerprint]
+        for link in links:  # a connector holding the certificate is cut off now
+            self.disconnect(link)
+        log.warning("certificate %s (%s) revoked by %s", fingerprint[:16], name, by.name)
+        return record
 
     # -- catalog -----------------------------------------------------------------
     def catalog(self) -> list[tuple[DatasetRegistration, bool]]:

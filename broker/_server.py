@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from yumen.errors import Code, YumenError
 from yumen.identity import Role, load_private_key
 from yumen.policy import PolicyBundle, PolicyEngine
-from yumen.rpc import MAX_MESSAGE_BYTES, caller, require_role, server_credentials
+from yumen.rpc import MAX_MESSAGE_BYTES, require_role, server_credentials
 from yumen.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -105,7 +105,7 @@ class BrokerServer:
         from yumen.audit import add_audit_service
 
         def authorize(context: grpc.ServicerContext) -> None:
-            require_role(caller(context), Role.AUDITOR, Role.ADMIN)
+            require_role(self.broker.identify(context), Role.AUDITOR, Role.ADMIN)
 
         add_audit_service(self.server, self.broker.audit.tlog, authorize)
 

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from yumen.errors import Code, YumenError
 from yumen.identity import Role
-from yumen.rpc import caller, require_role, rpc_method, rpc_stream
+from yumen.rpc import require_role, rpc_method, rpc_stream
 from yumen.policy import PolicyBundle
 from yumen.v1 import (
     admin_pb2,
@@ -55,7 +55,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     @rpc_method
     def ListDatasets(self, request: catalog_pb2.ListDatasetsRequest, context: grpc.ServicerContext) -> catalog_pb2.ListDatasetsResponse:
-        caller(context)
+        self.broker.identify(context)
         kw = request.keyword.lower()
         out = []
         for reg, online in self.broker.catalog():
@@ -70,7 +70,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     @rpc_method
     def GetDataset(self, request: catalog_pb2.GetDatasetRequest, context: grpc.ServicerContext) -> catalog_pb2.Dataset:
-        caller(context)
+        self.broker.identify(context)
         reg, online = self.broker.dataset(request.id)
         return dataset_to_proto(reg, online=online)
 
@@ -81,31 +81,31 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @rpc_method
     def SubmitJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
-        who = caller(context)
+        who = self.broker.identify(context)
         require_role(who, Role.OPERATOR)
         job = self.broker.submit(who, job_from_proto(request.job))
         return _status(job)
 
     @rpc_method
     def ExplainJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Explanation:
-        out = self.broker.explain(caller(context), job_from_proto(request.job))
+        out = self.broker.explain(self.broker.identify(context), job_from_proto(request.job))
         out["obligations"] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in out["obligations"].items()}
         return jobs_pb2.Explanation(**out)
 
     @rpc_method
     def GetJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
-        return _status(self.broker.get_job(caller(context), request.job_id))
+        return _status(self.broker.get_job(self.broker.identify(context), request.job_id))
 
     @rpc_stream
     def WatchJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
         stop = threading.Event()
         context.add_callback(stop.set)
-        for ev in self.broker.watch(caller(context), request.job_id, stop=stop):
+        for ev in self.broker.watch(self.broker.identify(context), request.job_id, stop=stop):
             yield jobs_pb2.JobEvent(job_id=ev.job_id, state=ev.state.value, message=ev.message, at_unix_ms=ev.at_ms)
 
     @rpc_method
     def GetResult(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.Result:
-        job = self.broker.result(caller(context), request.job_id)
+        job = self.broker.result(self.broker.identify(context), request.job_id)
         r = job.result or {}
         return jobs_pb2.Result(
             job_id=job.job_id,
@@ -128,7 +128,7 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
 
     def Connect(self, request_iterator: Iterator[connector_pb2.ConnectorMessage], context: grpc.ServicerContext) -> Iterator[connector_pb2.BrokerMessage]:
         try:
-            who = caller(context)
+            who = self.broker.identify(context)
             require_role(who, Role.CONNECTOR)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "hello":
@@ -195,21 +195,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc_method
     def IssueLicense(self, request: admin_pb2.License, context: grpc.ServicerContext) -> admin_pb2.License:
-        return license_to_proto(self.admin.issue_license(caller(context), license_from_proto(request)))
+        return license_to_proto(self.admin.issue_license(self.admin.broker.identify(context), license_from_proto(request)))
 
     @rpc_method
     def ChangeLicense(self, request: admin_pb2.LicenseChange, context: grpc.ServicerContext) -> admin_pb2.License:
-        lic = self.admin.change_license(caller(context), request.id, request.action,
+        lic = self.admin.change_license(self.admin.broker.identify(context), request.id, request.action,
                                        valid_until=request.valid_until, reason=request.reason)
         return license_to_proto(lic)
 
     @rpc_method
     def ListLicenses(self, request: admin_pb2.ListLicensesRequest, context: grpc.ServicerContext) -> admin_pb2.ListLicensesResponse:
-        return admin_pb2.ListLicensesResponse(licenses=[license_to_proto(x) for x in self.admin.licenses(caller(context))])
+        return admin_pb2.ListLicensesResponse(licenses=[license_to_proto(x) for x in self.admin.licenses(self.admin.broker.identify(context))])
 
     @rpc_method
     def ReexecuteJob(self, request: admin_pb2.ReexecuteRequest, context: grpc.ServicerContext) -> admin_pb2.ReexecutionReport:
-        results = self.admin.broker.reexecute(caller(context), request.job_id)
+        results = self.admin.broker.reexecute(self.admin.broker.identify(context), request.job_id)
         return admin_pb2.ReexecutionReport(job_id=request.job_id, datasets=[
             admin_pb2.DatasetReexecution(
                 dataset=r.get("dataset", ""), department=r.get("department", ""),
@@ -220,8 +220,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         ])
 
     @rpc_method
+    def RevokeCertificate(self, request: admin_pb2.RevokeCertificateRequest, context: grpc.ServicerContext) -> admin_pb2.RevokedCertificate:
+        r = self.admin.broker.revoke_certificate(self.admin.broker.identify(context), request.fingerprint.lower(),
+                                                 name=request.name, reason=request.reason)
+        return admin_pb2.RevokedCertificate(fingerprint=r["fingerprint"], name=r["name"], reason=r["reason"],
+                                            revoked_by=r["revoked_by"], at_unix_ms=r["at_ms"])
+
+    @rpc_method
+    def ListRevoked(self, request: admin_pb2.ListRevokedRequest, context: grpc.ServicerContext) -> admin_pb2.ListRevokedResponse:
+        who = self.admin.broker.identify(context)
+        require_role(who, Role.ADMIN, Role.AUDITOR)
+        return admin_pb2.ListRevokedResponse(certificates=[
+            admin_pb2.RevokedCertificate(fingerprint=r["fingerprint"], name=r["name"], reason=r["reason"],
+                                         revoked_by=r["revoked_by"], at_unix_ms=r["at_ms"])
+            for r in self.admin.broker.store.list_revoked()
+        ])
+
+    @rpc_method
     def GetAccounts(self, request: admin_pb2.GetAccountsRequest, context: grpc.ServicerContext) -> admin_pb2.Accounts:
-        ledger, bills = self.admin.accounts(caller(context))
+        ledger, bills = self.admin.accounts(self.admin.broker.identify(context))
         return admin_pb2.Accounts(
             ledger=[admin_pb2.LedgerRow(license=lic, dataset=ds, period=p, spent=f"{spent.numerator}/{spent.denominator}",
                                         runs=runs) for lic, ds, p, spent, runs in ledger],
@@ -230,11 +247,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @rpc_method
     def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.ServicerContext) -> admin_pb2.Policy:
-        version, bundle = self.admin.policy(caller(context), request.version)
+        version, bundle = self.admin.policy(self.admin.broker.identify(context), request.version)
         return admin_pb2.Policy(version=version, **bundle)
 
     @rpc_method
     def SetPolicy(self, request: admin_pb2.Policy, context: grpc.ServicerContext) -> admin_pb2.Policy:
         bundle = PolicyBundle(model=request.model, rules=request.rules, settings=request.settings)
-        version = self.admin.set_policy(caller(context), bundle)
+        version = self.admin.set_policy(self.admin.broker.identify(context), bundle)
         return admin_pb2.Policy(version=version, **bundle.to_dict())

@@ -120,6 +120,8 @@ class Store(Protocol):
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
     def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]: ...
     def put_license(self, record: dict[str, Any]) -> None: ...
+    def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]: ...
+    def revoked(self, fingerprint: str) -> dict[str, Any] | None: ...
     def get_license(self, license_id: str) -> dict[str, Any] | None: ...
     def list_licenses(self) -> list[dict[str, Any]]: ...
     def put_policy_version(self, version: str, bundle: dict[str, str], *, current: bool) -> None: ...
@@ -185,6 +187,13 @@ CREATE TABLE IF NOT EXISTS policy_versions (
     version TEXT PRIMARY KEY,
     bundle TEXT NOT NULL,
     created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_certificates (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    revoked_by TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -360,6 +369,27 @@ class SqliteStore:
                 db.execute("UPDATE reservations SET released=1 WHERE job_id=? AND dataset=?", (job_id, dataset))
                 out.append((dataset, eps))
         return out
+
+    # -- certificate revocation --------------------------------------------------------
+    def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO revoked_certificates(fingerprint, name, reason, revoked_by, at_ms) VALUES (?,?,?,?,?)",
+                (fingerprint, name, reason, by, now_ms()),
+            )
+        return self.revoked(fingerprint) or {}
+
+    def revoked(self, fingerprint: str) -> dict[str, Any] | None:
+        row = self._db().execute(
+            "SELECT fingerprint, name, reason, revoked_by, at_ms FROM revoked_certificates WHERE fingerprint=?", (fingerprint,)
+        ).fetchone()
+        return dict(zip(("fingerprint", "name", "reason", "revoked_by", "at_ms"), row)) if row else None
+
+    def list_revoked(self) -> list[dict[str, Any]]:
+        rows = self._db().execute(
+            "SELECT fingerprint, name, reason, revoked_by, at_ms FROM revoked_certificates ORDER BY at_ms"
+        ).fetchall()
+        return [dict(zip(("fingerprint", "name", "reason", "revoked_by", "at_ms"), r)) for r in rows]
 
     # -- licenses and policy versions ---------------------------------------------
     def put_license(self, record: dict[str, Any]) -> None:

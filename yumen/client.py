@@ -212,6 +212,21 @@ class AdminClient:
             "bills": {(b.operator, b.currency): (Decimal(b.amount), b.jobs) for b in a.bills},
         }
 
+    def revoke_certificate(self, fingerprint: str, *, name: str = "", reason: str = "") -> dict[str, Any]:
+        from yumen.v1 import admin_pb2
+
+        r = call(self._admin.RevokeCertificate,
+                 admin_pb2.RevokeCertificateRequest(fingerprint=fingerprint, name=name, reason=reason), timeout=30)
+        return {"fingerprint": r.fingerprint, "name": r.name, "reason": r.reason, "revoked_by": r.revoked_by,
+                "at_ms": r.at_unix_ms}
+
+    def revoked(self) -> list[dict[str, Any]]:
+        from yumen.v1 import admin_pb2
+
+        r = call(self._admin.ListRevoked, admin_pb2.ListRevokedRequest(), timeout=30)
+        return [{"fingerprint": c.fingerprint, "name": c.name, "reason": c.reason, "revoked_by": c.revoked_by,
+                 "at_ms": c.at_unix_ms} for c in r.certificates]
+
     def reexecute(self, job_id: str) -> list[dict[str, Any]]:
         """Ask the departments of a logged job to re-run it and check its output commitment."""
         from yumen.v1 import admin_pb2

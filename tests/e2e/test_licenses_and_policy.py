@@ -120,3 +120,35 @@ def test_policy_change_is_atomic_versioned_and_named_by_later_decisions(space, o
     assert out["job"]["policy_version"] == new
     old = admin.json("admin", "policy", "show", "--version", before["version"])
     assert old["rules"] == before["rules"]  # history is kept, never rewritten
+
+
+def test_a_revoked_certificate_is_refused_at_once(space):
+    admin = _cli(space, "admin-1")
+    cert, _ = issue(space.pki, role=Role.OPERATOR, name="operator-3", license="LIC-2026-0001")
+    op = _cli(space, "operator-3")
+    assert op("catalog", "list").returncode == 0
+    admin("admin", "cert", "revoke", "--certificate", str(cert), "--reason", "laptop stolen", check=0)
+    proc = op("catalog", "list")
+    assert proc.returncode == exit_code(Code.UNAUTHENTICATED) and "revoked: laptop stolen" in proc.stderr
+    assert "operator-3" in admin("admin", "cert", "list", check=0).stdout
+    assert _cli(space, "operator-1")("catalog", "list").returncode == 0  # nobody else is affected
+
+
+def test_revoking_a_connector_certificate_cuts_its_stream(space):
+    admin = _cli(space, "admin-1")
+    cert, _ = issue(space.pki, role=Role.CONNECTOR, name="farm-office", department="agriculture-dept")
+    from yumen.identity import identity_from_pem
+
+    fp = identity_from_pem(cert.read_bytes()).fingerprint
+    admin("admin", "cert", "revoke", "--fingerprint", fp, "--name", "farm-office", check=0)
+    from yumen.rpc import TlsFiles, secure_channel
+    from yumen.v1 import connector_pb2, connector_pb2_grpc
+    import grpc
+
+    ch = secure_channel(space.address, TlsFiles(ca=space.pki / "ca.crt", cert=cert, key=space.pki / "farm-office.key"))
+    stream = connector_pb2_grpc.ConnectorServiceStub(ch).Connect(
+        iter([connector_pb2.ConnectorMessage(hello=connector_pb2.Hello(connector_id="farm-office"))]), timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stream)
+    ch.close()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -89,6 +89,43 @@ def _policy_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cert_revoke(args: argparse.Namespace) -> int:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from yumen.errors import Code, YumenError
+
+    if bool(args.cert_file) == bool(args.fingerprint):
+        raise YumenError(Code.INVALID_ARGUMENT, "name the certificate with exactly one of --certificate FILE and --fingerprint HEX")
+    name = args.name or ""
+    fingerprint = (args.fingerprint or "").lower()
+    if args.cert_file:
+        try:
+            cert = x509.load_pem_x509_certificate(Path(args.cert_file).read_bytes())
+        except (OSError, ValueError) as e:
+            raise YumenError(Code.INVALID_ARGUMENT, f"cannot read certificate {args.cert_file}: {e}") from None
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        name = name or cert.subject.rfc4514_string()
+    with _admin(args) as c:
+        r = c.revoke_certificate(fingerprint, name=name, reason=args.reason or "")
+    if args.json:
+        _print_json(r)
+    else:
+        print(f"certificate {r['fingerprint'][:16]}… ({r['name']}) revoked; calls made with it are refused from now on")
+    return 0
+
+
+def _cert_list(args: argparse.Namespace) -> int:
+    with _admin(args) as c:
+        rows = c.revoked()
+    if args.json:
+        _print_json({"revoked": rows})
+    else:
+        for r in rows:
+            print(f"{r['fingerprint'][:16]}…  {r['name']}  by {r['revoked_by']}: {r['reason']}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("admin", help="the data authority: licenses and policy")
     asub = p.add_subparsers(dest="admin_command", metavar="AREA", required=True)
@@ -122,6 +159,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true")
     _conn_args(ls)
     ls.set_defaults(func=_list)
+
+    cert = asub.add_parser("cert", help="revoke certificates of the data space")
+    csub = cert.add_subparsers(dest="cert_command", metavar="ACTION", required=True)
+    rv = csub.add_parser("revoke", help="revoke a certificate at once (a connector holding it is disconnected)")
+    rv.add_argument("--certificate", dest="cert_file", help="the certificate file (PEM)")
+    rv.add_argument("--fingerprint", help="or its SHA-256 fingerprint, hex")
+    rv.add_argument("--name", help="who holds it, for the record")
+    rv.add_argument("--reason")
+    rv.add_argument("--json", action="store_true")
+    _conn_args(rv)
+    rv.set_defaults(func=_cert_revoke)
+    rl = csub.add_parser("list", help="list revoked certificates")
+    rl.add_argument("--json", action="store_true")
+    _conn_args(rl)
+    rl.set_defaults(func=_cert_list)
 
     pol = asub.add_parser("policy", help="show or change the usage-control policy")
     psub = pol.add_subparsers(dest="policy_command", metavar="ACTION", required=True)

@@ -139,3 +139,37 @@ class ReexecutionReport(_message.Message):
     job_id: str
     datasets: _containers.RepeatedCompositeFieldContainer[DatasetReexecution]
     def __init__(self, job_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetReexecution, _Mapping]]] = ...) -> None: ...
+
+class RevokeCertificateRequest(_message.Message):
+    __slots__ = ("fingerprint", "name", "reason")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    name: str
+    reason: str
+    def __init__(self, fingerprint: _Optional[str] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RevokedCertificate(_message.Message):
+    __slots__ = ("fingerprint", "name", "reason", "revoked_by", "at_unix_ms")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_BY_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    name: str
+    reason: str
+    revoked_by: str
+    at_unix_ms: int
+    def __init__(self, fingerprint: _Optional[str] = ..., name: _Optional[str] = ..., reason: _Optional[str] = ..., revoked_by: _Optional[str] = ..., at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListRevokedRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRevokedResponse(_message.Message):
+    __slots__ = ("certificates",)
+    CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    certificates: _containers.RepeatedCompositeFieldContainer[RevokedCertificate]
+    def __init__(self, certificates: _Optional[_Iterable[_Union[RevokedCertificate, _Mapping]]] = ...) -> None: ...

@@ -34,6 +34,16 @@ class AdminServiceStub(object):
         Args:
             channel: A grpc.Channel.
         """
+        self.RevokeCertificate = channel.unary_unary(
+                '/yumen.v1.AdminService/RevokeCertificate',
+                request_serializer=yumen_dot_v1_dot_admin__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_admin__pb2.RevokedCertificate.FromString,
+                _registered_method=True)
+        self.ListRevoked = channel.unary_unary(
+                '/yumen.v1.AdminService/ListRevoked',
+                request_serializer=yumen_dot_v1_dot_admin__pb2.ListRevokedRequest.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_admin__pb2.ListRevokedResponse.FromString,
+                _registered_method=True)
         self.ReexecuteJob = channel.unary_unary(
                 '/yumen.v1.AdminService/ReexecuteJob',
                 request_serializer=yumen_dot_v1_dot_admin__pb2.ReexecuteRequest.SerializeToString,
@@ -73,6 +83,18 @@ class AdminServiceStub(object):
 
 class AdminServiceServicer(object):
     """Missing associated documentation comment in .proto file."""
+
+    def RevokeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevoked(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def ReexecuteJob(self, request, context):
         """For auditors and administrators: ask the departments (with their consent) to re-run a
@@ -122,6 +144,16 @@ class AdminServiceServicer(object):
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=yumen_dot_v1_dot_admin__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=yumen_dot_v1_dot_admin__pb2.RevokedCertificate.SerializeToString,
+            ),
+            'ListRevoked': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevoked,
+                    request_deserializer=yumen_dot_v1_dot_admin__pb2.ListRevokedRequest.FromString,
+                    response_serializer=yumen_dot_v1_dot_admin__pb2.ListRevokedResponse.SerializeToString,
+            ),
             'ReexecuteJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ReexecuteJob,
                     request_deserializer=yumen_dot_v1_dot_admin__pb2.ReexecuteRequest.FromString,
@@ -167,6 +199,60 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService(object):
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.AdminService/RevokeCertificate',
+            yumen_dot_v1_dot_admin__pb2.RevokeCertificateRequest.SerializeToString,
+            yumen_dot_v1_dot_admin__pb2.RevokedCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevoked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.AdminService/ListRevoked',
+            yumen_dot_v1_dot_admin__pb2.ListRevokedRequest.SerializeToString,
+            yumen_dot_v1_dot_admin__pb2.ListRevokedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ReexecuteJob(request,
