@@ -134,7 +134,8 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
     for ds, d in per.items():
         decision = engine.decide(DecisionRequest(
             license=entry.license_id, department=d["department"], dataset=ds, level=d["level"], tier=entry.tier,
-            purpose=entry.purpose, epsilon=Fraction(entry.epsilon), price_class=d.get("price_class", "standard"), at=at,
+            purpose=entry.purpose, epsilon=Fraction(entry.epsilon), price_class=d.get("price_class", "standard"),
+            encrypted=bool(entry.details.get("he")), at=at,
         ), lic)
         obligations = decision.obligations.to_dict() if decision.obligations else {}
         if entry.allowed:

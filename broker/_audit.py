@@ -88,7 +88,7 @@ class BrokerAudit:
             request_digest=request.digest(),
             details={"department": reg.department, "level": reg.level.value, "dataset_version": reg.version,
                      "gate": decision.gate, "price": str(decision.price), "price_class": reg.price_class,
-                     "period": period},
+                     "period": period, "he": bool(request.he_context)},
         ))
 
     def job_allowed(self, request: JobRequest, operator: Identity, decisions: list[tuple[DatasetRegistration, Decision]],

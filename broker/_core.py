@@ -6,8 +6,9 @@ department's connector and receives signed receipts carrying only released value
 Ordering and failure: a job and its budget reservation are written in one transaction
 (:meth:`Store.create_job`); the decision is then appended to the log. If the broker dies
 between the two, :meth:`Broker.recover` appends the missing decision at the next start,
-so the ledger and the log agree. Budget is never refunded once a ticket has been issued,
-because from then on the department may have touched the data.
+so the ledger and the log agree. Budget is never refunded once the department may have
+touched the data; it is given back only for a job cancelled before any ticket ran, or
+refused by the department (which refuses before it reads anything, and signs that).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from yumen.broker._store import (
     EventRecord,
     JobRecord,
     Reservation,
-    SqliteStore,
+    Store,
     budget_exhausted,
-    now_ms,
     dataset_exhausted_message,
+    now_ms,
     runs_exhausted,
 )
 
@@ -82,7 +83,7 @@ class Broker:
         self,
         *,
         broker_id: str,
-        store: SqliteStore,
+        store: Store,
         policy: PolicyEngine,
         audit: BrokerAudit,
         signing_key: ec.EllipticCurvePrivateKey,
@@ -91,7 +92,6 @@ class Broker:
         self.id = broker_id
         self.store = store
         self._policy = policy
-        self._started = time.monotonic()
         self.audit = audit
         self._key = signing_key
         self._ttl_ms = ticket_ttl_s * 1000
@@ -131,7 +131,8 @@ class Broker:
             DecisionRequest(
                 license=identity.license, department=reg.department, dataset=reg.id, level=reg.level.value,
                 tier=request.tier.value, purpose=request.purpose.value, epsilon=request.epsilon,
-                price_class=reg.price_class, at=at or dt.datetime.now(dt.timezone.utc),
+                price_class=reg.price_class, encrypted=bool(request.he_context),
+                at=at or dt.datetime.now(dt.timezone.utc),
             ),
             self.license(identity.license),
         )
@@ -244,12 +245,6 @@ class Broker:
         for reg in regs:
             self._validate_work(request, reg)
             decision = self.decide(identity, request, reg)
-            if decision.allowed and decision.obligations and "he" in decision.obligations.mechanism \
-                    and not request.he_context:
-                decision = dataclasses.replace(
-                    decision, allowed=False, gate="obligation",
-                    reason=f"rule {decision.rule} requires homomorphic delivery on dataset {reg.id}; "
-                           "attach a public CKKS context (yumen submit … --he)")
             if not decision.allowed:
                 self.audit.job_decided(request, identity, reg, decision)
                 raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")

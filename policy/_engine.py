@@ -134,6 +134,7 @@ class DecisionRequest:
     purpose: str
     epsilon: Fraction
     price_class: str = "standard"
+    encrypted: bool = False  # the job carries the operator's public key for homomorphic delivery
     at: dt.datetime = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
@@ -348,6 +349,10 @@ class PolicyEngine:
         price = self.price(req.price_class, req.purpose, req.epsilon)
         if ob.expires is not None and req.at >= ob.expires:
             return deny("obligation", f"rule {rule} expired on {format_time(ob.expires)}", rule=rule, obligations=ob)
+        if "he" in ob.mechanism and not req.encrypted:
+            return deny("obligation",
+                        f"rule {rule} requires homomorphic delivery on dataset {req.dataset}; "
+                        "attach a public CKKS context (yumen submit … --he)", rule=rule, obligations=ob, price=price)
         if req.epsilon > ob.max_epsilon:
             return deny("obligation",
                         f"ε {format_epsilon(req.epsilon)} is above the {format_epsilon(ob.max_epsilon)} allowed per job "

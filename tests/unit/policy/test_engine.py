@@ -127,3 +127,13 @@ def test_invalid_policy_is_refused_with_the_reason():
         PolicyEngine(PolicyBundle(model=a.model, rules=a.rules,
                                   settings=a.settings.replace('public-interest = { base = "0", per_epsilon = "0" }',
                                                               'public-interest = { base = "1", per_epsilon = "0" }', 1)))
+
+
+def test_a_rule_requiring_homomorphic_delivery_denies_plaintext_jobs():
+    a = PolicyBundle.default()
+    settings = a.settings.replace('[rules.restricted]\nmax_epsilon = "0.5"', '[rules.restricted]\nmechanism = "dp+he"\nmax_epsilon = "0.5"')
+    engine = PolicyEngine(PolicyBundle(model=a.model, rules=a.rules, settings=settings))
+    plain = engine.decide(req("L3"), lic())
+    assert not plain.allowed and plain.gate == "obligation" and "homomorphic delivery" in plain.reason
+    encrypted = engine.decide(DecisionRequest(**{**req("L3").__dict__, "encrypted": True}), lic())
+    assert encrypted.allowed and encrypted.obligations.mechanism == "dp+he"
