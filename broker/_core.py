@@ -386,6 +386,20 @@ class Broker:
             return f"license {job.license} is no longer registered"
         return lic.refusal(purpose=job.request["purpose"], level=job.decision["level"], at=dt.datetime.now(dt.timezone.utc))
 
+    def sweep_queued(self) -> int:
+        """Cancel queued jobs whose license lapsed (expired, suspended, revoked) while they waited.
+
+        Run periodically by the server, so a job waiting for an offline connector does not
+        stay pending after its license ended. Returns how many jobs were cancelled.
+        """
+        cancelled = 0
+        for job in self.store.jobs_in_state(JobState.PENDING):
+            why = self._license_still_valid(job)
+            if why:
+                self.cancel_unstarted(job, why)
+                cancelled += 1
+        return cancelled
+
     def cancel_unstarted(self, job: JobRecord, reason: str) -> None:
         """Cancel a job no connector has started: its budget is given back, and it is logged."""
         with self._lock_for(job.job_id):

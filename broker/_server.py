@@ -109,12 +109,22 @@ class BrokerServer:
 
         add_audit_service(self.server, self.broker.audit.tlog, authorize)
 
+    def _sweep(self) -> None:
+        while not self._stopping.wait(30):
+            try:
+                self.broker.sweep_queued()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a transient store error
+                log.exception("sweeping queued jobs failed")
+
     def start(self) -> None:
+        self._stopping = threading.Event()
+        threading.Thread(target=self._sweep, name="sweeper", daemon=True).start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("broker %s listening on %s", self.config.id, self.config.listen)
 
     def stop(self, grace: float = 2.0) -> None:
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 

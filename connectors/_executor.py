@@ -123,13 +123,13 @@ class ServedDataset:
 def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
-) -> tuple[list[dict[str, float]], dict[str, int], int, str, str]:
+) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
     run the algorithm once per block, each in a fresh sandbox, a few at a time.
 
     Returns the block outputs (a failed block gives ``{FAILED_SHARE: 1}``, others their
-    result with ``FAILED_SHARE: 0``), the count of each sandbox status, the CPU time, and
-    the backend and runtime digest.
+    result with ``FAILED_SHARE: 0``), the count of each sandbox status, the CPU time, the
+    backend and runtime digest, and the sandbox reports (for the department's own logs).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -162,7 +162,7 @@ def run_blocks(
         outputs.append({**(report.result if ok else {}), FAILED_SHARE: 0.0 if ok else 1.0})
     cpu_ms = sum(int(r.usage.cpu_ms) for r in reports)
     last = reports[-1]
-    return outputs, statuses, cpu_ms, last.backend, last.runtime_digest
+    return outputs, statuses, cpu_ms, last.backend, last.runtime_digest, reports
 
 
 def _commitment(salt: bytes, exact: Any) -> str:
@@ -455,6 +455,7 @@ class Executor:
         cpu_ms = 0
         if ticket.tier == "approved-algorithm":
             report = run(snapshot)
+            self._keep_logs(ticket, report, "run")
             cpu_ms = int(report.usage.cpu_ms)
             common = {"algorithm_digest": algo["digest"], "backend": report.backend,
                       "runtime_digest": report.runtime_digest, "metering": {"cpu_ms": cpu_ms, "sandbox_runs": 1}}
@@ -469,11 +470,13 @@ class Executor:
         # midpoint inside aggregate_blocks, and it adds to the noisy failed share.
         k = int(algo.get("blocks", 10))
         seed = hashlib.blake2b(b"yumen-blocks", key=salt[:32]).digest()
-        outputs, statuses, block_cpu_ms, backend_name, runtime = run_blocks(
+        outputs, statuses, block_cpu_ms, backend_name, runtime, reports = run_blocks(
             backend, source, reg, snapshot, k, seed, params=algo.get("params", {}),
             timeout_s=float(algo.get("timeout_s", 60)), memory_mb=int(algo.get("memory_mb", 512)),
         )
         cpu_ms += block_cpu_ms
+        for i, block_report in enumerate(reports):
+            self._keep_logs(ticket, block_report, f"block-{i}")
         # Whether the code failed is itself an output of untrusted code on private data, so
         # it is released the same way: the share of failed blocks, averaged and noised with
         # the other outputs (one person changes one block, so its sensitivity is 1/k).
@@ -490,6 +493,18 @@ class Executor:
                     "error": f"the algorithm failed in most blocks (noisy share {failed_share:.2f}); "
                              "try it on mock data first with `yumen dev run`"}
         return {**common, **self._released(release, "", salt, grouped=False)}
+
+    def _keep_logs(self, ticket: Ticket, report: Any, name: str) -> None:
+        """Keep the algorithm's captured (capped) stdout and stderr for the department only.
+
+        They may contain data the code printed, so they never go into a receipt; the
+        department reads them under ``state_dir/job-logs/<job>/<dataset>/``.
+        """
+        folder = self.config.state_dir / "job-logs" / ticket.job_id / ticket.dataset
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (folder / f"{name}.stdout").write_bytes(report.stdout)
+        (folder / f"{name}.stderr").write_bytes(report.stderr)
+        (folder / f"{name}.json").write_text(json.dumps(report.to_json(), indent=2))
 
     def _released(self, release: Any, statistic: str, salt: bytes, *, grouped: bool) -> dict[str, Any]:
         values = []

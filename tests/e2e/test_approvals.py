@@ -65,3 +65,6 @@ def test_an_approved_algorithm_that_crashes_gets_a_clear_error(space, operator):
     _department(space, "approve", _digest(algo))
     out = _submit(operator, algo, "crash-2")
     assert out["job"]["state"] == "failed" and "status error" in out["job"]["message"]
+    assert "fell over" not in out["job"]["message"]  # the algorithm's output never reaches the operator
+    stderr = space.root / "weather-bureau-state" / "job-logs" / "crash-2" / "weather-daily" / "run.stderr"
+    assert b"the algorithm fell over" in stderr.read_bytes()  # the department keeps it

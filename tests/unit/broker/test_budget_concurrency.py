@@ -107,3 +107,17 @@ def test_after_a_crash_between_reservation_and_logging_the_ledger_and_the_log_ag
     replay(b.audit.tlog.entries(0, b.audit.tlog.size), reevaluate=lambda e, c: reevaluate(e, c, ledger),
            accumulators={"ledger": ledger, "bills": Bills()})
     assert ledger.spent("LIC-C", "weather-daily", period) == b.store.spent("LIC-C", "weather-daily", period) == 5
+
+
+def test_a_queued_job_is_cancelled_when_its_license_expires_while_it_waits(tmp_path):
+    b = _broker(tmp_path)
+    b.submit(WHO, _job(7, "1"))  # no connector is online: the job waits
+    assert b.store.get_job("c-7").state is JobState.PENDING
+    assert b.sweep_queued() == 0
+    lic = License.from_dict(b.store.get_license("LIC-C"))
+    expired = License.from_dict({**lic.to_dict(), "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2021-01-01T00:00:00Z"})
+    b.store.put_license(expired.to_dict())
+    assert b.sweep_queued() == 1
+    job = b.store.get_job("c-7")
+    assert job.state is JobState.CANCELLED and "expired" in job.message
+    assert b.store.spent("LIC-C", "weather-daily", Broker.period_of(30)) == 0  # nothing was touched
