@@ -298,13 +298,16 @@ class Executor:
         self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext)
         return payload, sig, ciphertext
 
-    def _refusal(self, ticket: Ticket) -> str:
+    def _refusal(self, ticket: Ticket, algorithm_source: bytes) -> str:
         if ticket.connector != self.config.id:
             return f"the ticket is addressed to connector {ticket.connector}"
         if ticket.dataset not in self.datasets:
             return f"this connector does not serve dataset {ticket.dataset}"
         if ticket.expires_at_ms < time.time() * 1000:
             return "the ticket has expired"
+        algo = ticket.work.get("algorithm")
+        if algo is not None and "sha256:" + hashlib.sha256(algorithm_source).hexdigest() != algo.get("digest"):
+            return "the algorithm does not match the digest in the ticket"
         return self.config.local_policy.refusal(tier=ticket.tier, purpose=ticket.purpose, epsilon=ticket.epsilon)
 
     def _local_gates(self, ticket: Ticket, algorithm_source: bytes) -> str:
@@ -355,7 +358,7 @@ class Executor:
         return ""
 
     def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
-        reason = self._refusal(ticket) or self._local_gates(ticket, algorithm_source)
+        reason = self._refusal(ticket, algorithm_source) or self._local_gates(ticket, algorithm_source)
         if reason:
             self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome="refused", seconds=0.0)
             log.info("job %s refused locally: %s", ticket.job_id, reason)

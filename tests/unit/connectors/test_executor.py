@@ -1,0 +1,111 @@
+"""The connector as an enforcement point: what it checks before touching data, and after."""
+
+from __future__ import annotations
+
+import json
+import time
+from fractions import Fraction
+
+import pytest
+from cryptography import x509
+
+from yumen.catalog import DatasetRegistration
+from yumen.connectors import LocalPolicy, SourceSpec, demo_registration, generate_demo
+from yumen.connectors._config import ConnectorConfig, DatasetConfig
+from yumen.connectors._executor import Executor
+from yumen.identity import Role, init_ca, issue, load_private_key
+from yumen.rpc import TlsFiles
+from yumen.tickets import Receipt, Ticket
+
+
+@pytest.fixture
+def world(tmp_path):
+    init_ca(tmp_path / "pki")
+    bcert, bkey = issue(tmp_path / "pki", role=Role.BROKER, name="broker")
+    ccert, ckey = issue(tmp_path / "pki", role=Role.CONNECTOR, name="wb", department="weather-bureau")
+    data = generate_demo("weather-daily", 3_650, 1, tmp_path / "w.parquet")
+    reg = DatasetRegistration.from_dict(demo_registration("weather-daily"))
+    config = ConnectorConfig(
+        id="wb", department="weather-bureau", broker="127.0.0.1:1", state_dir=tmp_path / "state", sandbox="bwrap",
+        max_parallel_jobs=1, tls=TlsFiles(ca=tmp_path / "pki" / "ca.crt", cert=ccert, key=ckey), broker_certificate=bcert,
+        local_policy=LocalPolicy(max_epsilon_per_job=Fraction(1), dataset_epsilon_cap=Fraction(3, 2)),
+        datasets=(DatasetConfig(registration=reg, source=SourceSpec(kind="parquet", path=str(data))),), path=tmp_path / "c.toml",
+    )
+    broker_key = load_private_key(bkey)
+    executor = Executor(config, load_private_key(ckey), x509.load_pem_x509_certificate(bcert.read_bytes()))
+    connector_cert = x509.load_pem_x509_certificate(ccert.read_bytes())
+    version = executor.datasets["weather-daily"].refresh().version
+
+    def ticket(job_id: str = "j1", **kw):
+        fields = dict(job_id=job_id, broker="broker", connector="wb", department="weather-bureau", dataset="weather-daily",
+                      dataset_version=version, operator="op", license="L", tier="query", purpose="research",
+                      epsilon=Fraction(1, 2), work={"query": {"aggregate": "count", "column": "", "group_by": ""}},
+                      obligations={}, policy_version="sha256:" + "0" * 64, rule="r",
+                      issued_at_ms=int(time.time() * 1000), expires_at_ms=int(time.time() * 1000) + 60_000)
+        fields.update(kw)
+        return Ticket(**fields).sign(broker_key)
+
+    def run(payload_sig, executor=executor):
+        out = executor.handle(*payload_sig, b"")
+        return None if out is None else Receipt.verify(out[0], out[1], connector_cert)
+
+    return {"ticket": ticket, "run": run, "config": config, "executor": executor, "bkey": broker_key,
+            "ckey": load_private_key(ckey), "bcert": bcert, "tmp": tmp_path}
+
+
+def test_a_ticket_signed_by_another_key_is_dropped_unanswered(world, tmp_path):
+    init_ca(tmp_path / "rogue")
+    _, rogue = issue(tmp_path / "rogue", role=Role.BROKER, name="broker")
+    payload, _ = world["ticket"]()
+    from yumen.identity import sign_payload
+
+    assert world["run"]((payload, sign_payload(load_private_key(rogue), "ticket", payload))) is None
+
+
+def test_a_valid_ticket_runs_once_and_a_redelivery_gets_the_same_receipt(world):
+    first = world["run"](world["ticket"]())
+    again = world["run"](world["ticket"]())  # re-signed, same job and dataset
+    assert first.status == "ok" and first.values and first.commitment.startswith("sha256:")
+    assert again.digest() == first.digest()
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"connector": "other"}, "addressed to connector other"),
+    ({"dataset": "no-such"}, "does not serve dataset no-such"),
+    ({"expires_at_ms": 1}, "expired"),
+    ({"epsilon": Fraction(2)}, "above the department's limit of 1"),
+])
+def test_the_department_refuses_before_touching_data(world, change, needle):
+    r = world["run"](world["ticket"](**change))
+    assert r.status == "refused" and needle in r.error and r.epsilon_charged == 0
+
+
+def test_algorithm_source_that_does_not_match_the_ticket_digest_never_runs(world):
+    work = {"algorithm": {"digest": "sha256:" + "0" * 64, "outputs": [{"name": "a", "lower": 0, "upper": 1}],
+                          "blocks": 2}}
+    out = world["executor"].handle(*world["ticket"]("algo", tier="custom-algorithm", work=work), b"print('hi')")
+    r = Receipt.from_dict(json.loads(out[0]))
+    assert r.status == "refused" and "does not match the digest" in r.error and r.epsilon_charged == 0
+
+
+def test_the_departments_own_ledger_refuses_an_overrun_the_broker_allowed(world):
+    assert world["run"](world["ticket"]("a", epsilon=Fraction(1))).status == "ok"
+    r = world["run"](world["ticket"]("b", epsilon=Fraction(1)))
+    assert r.status == "refused" and "own budget" in r.error and "0.5 of 1.5" in r.error
+
+
+def test_a_job_interrupted_by_a_crash_is_reported_failed_not_run_twice(world):
+    payload, sig = world["ticket"]("crashy")
+    t = Ticket.verify(payload, sig, x509.load_pem_x509_certificate(world["bcert"].read_bytes()))
+    world["executor"].state.claim(t.job_id, t.dataset, Ticket.digest_of_payload(payload))  # then the process died
+    fresh = Executor(world["config"], world["ckey"], x509.load_pem_x509_certificate(world["bcert"].read_bytes()))
+    r = world["run"]((payload, sig), executor=fresh)
+    assert r.status == "failed" and "interrupted" in r.error
+
+
+def test_an_encryption_context_that_does_not_match_the_ticket_is_refused(world):
+    payload, sig = world["ticket"]("he", work={"query": {"aggregate": "count", "column": "", "group_by": ""},
+                                              "he_context": "sha256:" + "1" * 64})
+    out = world["executor"].handle(payload, sig, b"", b"another context")
+    r = Receipt.from_dict(json.loads(out[0]))
+    assert r.status == "refused" and "encryption context" in r.error
