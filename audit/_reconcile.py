@@ -78,11 +78,18 @@ class Ledger:
         elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
             self._give_back(entry.job_id)
         elif isinstance(entry, JobExecuted) and entry.details.get("status") == "refused":
-            self._give_back(entry.job_id)
+            self._give_back(entry.job_id, dataset=entry.dataset_id)
 
-    def _give_back(self, job_id: str) -> None:
+    def _give_back(self, job_id: str, *, dataset: str = "") -> None:
+        """Return a job's reservations (one dataset's, or all): nothing was touched there."""
+        kept = []
         for lic, ds, period, eps in self._jobs.pop(job_id, []):
+            if dataset and ds != dataset:
+                kept.append((lic, ds, period, eps))
+                continue
             self._add((lic, ds, period), -eps, -1)
+        if kept:
+            self._jobs[job_id] = kept
 
     def spent(self, license: str, dataset: str, period: str) -> Fraction:
         return self.books.get((license, dataset, period), (Fraction(0), 0))[0]

@@ -161,6 +161,29 @@ class BrokerAudit:
                      "ciphertext_digest": result.get("ciphertext_digest", "")},
         ))
 
+    def recover_receipts(self, store: Any) -> list[tuple[Any, Receipt, int]]:
+        """Log receipts the store holds but the log lacks; return them with their jobs."""
+        import json
+
+        from yumen.audit import JobExecuted
+        from yumen.identity import Role
+        from yumen.jobs import JobState
+
+        logged = {(e.job_id, e.dataset_id) for _, e in self.tlog.entries(0, self.tlog.size) if isinstance(e, JobExecuted)}
+        out = []
+        for job in store.jobs_in_state(*JobState):
+            for dataset, part in store.partials(job.job_id).items():
+                if (job.job_id, dataset) in logged:
+                    continue
+                payload = part["payload"].encode()
+                receipt = Receipt.from_dict(json.loads(payload))
+                who = Identity(role=Role.CONNECTOR, name=receipt.connector, department=receipt.department)
+                index = self.job_executed(receipt, payload, bytes.fromhex(part["signature"]), who)
+                out.append((job, receipt, index))
+        if out:
+            log.warning("recovered %d receipts missing from the log", len(out))
+        return out
+
     def latest_policy_version(self) -> str:
         """The policy version named by the last ``policy_changed`` entry ("" when none)."""
         latest = ""

@@ -507,30 +507,35 @@ class Broker:
                 log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
                 return
             index = self.audit.job_executed(receipt, payload, signature, link.identity)
-            if job.state.final:
-                return
-            dept = link.identity.department
-            if receipt.status == "refused":
-                # The connector refuses before it reads any data, so the budget is given back.
-                self.store.release_reservation(job.job_id)
-                self._set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
-                return
-            if receipt.status == "failed":
-                self._set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
-                return
-            partials = self.store.partials(job.job_id)
-            if set(partials) != set(job.request["datasets"]):
-                self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
-                return
-            try:
-                result = combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
-                                             for p in partials.values()])
-            except YumenError as e:
-                self._set_state(job.job_id, JobState.FAILED, f"the partial results could not be combined: {e.message}")
-                return
-            result["log_index_executed"] = index
-            result["log_index"] = self.audit.job_released(job, result)
-            self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
+            self._advance(job, receipt, index)
+
+    def _advance(self, job: JobRecord, receipt: Receipt, index: int) -> None:
+        """Move a job on after one of its receipts was stored and logged."""
+        if job.state.final:
+            return
+        dept = receipt.department
+        if receipt.status == "refused":
+            # The connector refuses before it reads any data, so that dataset's budget is given
+            # back (datasets of the same job that did run keep their charge).
+            self.store.release_reservation(job.job_id, dataset=receipt.dataset)
+            self._set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
+            return
+        if receipt.status == "failed":
+            self._set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
+            return
+        partials = self.store.partials(job.job_id)
+        if set(partials) != set(job.request["datasets"]):
+            self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
+            return
+        try:
+            result = combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
+                                   for p in partials.values()])
+        except YumenError as e:
+            self._set_state(job.job_id, JobState.FAILED, f"the partial results could not be combined: {e.message}")
+            return
+        result["log_index_executed"] = index
+        result["log_index"] = self.audit.job_released(job, result)
+        self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
 
     # -- audit re-execution ------------------------------------------------------------
     def reexecute(self, identity: Identity, job_id: str, *, timeout: float = 300) -> list[dict[str, Any]]:
@@ -589,8 +594,17 @@ class Broker:
 
     # -- recovery ----------------------------------------------------------------
     def recover(self) -> None:
-        """Bring the log level with the store after a crash (see module docstring)."""
+        """Bring the log level with the store after a crash (see module docstring).
+
+        Decisions the store holds but the log lacks are appended; so are receipts stored but
+        never logged (the broker died between the two), and their jobs are moved on.
+        """
         self.audit.recover(self.store)
+        for job, receipt, index in self.audit.recover_receipts(self.store):
+            with self._lock_for(job.job_id):
+                current = self.store.get_job(job.job_id)
+                if current is not None:
+                    self._advance(current, receipt, index)
 
 
 def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:

@@ -118,7 +118,7 @@ class Store(Protocol):
     def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
-    def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]: ...
+    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, Fraction]]: ...
     def put_license(self, record: dict[str, Any]) -> None: ...
     def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]: ...
     def revoked(self, fingerprint: str) -> dict[str, Any] | None: ...
@@ -352,13 +352,14 @@ class SqliteStore:
             (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms),
         )
 
-    def release_reservation(self, job_id: str) -> list[tuple[str, Fraction]]:
-        """Give back a job's budget. Only for jobs whose data was never touched (no ticket
-        executed: revoked before dispatch, or refused by the department before reading)."""
+    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, Fraction]]:
+        """Give back a job's budget (one dataset's, or all of it). Only where the data was never
+        touched: a job cancelled before dispatch, or a dataset whose department refused."""
         out = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT dataset, license, period, epsilon FROM reservations WHERE job_id=? AND released=0", (job_id,)
+                "SELECT dataset, license, period, epsilon FROM reservations WHERE job_id=? AND released=0 "
+                "AND (?='' OR dataset=?)", (job_id, dataset, dataset),
             ).fetchall()
             for dataset, lic, period, eps_text in rows:
                 eps = _frac(eps_text)

@@ -121,3 +121,25 @@ def test_a_queued_job_is_cancelled_when_its_license_expires_while_it_waits(tmp_p
     job = b.store.get_job("c-7")
     assert job.state is JobState.CANCELLED and "expired" in job.message
     assert b.store.spent("LIC-C", "weather-daily", Broker.period_of(30)) == 0  # nothing was touched
+
+
+def test_a_receipt_stored_but_never_logged_is_logged_and_released_at_recovery(tmp_path):
+    """The broker died after storing a connector's receipt and before logging it."""
+    from yumen.tickets import Receipt, ReleasedValue
+
+    b = _broker(tmp_path)
+    b.submit(WHO, _job(9, "1"))
+    _, ckey = issue(tmp_path / "pki", role=Role.CONNECTOR, name="wb", department="weather-bureau")
+    receipt = Receipt(job_id="c-9", dataset="weather-daily", connector="wb", department="weather-bureau",
+                      ticket_digest="sha256:" + "1" * 64, status="ok", dataset_version="sha256:" + "ab" * 32,
+                      mechanism="geometric", epsilon_charged=Fraction(1), commitment="sha256:" + "2" * 64,
+                      values=(ReleasedValue(name="count", group="", value=1234.0, noise_scale=2.0, ci95=6.0),))
+    payload, sig = receipt.sign(load_private_key(ckey))
+    b.store.put_partial("c-9", "weather-daily", {"payload": payload.decode(), "signature": sig.hex()})
+    b.recover()
+    job = b.store.get_job("c-9")
+    assert job.state is JobState.SUCCEEDED and job.result["values"][0]["value"] == 1234.0
+    types = [e.TYPE for _, e in b.audit.tlog.entries(0, b.audit.tlog.size)]
+    assert types[-2:] == ["job_executed", "job_released"]
+    b.recover()  # nothing more to do
+    assert [e.TYPE for _, e in b.audit.tlog.entries(0, b.audit.tlog.size)] == types
