@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 __all__ = ["BrokerAudit", "open_log"]
 
 
-def open_log(db_path: Path, *, key_path: Path, origin: str) -> TransparencyLog:
-    """Open the broker's log in its database; create the Ed25519 log key on first start."""
+def open_log(storage: Path | Any, *, key_path: Path, origin: str) -> TransparencyLog:
+    """Open the broker's log (a SQLite database path, or a log storage such as
+    ``PostgresLogStorage``); create the Ed25519 log key on first start."""
     if key_path.exists():
         key = load_log_key(key_path)
     else:
@@ -45,7 +46,9 @@ def open_log(db_path: Path, *, key_path: Path, origin: str) -> TransparencyLog:
         key_path.parent.mkdir(parents=True, exist_ok=True)
         save_log_key(key, key_path)
         log.info("created log key %s", key_path)
-    return TransparencyLog(SQLiteLogStorage(db_path), origin=origin, signing_key=key)
+    if isinstance(storage, (str, Path)):
+        storage = SQLiteLogStorage(storage)
+    return TransparencyLog(storage, origin=origin, signing_key=key)
 
 
 def _no_floats(value: Any) -> Any:

@@ -7,8 +7,13 @@ default except the TLS files, which a broker cannot run without.
 [broker]
 id = "broker"
 listen = "127.0.0.1:7443"
-state_dir = "state"            # SQLite database and log live here
+state_dir = "state"            # SQLite database and log live here (and the log key)
 ticket_ttl_s = 600
+store = "sqlite"               # or "postgres": several broker replicas behind one address
+postgres_dsn_env = "YUMEN_BROKER_DSN"   # the environment variable holding the DSN (never the file)
+postgres_schema = "public"
+postgres_max_connections = 16
+sweep_interval_s = 30          # how often queued jobs are re-checked (lapsed licenses, replicas)
 
 [tls]
 ca = "pki/ca.crt"
@@ -29,6 +34,7 @@ key = "state/log.key"          # Ed25519 log key; created on first start
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,19 @@ class BrokerConfig:
     log_origin: str
     log_key: Path
     ticket_ttl_s: int = 600
+    store: str = "sqlite"
+    postgres_dsn_env: str = "YUMEN_BROKER_DSN"
+    postgres_schema: str = "public"
+    postgres_max_connections: int = 16
+    sweep_interval_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.store not in ("sqlite", "postgres"):
+            raise YumenError(Code.CONFIG, f"[broker] store {self.store!r} is unknown", hint='use "sqlite" or "postgres"')
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.postgres_schema):
+            raise YumenError(Code.CONFIG, f"[broker] postgres_schema {self.postgres_schema!r} is not a plain lowercase name")
+        if self.postgres_max_connections < 1:
+            raise YumenError(Code.CONFIG, "[broker] postgres_max_connections must be at least 1")
 
     @property
     def db_path(self) -> Path:
@@ -86,4 +105,9 @@ def load_broker_config(path: Path) -> BrokerConfig:
         log_origin=str(lg.get("origin", "yumen.local/log")),
         log_key=p(lg["key"]) if lg.get("key") else state_dir / "log.key",
         ticket_ttl_s=int(b.get("ticket_ttl_s", 600)),
+        store=str(b.get("store", "sqlite")),
+        postgres_dsn_env=str(b.get("postgres_dsn_env", "YUMEN_BROKER_DSN")),
+        postgres_schema=str(b.get("postgres_schema", "public")),
+        postgres_max_connections=int(b.get("postgres_max_connections", 16)),
+        sweep_interval_s=float(b.get("sweep_interval_s", 30)),
     )

@@ -398,6 +398,10 @@ class Broker:
             if why:
                 self.cancel_unstarted(job, why)
                 cancelled += 1
+            else:
+                # With replicas a job may have been accepted by another broker while its
+                # connector is connected here: send it on.
+                self._dispatch(job)
         return cancelled
 
     def cancel_unstarted(self, job: JobRecord, reason: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,8 +42,21 @@ __all__ = ["BrokerServer", "build_broker"]
 
 def build_broker(config: BrokerConfig) -> Broker:
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(config.db_path)
-    tlog = open_log(config.db_path, key_path=config.log_key, origin=config.log_origin)
+    if config.store == "postgres":
+        # Replicas share one PostgreSQL database for state and log; each needs the same log
+        # key and origin. The DSN comes from the environment, never from the config file.
+        from yumen.audit import PostgresLogStorage
+        from yumen.broker._store_postgres import PostgresStore
+
+        dsn = os.environ.get(config.postgres_dsn_env, "")
+        if not dsn:
+            raise YumenError(Code.CONFIG, f'[broker] store = "postgres" needs the DSN in ${config.postgres_dsn_env}',
+                             hint=f"export {config.postgres_dsn_env}=postgresql://user@host:5432/db?connect_timeout=10")
+        store: Any = PostgresStore(dsn, schema=config.postgres_schema, max_connections=config.postgres_max_connections)
+        log_storage: Any = PostgresLogStorage(dsn, schema=config.postgres_schema)
+    else:
+        store, log_storage = SqliteStore(config.db_path), config.db_path
+    tlog = open_log(log_storage, key_path=config.log_key, origin=config.log_origin)
     audit = BrokerAudit(tlog, config.id)
     # Publish the log's note verifier key beside its signing key, for auditors to pin.
     (config.log_key.parent / "log.vkey").write_text(tlog.vkey + "\n")
@@ -110,7 +125,7 @@ class BrokerServer:
         add_audit_service(self.server, self.broker.audit.tlog, authorize)
 
     def _sweep(self) -> None:
-        while not self._stopping.wait(30):
+        while not self._stopping.wait(self.config.sweep_interval_s):
             try:
                 self.broker.sweep_queued()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a transient store error

@@ -51,6 +51,9 @@ from contextlib import contextmanager
 from fractions import Fraction
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg.pq import TransactionStatus
+
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.jobs import JobState, format_epsilon
@@ -77,6 +80,7 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DDL_LOCK_KEY = 0x59554D454E535431  # "YUMENST1"
 _RETRIES = 5
 _DURABLE = ("on", "local", "remote_write", "remote_apply")
+_RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
 
 _K = 'TEXT COLLATE "C" NOT NULL'  # a text key, ordered bytewise as in SQLite
 _SCHEMA = f"""
@@ -233,17 +237,11 @@ class PostgresStore:
 
     def __init__(self, dsn: str, *, schema: str = "public", max_connections: int = 8,
                  lock_timeout_s: float = 30.0) -> None:
-        try:
-            import psycopg
-        except ImportError:  # pragma: no cover - psycopg is a project dependency
-            raise YumenError(Code.CONFIG, "the PostgreSQL store needs the psycopg package",
-                             hint="pip install psycopg[binary]") from None
         if not _SCHEMA_NAME.match(schema):
             raise YumenError(Code.CONFIG, f"schema name {schema!r} is not a plain lowercase identifier",
                              hint="use lowercase letters, digits and underscores")
         if max_connections < 1:
             raise YumenError(Code.CONFIG, f"max_connections must be at least 1, got {max_connections}")
-        self._psycopg = psycopg
         self._dsn = dsn
         self._schema = schema
         self._lock_timeout_ms = int(lock_timeout_s * 1000)
@@ -274,14 +272,18 @@ class PostgresStore:
     # -- connections -------------------------------------------------------------------
     def _connect(self) -> Any:
         try:
-            conn = self._psycopg.connect(self._dsn, autocommit=True)
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
-            return conn
-        except self._psycopg.Error as e:
+            conn = psycopg.connect(self._dsn, autocommit=True)
+        except psycopg.Error as e:
             raise YumenError(
                 Code.UNAVAILABLE, f"cannot reach the broker's state database: {e.__class__.__name__}",
                 hint="check the PostgreSQL DSN and that the server is running",
             ) from None
+        try:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self._lock_timeout_ms}ms",))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _take(self) -> Any:
         with self._cond:
@@ -308,8 +310,6 @@ class PostgresStore:
             raise
 
     def _give_back(self, conn: Any, *, healthy: bool) -> None:
-        from psycopg.pq import TransactionStatus
-
         reuse = healthy and not conn.closed and conn.info.transaction_status == TransactionStatus.IDLE
         drop = [] if reuse else [conn]
         with self._cond:
@@ -333,18 +333,20 @@ class PostgresStore:
         conn = self._take()
         try:
             yield conn
-        except (self._psycopg.errors.SerializationFailure, self._psycopg.errors.DeadlockDetected):
+        except _RETRYABLE:
             self._give_back(conn, healthy=True)  # rolled back; the caller retries
             raise
-        except self._psycopg.errors.LockNotAvailable:
+        except psycopg.errors.LockNotAvailable:
             self._give_back(conn, healthy=True)
             raise YumenError(Code.UNAVAILABLE, "the broker state is busy (a lock wait timed out)",
                              hint="retry in a moment") from None
-        except self._psycopg.OperationalError as e:
-            self._give_back(conn, healthy=False)
-            _log.warning("broker state connection failed: %s", e.__class__.__name__)
-            raise YumenError(Code.UNAVAILABLE, f"lost the connection to the broker's state database: "
-                             f"{e.__class__.__name__}", hint="retry; check the PostgreSQL server") from None
+        except psycopg.OperationalError as e:
+            lost = conn.closed or conn.broken
+            self._give_back(conn, healthy=not lost)
+            _log.warning("broker state operation failed: %s (connection lost: %s)", e.__class__.__name__, lost)
+            what = "lost the connection to" if lost else "an operation failed on"
+            raise YumenError(Code.UNAVAILABLE, f"{what} the broker's state database: {e.__class__.__name__}",
+                             hint="retry; check the PostgreSQL server") from None
         except BaseException:
             self._give_back(conn, healthy=True)
             raise
@@ -353,12 +355,11 @@ class PostgresStore:
 
     def _write(self, fn: Callable[[Any], _T]) -> _T:
         """Run ``fn(conn)`` in one transaction; retry it whole on a deadlock or serialization failure."""
-        retryable = (self._psycopg.errors.SerializationFailure, self._psycopg.errors.DeadlockDetected)
         for attempt in range(_RETRIES):
             try:
                 with self._connection() as conn, conn.transaction():
                     return fn(conn)
-            except retryable as e:
+            except _RETRYABLE as e:
                 _log.info("broker state transaction retried after %s", e.__class__.__name__)
                 time.sleep(0.005 * (2**attempt))
         raise YumenError(Code.UNAVAILABLE, "the broker state is too contended to commit",

@@ -85,6 +85,7 @@ class LocalSpace:
         sandbox: str = "bwrap",
         extra_policy: str = "",
         seed: int = 2026,
+        broker_settings: str = "",
     ) -> None:
         self.root = Path(root).resolve()
         self.departments = departments
@@ -92,6 +93,7 @@ class LocalSpace:
         self.sandbox = sandbox
         self.extra_policy = extra_policy
         self.seed = seed
+        self.broker_settings = broker_settings  # extra [broker] lines, e.g. store = "postgres"
         self.pki = self.root / "pki"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -116,7 +118,7 @@ class LocalSpace:
         (self.root / "policy.toml").write_text(settings_default.read_text())
         (self.root / "broker.toml").write_text(
             "[broker]\n"
-            f'id = "broker"\nlisten = "{self.address}"\nstate_dir = "broker-state"\n\n'
+            f'id = "broker"\nlisten = "{self.address}"\nstate_dir = "broker-state"\n{self.broker_settings}\n'
             '[tls]\nca = "pki/ca.crt"\ncert = "pki/broker.crt"\nkey = "pki/broker.key"\n\n'
             '[policy]\nrules = "policy.csv"\nsettings = "policy.toml"\n\n'
             '[log]\norigin = "yumen.local/log"\nkey = "broker-state/log.key"\n'
@@ -161,6 +163,15 @@ class LocalSpace:
         self._spawn("broker", "broker", "serve", "--config", "broker.toml")
         self._wait_health()
 
+    def start_replica(self, name: str, port: int) -> str:
+        """A second broker process on ``port`` sharing this one's configuration and state
+        (meaningful with ``store = "postgres"``); returns its address."""
+        text = (self.root / "broker.toml").read_text().replace(f'listen = "{self.address}"', f'listen = "127.0.0.1:{port}"')
+        (self.root / f"{name}.toml").write_text(text)
+        self._spawn(name, "broker", "serve", "--config", f"{name}.toml")
+        self._wait_health(address=f"127.0.0.1:{port}", name=name)
+        return f"127.0.0.1:{port}"
+
     def start_connector(self, department: str) -> None:
         self._spawn(department, "connector", "serve", "--config", f"{department}.toml")
 
@@ -189,7 +200,7 @@ class LocalSpace:
             self.start_connector(dep.id)
         self.wait_online([ds for dep in self.departments for ds in dep.dataset_ids()], timeout=timeout)
 
-    def _wait_health(self, timeout: float = 30) -> None:
+    def _wait_health(self, timeout: float = 30, *, address: str = "", name: str = "broker") -> None:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -197,8 +208,8 @@ class LocalSpace:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_alive("broker")
-            ch = secure_channel(self.address, self.tls("operator-1"))
+            self._check_alive(name)
+            ch = secure_channel(address or self.address, self.tls("operator-1"))
             try:
                 resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
@@ -208,7 +219,7 @@ class LocalSpace:
             finally:
                 ch.close()
             time.sleep(0.2)
-        raise YumenError(Code.UNAVAILABLE, f"the broker did not become healthy in {timeout:.0f} s", hint=f"see {self.root}/logs/broker.log")
+        raise YumenError(Code.UNAVAILABLE, f"{name} did not become healthy in {timeout:.0f} s", hint=f"see {self.root}/logs/{name}.log")
 
     def wait_online(self, datasets: list[str], *, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

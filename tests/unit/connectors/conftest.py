@@ -9,9 +9,7 @@ fail instead, because CI must provide the server.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,26 +57,6 @@ def contract_frame(rows: int = 40) -> pl.DataFrame:
         },
         schema_overrides={"amount": pl.Float64, "day": pl.Date, "at": pl.Datetime("us")},
     )
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    dsn = os.environ.get(DSN_ENV, "")
-    if dsn:
-        return dsn
-    script = ROOT / "scripts" / "setup_postgres.sh"
-    reason = ""
-    try:
-        out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=180)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip().splitlines()[-1]
-        reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        reason = str(exc)
-    message = f"{DSN_ENV} is unset and scripts/setup_postgres.sh could not start a server: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 class SourceFactory:
