@@ -162,6 +162,8 @@ def _print_result(result: Any) -> None:
           f"{', bill ' + result.bill.get('amount', '0') + ' ' + result.bill.get('currency', '') if result.bill else ''}):")
     for v in result.values:
         label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
+        if v["name"] == "_failed_share":
+            label = "share of blocks that failed"
         print(f"  {label:<32} {v['value']:>14.3f}   ±{v['ci95']:.3f} (95%, noise scale {v['noise_scale']:.3g})")
     if result.suppressed_groups:
         print(f"  suppressed (below the minimum group size): {', '.join(result.suppressed_groups)}")
