@@ -15,7 +15,9 @@ Reads take no lock beyond a snapshot of the size, because stored nodes never cha
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,6 +43,9 @@ from ._storage import LogStorage, StoredNode
 __all__ = ["TransparencyLog"]
 
 _log = logging.getLogger(__name__)
+
+# How often an append is retried after another writer got in first (see _commit).
+_APPEND_ATTEMPTS = 50
 
 # Reads of leaves are chunked so that a caller iterating a huge range holds bounded memory.
 _READ_CHUNK = 10_000
@@ -171,8 +176,11 @@ class TransparencyLog:
         return mine.outcome()
 
     def _commit(self, leaves: list[bytes]) -> list[int]:
+        # Another writer (a broker replica on the same PostgreSQL log) may append between our
+        # reload and our append; the storage then refuses and we reload and retry, backing off
+        # a little with jitter so two busy replicas do not keep colliding.
         with self._lock:
-            for attempt in range(3):
+            for attempt in range(_APPEND_ATTEMPTS):
                 start = self._size
                 frontier = list(self._frontier)
                 nodes: list[StoredNode] = []
@@ -193,9 +201,10 @@ class TransparencyLog:
                 try:
                     self._storage.append(start=start, leaves=leaves, nodes=nodes)
                 except YumenError as e:
-                    if e.code is not Code.ALREADY_EXISTS or attempt == 2:
+                    if e.code is not Code.ALREADY_EXISTS or attempt == _APPEND_ATTEMPTS - 1:
                         raise
                     _log.info("log %s moved under us (another writer); reloading", self._origin)
+                    time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                     self._reload()
                     continue
                 self._frontier = frontier

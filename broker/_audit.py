@@ -198,10 +198,13 @@ class BrokerAudit:
     def recover(self, store: Any) -> None:
         """Append ``job_decided`` for jobs the store holds but the log lacks (crash recovery)."""
         decided: set[str] = set()
+        cancelled: set[str] = set()
         size = self.tlog.size
         for _, entry in self.tlog.entries(0, size):
             if isinstance(entry, JobDecided) and entry.allowed:
                 decided.add(entry.job_id)
+            elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
+                cancelled.add(entry.job_id)
         from yumen.jobs import JobState  # local: avoids a cycle at import time
 
         missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in decided]
@@ -221,3 +224,6 @@ class BrokerAudit:
             ))
         if missing:
             log.warning("recovered %d job decisions missing from the log", len(missing))
+        for job in store.jobs_in_state(JobState.CANCELLED):
+            if job.job_id not in cancelled:
+                self.job_cancelled(job, job.message.removeprefix("cancelled before it started: "))

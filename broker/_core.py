@@ -405,42 +405,56 @@ class Broker:
         return cancelled
 
     def cancel_unstarted(self, job: JobRecord, reason: str) -> None:
-        """Cancel a job no connector has started: its budget is given back, and it is logged."""
+        """Cancel a job no connector has started: its budget is given back, and it is logged.
+
+        The move from pending to cancelled is a compare-and-set in the store, so with several
+        broker replicas a job is either dispatched or cancelled, never both. (A crash after the
+        move is completed by :meth:`recover`.)
+        """
         with self._lock_for(job.job_id):
-            current = self.store.get_job(job.job_id)
-            if current is None or current.state is not JobState.PENDING:
+            if self.store.set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}",
+                                    expect=JobState.PENDING) is None:
                 return
             self.store.release_reservation(job.job_id)
-            self.audit.job_cancelled(current, reason)
-            self._set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}")
+            self.audit.job_cancelled(job, reason)
+            self._notify()
 
     def _dispatch(self, job: JobRecord) -> None:
+        """Send the job's tickets to those of its connectors that are connected here."""
         if job.state is JobState.PENDING:
             why = self._license_still_valid(job)
             if why:
                 self.cancel_unstarted(job, why)
                 return
         partials = self.store.partials(job.job_id)
+        targets = []
         for ds in job.request["datasets"]:
-            if ds in partials:
-                continue
             found = self.store.get_dataset(ds)
-            if found is None:
+            if ds in partials or found is None:
                 continue
-            reg, conn = found
             with self._links_lock:
-                link = self._links.get(conn)
-            if link is None:
-                continue
+                link = self._links.get(found[1])
+            if link is not None:
+                targets.append((found[0], found[1], link))
+        if not targets:
+            return
+        if job.state is JobState.PENDING:
+            departments = ", ".join(sorted({reg.department for reg, _, _ in targets}))
+            moved = self.store.set_state(job.job_id, JobState.RUNNING, f"ticket sent to department {departments}",
+                                         expect=JobState.PENDING)
+            if moved is None:
+                current = self.store.get_job(job.job_id)
+                if current is None or current.state is not JobState.RUNNING:
+                    return  # cancelled (or finished) meanwhile, perhaps by another replica
+            self._notify()
+        for reg, conn, link in targets:
             link.outbox.put(self._ticket_for(job, reg, conn))
-            if job.state is JobState.PENDING:
-                self._set_state(job.job_id, JobState.RUNNING, f"ticket sent to department {reg.department}")
 
     def _dispatch_waiting(self, connector: str) -> None:
         for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
             self._dispatch(job)
 
-    def _set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord:
+    def _set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord | None:
         ev = self.store.set_state(job_id, state, message, result=result)
         self._notify()
         return ev
@@ -604,6 +618,8 @@ class Broker:
         never logged (the broker died between the two), and their jobs are moved on.
         """
         self.audit.recover(self.store)
+        for job in self.store.jobs_in_state(JobState.CANCELLED):
+            self.store.release_reservation(job.job_id)  # idempotent: released rows are skipped
         for job, receipt, index in self.audit.recover_receipts(self.store):
             with self._lock_for(job.job_id):
                 current = self.store.get_job(job.job_id)

@@ -113,7 +113,8 @@ class Store(Protocol):
     def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def jobs_in_state(self, *states: JobState) -> list[JobRecord]: ...
-    def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord: ...
+    def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
+                  expect: JobState | None = None) -> EventRecord | None: ...
     def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
     def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
@@ -441,13 +442,21 @@ class SqliteStore:
         return [self._row_to_job(r) for r in rows]
 
     def set_state(
-        self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None
-    ) -> EventRecord:
+        self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
+        expect: JobState | None = None,
+    ) -> EventRecord | None:
+        """Move a job to ``state`` and record the event; a final job never moves.
+
+        With ``expect``, the move happens only if the job is in that state now (compare and
+        set, atomic across broker replicas); otherwise nothing changes and None is returned.
+        """
         at = now_ms()
         with self._tx() as db:
             row = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
             if row is None:
                 raise YumenError(Code.NOT_FOUND, f"no job {job_id!r}")
+            if expect is not None and JobState(row[0]) is not expect:
+                return None
             if JobState(row[0]).final:
                 raise YumenError(Code.INTERNAL, f"job {job_id} is already {row[0]}; cannot move it to {state.value}")
             db.execute(

@@ -576,16 +576,24 @@ class PostgresStore:
         return [_row_to_job(r) for r in rows]
 
     def set_state(
-        self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None
-    ) -> EventRecord:
+        self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
+        expect: JobState | None = None,
+    ) -> EventRecord | None:
+        """Move a job to ``state`` and record the event; a final job never moves.
+
+        With ``expect``, the move happens only if the job is in that state now (compare and
+        set, atomic across broker replicas); otherwise nothing changes and None is returned.
+        """
         at = now_ms()
 
-        def tx(conn: Any) -> EventRecord:
+        def tx(conn: Any) -> EventRecord | None:
             # FOR UPDATE: replicas moving the same job queue here, so the final-state check
             # and the next event number are decided by one of them at a time.
             row = conn.execute(f"SELECT state FROM {self._t['jobs']} WHERE job_id=%s FOR UPDATE", (job_id,)).fetchone()
             if row is None:
                 raise YumenError(Code.NOT_FOUND, f"no job {job_id!r}")
+            if expect is not None and JobState(row[0]) is not expect:
+                return None
             if JobState(row[0]).final:
                 raise YumenError(Code.INTERNAL, f"job {job_id} is already {row[0]}; cannot move it to {state.value}")
             conn.execute(
