@@ -161,13 +161,13 @@ def test_connector_reconnects_after_the_broker_restarts(space, operator):
 @pytest.mark.parametrize("algo,extra", [
     ("crash.py", []),
     ("garbage.py", []),
-    ("sleep_forever.py", ["--timeout", "0.3"]),
+    ("sleep_forever.py", ["--timeout", "0.2"]),
 ])
 def test_a_custom_algorithm_that_fails_gets_a_clear_error(operator, algo, extra):
-    # With 50 blocks the released failure share (true value 1) has noise scale 1/50 / 0.5 =
-    # 0.04 and a 95% half-width of about 0.12: it is reported as failed unless the noise
-    # exceeds 0.38, with probability about 1e-4.
-    out = operator.json("submit", "algorithm", str(ALGOS / algo), "--dataset", "weather-daily", "--blocks", "50",
+    # With 100 blocks the released failure share (true value 1) has noise scale 1/100 / 0.5 =
+    # 0.02; it is reported as failed above 0.5 + 0.02·ln 5000 ≈ 0.67, which it misses only if
+    # the noise is below -0.33: probability about 3e-8.
+    out = operator.json("submit", "algorithm", str(ALGOS / algo), "--dataset", "weather-daily", "--blocks", "100",
                         "--output", "answer=0:1", *extra, "--epsilon", "1", "--purpose", "research")
     assert out["job"]["state"] == "failed"
     assert "failed in most blocks" in out["job"]["message"] and "yumen dev run" in out["job"]["message"]
