@@ -15,6 +15,7 @@ they build on :func:`yumen.audit.replay`.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import logging
 import os
 from pathlib import Path
@@ -35,10 +36,9 @@ def _read(path: str, what: str) -> bytes:
         raise YumenError(Code.CONFIG, f"cannot read {what} {path}: {e.strerror}", hint=f"check --{what}") from None
 
 
-def secure_channel(args: argparse.Namespace) -> grpc.Channel:
-    """The mTLS channel to ``--broker`` (every channel is mutual TLS; all three files are needed)."""
+def _connection(args: argparse.Namespace) -> tuple[str, Any]:
+    """``--broker`` and the TLS files (every channel is mutual TLS; all three files are needed)."""
     from yumen.rpc import TlsFiles
-    from yumen.rpc import secure_channel as _channel
 
     missing = [n for n in ("ca", "cert", "key") if not getattr(args, n)]
     if missing:
@@ -47,7 +47,14 @@ def secure_channel(args: argparse.Namespace) -> grpc.Channel:
             f"no {', '.join('--' + m for m in missing)} given for the broker {args.broker}",
             hint="pass them or set YUMEN_CA, YUMEN_CERT and YUMEN_KEY (an auditor or administrator certificate)",
         )
-    return _channel(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key)))
+    return args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))
+
+
+def secure_channel(args: argparse.Namespace) -> grpc.Channel:
+    """The mTLS channel to ``--broker``."""
+    from yumen.rpc import secure_channel as _channel
+
+    return _channel(*_connection(args))
 
 
 def _local_log(args: argparse.Namespace):
@@ -135,12 +142,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for (op, cur), (amount, n) in sorted(bills.result().items()):
             print(f"  billed {amount} {cur} for {n} jobs: {op}")
         return 0
-    from pathlib import Path
-
     from yumen.client import AdminClient
-    from yumen.rpc import TlsFiles
 
-    with AdminClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))) as admin:
+    with AdminClient(*_connection(args)) as admin:
         accounts = admin.accounts()
     differences = compare_accounts(ledger.result(), bills.result(), accounts)
     for d in differences:
@@ -154,15 +158,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_reexecute(args: argparse.Namespace) -> int:
     """Ask the departments of a logged job (with their consent) to run it again and check it."""
     import json as _json
-    from pathlib import Path
 
     from yumen.client import AdminClient
-    from yumen.errors import Code, YumenError
-    from yumen.rpc import TlsFiles
 
-    if not (args.ca and args.cert and args.key):
-        raise YumenError(Code.CONFIG, "re-execution needs --ca, --cert and --key (or YUMEN_CA/CERT/KEY)")
-    with AdminClient(args.broker, TlsFiles(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key))) as admin:
+    with AdminClient(*_connection(args)) as admin:
         results = admin.reexecute(args.job)
     if args.json:
         print(_json.dumps({"job_id": args.job, "datasets": results}, indent=2))

@@ -8,6 +8,7 @@ scales and other real parameters are written as decimal strings of their ``repr`
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +34,7 @@ from yumen.tickets import Receipt
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerAudit", "open_log"]
+__all__ = ["BrokerAudit", "LogSummary", "open_log"]
 
 
 def open_log(storage: Path | Any, *, key_path: Path, origin: str) -> TransparencyLog:
@@ -59,6 +60,16 @@ def _no_floats(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_no_floats(v) for v in value]
     return value
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogSummary:
+    """What start-up needs to know of the log, gathered in one pass over it."""
+
+    latest_policy: str                       # version named by the last policy_changed ("" when none)
+    allowed: frozenset[str]                  # jobs with an allowing decision
+    cancelled: frozenset[str]                # jobs with a cancellation
+    executed: frozenset[tuple[str, str]]     # (job, dataset) with a job_executed entry
 
 
 class BrokerAudit:
@@ -164,19 +175,35 @@ class BrokerAudit:
                      "ciphertext_digest": result.get("ciphertext_digest", "")},
         ))
 
-    def recover_receipts(self, store: Any) -> list[tuple[Any, Receipt, int]]:
+    def scan(self) -> LogSummary:
+        """One pass over the log for everything recovery and start-up compare with the store."""
+        latest = ""
+        allowed: set[str] = set()
+        cancelled: set[str] = set()
+        executed: set[tuple[str, str]] = set()
+        for _, entry in self.tlog.entries(0, self.tlog.size):
+            if isinstance(entry, PolicyChanged):
+                latest = entry.policy_version
+            elif isinstance(entry, JobDecided) and entry.allowed:
+                allowed.add(entry.job_id)
+            elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
+                cancelled.add(entry.job_id)
+            elif isinstance(entry, JobExecuted):
+                executed.add((entry.job_id, entry.dataset_id))
+        return LogSummary(latest_policy=latest, allowed=frozenset(allowed), cancelled=frozenset(cancelled),
+                          executed=frozenset(executed))
+
+    def recover_receipts(self, store: Any, summary: LogSummary) -> list[tuple[Any, Receipt, int]]:
         """Log receipts the store holds but the log lacks; return them with their jobs."""
         import json
 
-        from yumen.audit import JobExecuted
         from yumen.identity import Role
         from yumen.jobs import JobState
 
-        logged = {(e.job_id, e.dataset_id) for _, e in self.tlog.entries(0, self.tlog.size) if isinstance(e, JobExecuted)}
         out = []
         for job in store.jobs_in_state(*JobState):
             for dataset, part in store.partials(job.job_id).items():
-                if (job.job_id, dataset) in logged:
+                if (job.job_id, dataset) in summary.executed:
                     continue
                 payload = part["payload"].encode()
                 receipt = Receipt.from_dict(json.loads(payload))
@@ -187,27 +214,11 @@ class BrokerAudit:
             log.warning("recovered %d receipts missing from the log", len(out))
         return out
 
-    def latest_policy_version(self) -> str:
-        """The policy version named by the last ``policy_changed`` entry ("" when none)."""
-        latest = ""
-        for _, entry in self.tlog.entries(0, self.tlog.size):
-            if isinstance(entry, PolicyChanged):
-                latest = entry.policy_version
-        return latest
-
-    def recover(self, store: Any) -> None:
+    def recover(self, store: Any, summary: LogSummary) -> None:
         """Append ``job_decided`` for jobs the store holds but the log lacks (crash recovery)."""
-        decided: set[str] = set()
-        cancelled: set[str] = set()
-        size = self.tlog.size
-        for _, entry in self.tlog.entries(0, size):
-            if isinstance(entry, JobDecided) and entry.allowed:
-                decided.add(entry.job_id)
-            elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
-                cancelled.add(entry.job_id)
         from yumen.jobs import JobState  # local: avoids a cycle at import time
 
-        missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in decided]
+        missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in summary.allowed]
         periods: dict[str, dict[str, str]] = {}
         for job_id, dataset, _lic, period, _eps, _released in store.iter_reservations():
             periods.setdefault(job_id, {})[dataset] = period
@@ -225,5 +236,5 @@ class BrokerAudit:
         if missing:
             log.warning("recovered %d job decisions missing from the log", len(missing))
         for job in store.jobs_in_state(JobState.CANCELLED):
-            if job.job_id not in cancelled:
+            if job.job_id not in summary.cancelled:
                 self.job_cancelled(job, job.message.removeprefix("cancelled before it started: "))

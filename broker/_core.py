@@ -32,13 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.identity import Identity, Role
+from yumen.identity import Identity, Role, sign_payload, verify_payload
 from yumen.jobs import JobRequest, JobState, format_epsilon
 from yumen.policy import Decision, DecisionRequest, License, PolicyBundle, PolicyEngine
 from yumen.tickets import Receipt, Ticket
 
 from yumen.broker._assembly import combine, needs_parts
-from yumen.broker._audit import BrokerAudit
+from yumen.broker._audit import BrokerAudit, LogSummary
 from yumen.broker._store import (
     EventRecord,
     JobRecord,
@@ -360,7 +360,10 @@ class Broker:
 
             validate_query(reg, QuerySpec.from_query(request.query))
 
-    def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str) -> OutgoingTicket:
+    def _ticket_for(self, job: JobRecord, reg: DatasetRegistration, connector: str, *,
+                    reexecution: bool = False) -> OutgoingTicket:
+        """The signed ticket for one dataset of ``job``; a re-execution request is the same ticket
+        signed for the purpose "reexecution", so it can never run as a job."""
         req = job.request
         work: dict[str, Any] = {"query": req["query"]} if "query" in req else {"algorithm": req["algorithm"]}
         if "he_context" in req:
@@ -375,6 +378,10 @@ class Broker:
             obligations=decision.get("obligations") or {}, policy_version=decision["policy_version"],
             rule=decision.get("rule", ""), issued_at_ms=now_ms(), expires_at_ms=now_ms() + self._ttl_ms,
         )
+        if reexecution:
+            payload = ticket.payload()
+            return OutgoingTicket(payload=payload, signature=sign_payload(self._key, "reexecution", payload),
+                                  algorithm_source=job.algorithm_source, reexecution=True)
         payload, sig = ticket.sign(self._key)
         return OutgoingTicket(payload=payload, signature=sig, algorithm_source=job.algorithm_source,
                               he_context=job.he_context)
@@ -562,8 +569,6 @@ class Broker:
         Nothing is released and no budget is spent: the connector recomputes the pre-noise
         output with the salt it kept, and answers only whether its commitment matches.
         """
-        from yumen.identity import sign_payload
-
         if identity.role not in (Role.AUDITOR, Role.ADMIN):
             raise YumenError(Code.PERMISSION_DENIED, "re-execution is for auditors and administrators")
         job = self.store.get_job(job_id)
@@ -582,11 +587,10 @@ class Broker:
             if link is None or found is None:
                 out.append({"dataset": dataset, "department": receipt.department, "error": "the department's connector is offline"})
                 continue
-            ticket = self._ticket_for(job, dataset_version_of(found[0], receipt), found[1])
-            signature = sign_payload(self._key, "reexecution", ticket.payload)
+            ticket = self._ticket_for(job, dataset_version_of(found[0], receipt), found[1], reexecution=True)
             answer: "queue.Queue[tuple[bytes, bytes]]" = queue.Queue(maxsize=1)
             self._reexecutions[(job_id, dataset)] = answer
-            link.outbox.put(dataclasses.replace(ticket, signature=signature, reexecution=True, he_context=b""))
+            link.outbox.put(ticket)
             waiting.append((dataset, receipt, link, answer))
         deadline = time.monotonic() + timeout
         for dataset, receipt, link, answer in waiting:
@@ -597,8 +601,6 @@ class Broker:
                 continue
             finally:
                 self._reexecutions.pop((job_id, dataset), None)
-            from yumen.identity import verify_payload
-
             verify_payload(link.certificate, "reexecution-report", payload, signature)
             report = json.loads(payload)
             out.append({**report, "report": payload, "signature": signature})
@@ -611,20 +613,22 @@ class Broker:
             answer.put((payload, signature))
 
     # -- recovery ----------------------------------------------------------------
-    def recover(self) -> None:
+    def recover(self) -> "LogSummary":
         """Bring the log level with the store after a crash (see module docstring).
 
         Decisions the store holds but the log lacks are appended; so are receipts stored but
         never logged (the broker died between the two), and their jobs are moved on.
         """
-        self.audit.recover(self.store)
+        summary = self.audit.scan()
+        self.audit.recover(self.store, summary)
         for job in self.store.jobs_in_state(JobState.CANCELLED):
             self.store.release_reservation(job.job_id)  # idempotent: released rows are skipped
-        for job, receipt, index in self.audit.recover_receipts(self.store):
+        for job, receipt, index in self.audit.recover_receipts(self.store, summary):
             with self._lock_for(job.job_id):
                 current = self.store.get_job(job.job_id)
                 if current is not None:
                     self._advance(current, receipt, index)
+        return summary
 
 
 def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:

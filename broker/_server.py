@@ -72,11 +72,11 @@ def build_broker(config: BrokerConfig) -> Broker:
         broker_id=config.id, store=store, policy=engine, audit=audit,
         signing_key=load_private_key(config.tls.key), ticket_ttl_s=config.ticket_ttl_s,
     )
-    broker.recover()
-    if stored is None or audit.latest_policy_version() != engine.version:
+    latest = broker.recover().latest_policy
+    if stored is None or latest != engine.version:
         store.put_policy_version(engine.version, bundle.to_dict(), current=True)
-        if audit.latest_policy_version() != engine.version:
-            audit.policy_changed(engine, previous=audit.latest_policy_version(), changed_by=config.id)
+        if latest != engine.version:
+            audit.policy_changed(engine, previous=latest, changed_by=config.id)
     return broker
 
 

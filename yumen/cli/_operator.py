@@ -128,11 +128,9 @@ def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = 
             if args.json:
                 _print_json({"job": info.to_dict()})
             return 0
-        final = None
         for ev in c.watch(info.job_id, timeout=args.wait):
             if not args.json:
                 print(f"  {ev.state:<10} {ev.message}", file=sys.stderr)
-            final = ev
         info = c.job(info.job_id)
         if info.state != "succeeded":
             if args.json:
@@ -153,7 +151,6 @@ def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = 
         _print_json({"job": info.to_dict(), "result": result.to_dict()})
     else:
         _print_result(result)
-    del final
     return 0
 
 
