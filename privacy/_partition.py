@@ -13,6 +13,10 @@ rather than Polars' ``hash``, because Polars' hash may change between versions a
 department must be able to re-run a logged job on the same data version and get the same
 blocks (for the commitment check).
 
+Rows without a unit id (null, or NaN in a float id column) are dropped, as truncation drops
+them for queries: whose rows they are is unknown, so they cannot be kept in one block per
+person.
+
 Without a unit column each row is its own unit; its id is the row's content (all columns
 rendered as text). Identical rows then share a block, which is still one block per unit.
 Using the row index instead would be wrong: inserting one row would shift every later row
@@ -78,6 +82,11 @@ def partition_blocks(
             hint="the registration and the data source disagree; the department must fix its registration",
         )
     key = hashlib.blake2b(b"yumen/sample-and-aggregate/blocks/v1\x00" + bytes(seed_bytes), digest_size=32).digest()
+    if unit:
+        present = pl.col(unit).is_not_null()
+        if lf.collect_schema()[unit].is_float():
+            present = present & pl.col(unit).is_not_nan()
+        lf = lf.filter(present)
     df = lf.with_columns(_unit_id(lf, registration).alias("__unit")).collect()
     ids = df.get_column("__unit").unique().to_list()
     blocks = [

@@ -231,7 +231,7 @@ def _bounded(
         unit = registration.privacy_unit.column
         needed = sorted(columns | {unit})
         check_columns(frame, registration, needed)
-        return truncate(frame.select(needed), registration).collect().lazy()
+        return truncate(frame.select(needed), registration).frame.lazy()
     raise _bad(f"dp_query takes a polars LazyFrame or a BoundedFrame, not {type(frame).__name__}")
 
 

@@ -24,6 +24,8 @@ ROW = st.tuples(
 def reference(rows, k: int) -> dict[str, dict[str, float]]:
     kept, seen = [], {}
     for pid, cat, v in rows:
+        if pid is None:
+            continue  # rows without a unit id are dropped before truncation
         seen[pid] = seen.get(pid, 0) + 1
         if seen[pid] <= k:
             kept.append((cat, v))
@@ -70,3 +72,26 @@ def test_truncation_clamping_and_grouping_match_a_reference(make_reg, rows):
     # the bounded-frame path gives the same pre-noise values
     bounded = dp_queries(bound_contributions(frame, reg), reg, queries, eps)
     assert [r.exact for r in bounded] == [count.exact, total.exact, mean.exact]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(ROW, max_size=60))
+def test_truncation_stays_exact_per_unit_when_unit_hashes_collide(make_reg, rows, monkeypatch):
+    """With a hash that collides all the time, units are still truncated one by one."""
+    from yumen.privacy import _bounding
+
+    monkeypatch.setattr(_bounding, "_unit_hash", lambda col: col.cast(pl.String).str.len_bytes())
+    reg = make_reg(k=2)
+    frame = pl.LazyFrame({"pid": [r[0] for r in rows], "cat": [r[1] for r in rows], "v": [r[2] for r in rows],
+                          "n": [0] * len(rows), "t": [0.0] * len(rows)},
+                         schema={"pid": pl.String, "cat": pl.String, "v": pl.Float64, "n": pl.Int64, "t": pl.Float64})
+    got = _bounding.truncate(frame, reg)
+    kept, seen = [], {}
+    for pid, cat, v in rows:
+        if pid is None:
+            continue
+        seen[pid] = seen.get(pid, 0) + 1
+        if seen[pid] <= 2:
+            kept.append((pid, cat))
+    assert sorted(zip(got.frame["pid"].to_list(), got.frame["cat"].to_list()), key=repr) == sorted(kept, key=repr)
+    assert got.rows_without_unit == sum(1 for r in rows if r[0] is None)

@@ -195,13 +195,13 @@ def test_bounded_frame_for_another_registration_is_refused(registration, make_re
         dp_query(bounded, make_reg(k=5), Query(aggregate=Aggregate.COUNT), EPS)
 
 
-def test_truncation_keeps_the_first_rows_in_frame_order(make_reg):
+def test_truncation_keeps_the_first_rows_in_frame_order_and_drops_rows_without_an_id(make_reg):
     reg = make_reg(k=2)
     frame = pl.LazyFrame({"pid": ["u", "w", "u", "u", None, None, None], "cat": "a",
                           "v": [1.0, 50.0, 2.0, 99.0, 10.0, 10.0, 10.0], "n": 1, "t": 1.0})
     release = dp_query(frame, reg, Query(aggregate=Aggregate.SUM, column="v"), EPS)
-    # u keeps 1.0 and 2.0; w keeps 50.0; the null ids are one unit and keep two rows
-    assert release.exact[UNGROUPED] == pytest.approx(1.0 + 2.0 + 50.0 + 20.0, abs=1e-5)
+    # u keeps 1.0 and 2.0; w keeps 50.0; the rows without an id are dropped
+    assert release.exact[UNGROUPED] == pytest.approx(1.0 + 2.0 + 50.0, abs=1e-5)
 
 
 def test_filters_apply_to_declared_columns(registration):
@@ -324,3 +324,31 @@ def test_several_queries_share_passes_and_compose_exactly(registration):
     assert [r.epsilon for r in together] == [r.epsilon for r in alone]
     with pytest.raises(YumenError, match="one ε per query"):
         dp_queries(hostile_frame(), registration, queries, eps[:2])
+
+
+def test_a_person_without_a_unit_id_moves_the_histogram_by_at_most_k(registration):
+    """Rows without an id are dropped: they used to form one shared unit, so a person without
+    an id could swap that unit's k kept rows for theirs and move a histogram by 2k."""
+    k = registration.privacy_unit.max_contributions
+    others = {"pid": [None] * k + [f"p{i}" for i in range(20)], "cat": ["a"] * k + ["b"] * 20,
+              "v": [1.0] * (k + 20), "n": [1] * (k + 20), "t": [0.0] * (k + 20)}
+    newcomer = {"pid": [None] * k, "cat": ["c"] * k, "v": [1.0] * k, "n": [1] * k, "t": [0.0] * k}
+    without = pl.DataFrame(others, schema_overrides={"pid": pl.String})
+    with_person = pl.concat([pl.DataFrame(newcomer, schema_overrides={"pid": pl.String}), without])
+    query = Query(aggregate=Aggregate.HISTOGRAM, column="cat")
+    a = dp_query(without.lazy(), registration, query, EPS).exact
+    b = dp_query(with_person.lazy(), registration, query, EPS).exact
+    assert sum(abs(a[g] - b[g]) for g in a) <= k
+    bounded = bound_contributions(with_person, registration)
+    assert bounded.rows_without_unit == 2 * k
+
+
+def test_rows_without_a_unit_id_are_left_out_of_every_block():
+    from yumen.privacy import partition_blocks
+    from tests.unit.privacy.conftest import make_registration
+
+    reg = make_registration(k=3)
+    frame = pl.DataFrame({"pid": [None, "a", None, "b"], "cat": ["a"] * 4, "v": [1.0] * 4, "n": [1] * 4, "t": [0.0] * 4},
+                         schema_overrides={"pid": pl.String})
+    blocks = partition_blocks(frame, reg, 3, b"k" * 16)
+    assert sorted(p for b in blocks for p in b["pid"].to_list()) == ["a", "b"]
