@@ -19,7 +19,7 @@ from yumen.tickets import Receipt
 
 from yumen.broker._store import JobRecord
 
-__all__ = ["combine", "final_values", "min_group_size", "needs_parts"]
+__all__ = ["combine", "final_values", "min_group_size", "needs_counts", "needs_parts"]
 
 
 def min_group_size(job: JobRecord) -> int:
@@ -28,17 +28,23 @@ def min_group_size(job: JobRecord) -> int:
     return max(sizes, default=0)
 
 def needs_parts(job: JobRecord) -> bool:
-    """Whether connectors release a sum or mean as (noisy sum, noisy count).
+    """Whether connectors release a mean as (noisy sum, noisy count) for the broker or the
+    operator to divide: needed to combine a mean across departments or under encryption."""
+    q = job.request["query"]
+    return q["aggregate"] == "mean" and (len(job.request["datasets"]) > 1 or "he_context" in job.request)
 
-    Needed to combine a mean across departments or under encryption, and to apply a
-    minimum group size to grouped sums and means (groups are suppressed by their noisy
-    count, which is post-processing and costs no further ε).
+
+def needs_counts(job: JobRecord) -> bool:
+    """Whether connectors release every group's noisy row count beside the statistic.
+
+    Needed for every grouped aggregate (group-by, or a histogram's bins) when a minimum
+    group size applies: groups are suppressed by their noisy count, which is
+    post-processing and costs no further ε. (Under encryption the broker cannot read the
+    counts; such jobs are refused at submission.)
     """
     q = job.request["query"]
-    if q["aggregate"] == "mean" and (len(job.request["datasets"]) > 1 or "he_context" in job.request):
-        return True
-    return q["aggregate"] in ("sum", "mean") and bool(q["group_by"]) and min_group_size(job) > 0 \
-        and "he_context" not in job.request
+    grouped = bool(q.get("group_by")) or q["aggregate"] == "histogram"
+    return grouped and min_group_size(job) > 0 and "he_context" not in job.request
 
 
 def combine(job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any]:
@@ -86,14 +92,15 @@ def combine(job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any
 def final_values(job: JobRecord, summed: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Divide means, apply the minimum group size, and keep only what the job asked for."""
     q = job.request.get("query") or {}
-    counts = {v["group"]: v["value"] for v in summed if v["name"] == "count"}
+    counted = "histogram" if q.get("aggregate") == "histogram" else "count"
+    counts = {v["group"]: v["value"] for v in summed if v["name"] == counted}
     if q.get("aggregate") == "mean" and any(v["name"] == "sum" for v in summed):
         values = means_from_parts(summed)
     else:
         values = [v for v in summed if v["name"] == q.get("aggregate", v["name"])] if q else summed
     k = min_group_size(job)
     suppressed: list[str] = []
-    if k and q.get("group_by") and counts:
+    if k and (q.get("group_by") or q.get("aggregate") == "histogram") and counts:
         suppressed = [g for g, c in counts.items() if c < k]
         values = [v for v in values if v["group"] not in suppressed]
     return values, suppressed

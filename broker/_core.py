@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role, sign_payload, verify_payload
-from yumen.jobs import JobRequest, JobState, format_epsilon
+from yumen.jobs import Aggregate, JobRequest, JobState, format_epsilon
 from yumen.policy import Decision, DecisionRequest, License, PolicyBundle, PolicyEngine
 from yumen.tickets import Receipt, Ticket
 
-from yumen.broker._assembly import combine, needs_parts
+from yumen.broker._assembly import combine, needs_counts, needs_parts
 from yumen.broker._audit import BrokerAudit, LogSummary
 from yumen.broker._store import (
     EventRecord,
@@ -248,8 +248,10 @@ class Broker:
             if not decision.allowed:
                 self.audit.job_decided(request, identity, reg, decision)
                 raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
+            grouped = request.query is not None and (
+                bool(request.query.group_by) or request.query.aggregate is Aggregate.HISTOGRAM)
             if decision.allowed and decision.obligations and decision.obligations.min_group_size \
-                    and request.he_context and request.query is not None and request.query.group_by:
+                    and request.he_context and grouped:
                 raise YumenError(
                     Code.INVALID_ARGUMENT,
                     f"dataset {reg.id} requires groups of at least {decision.obligations.min_group_size}, which the "
@@ -370,6 +372,8 @@ class Broker:
             work["he_context"] = req["he_context"]
         if "query" in req and needs_parts(job):
             work["partial"] = "sum+count"
+        if "query" in req and needs_counts(job):
+            work["counts"] = True
         decision = job.decision.get("per_dataset", {}).get(reg.id, job.decision)
         ticket = Ticket(
             job_id=job.job_id, broker=self.id, connector=connector, department=reg.department,

@@ -409,34 +409,52 @@ class Executor:
         return {**fields, "values": hidden, "ciphertext_digest": "sha256:" + hashlib.sha256(ciphertext).hexdigest()}, ciphertext
 
     def _run_query(self, pinned: Pinned, ticket: Ticket, salt: bytes) -> dict[str, Any]:
-        from yumen.privacy import dp_query
+        """Answer the ticket's query on the pinned version, in the release shape the broker chose.
 
+        ``partial == "sum+count"``: a mean combined across departments (or under encryption)
+        is released as its parts, each with half the ε; whoever combines them divides.
+        ``counts``: a minimum group size applies, so every group's noisy row count is
+        released beside the statistic for the broker to suppress small groups by. Count and
+        histogram values are counts already, and mean and variance measure one (releasing it
+        is free); a sum or a quantile spends half its ε on a count.
+        """
         from yumen.jobs import Aggregate
-        from yumen.privacy import QuerySpec
+        from yumen.privacy import QuerySpec, dp_query
 
         reg = pinned.registration
         query = Query.from_dict(ticket.work["query"])
-        if ticket.work.get("partial") == "sum+count":
-            # A mean combined across departments (or under encryption) is released as its
-            # parts, each with half the ε; whoever combines them divides.
-            half = ticket.epsilon / 2
-            parts = []
-            for agg in (Aggregate.SUM, Aggregate.COUNT):
-                q = Query(aggregate=agg, column=query.column if agg is Aggregate.SUM else "", group_by=query.group_by,
-                          filters=query.filters)
-                parts.append(self._released(dp_query(pinned.frame(), reg, QuerySpec.from_query(q), half),
-                                            agg.value, salt, grouped=bool(query.group_by)))
-            both = dict(parts[0])
-            both["values"] = parts[0]["values"] + parts[1]["values"]
-            both["epsilon_charged"] = parts[0]["epsilon_charged"] + parts[1]["epsilon_charged"]
-            both["mechanism_params"] = {"parts": [parts[0]["mechanism_params"], parts[1]["mechanism_params"]]}
-            both["commitment"] = _commitment(salt, [parts[0]["commitment"], parts[1]["commitment"]])
-            return both
-        from yumen.privacy import QuerySpec
-
-        release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), ticket.epsilon)
         grouped = bool(query.group_by) or query.aggregate is Aggregate.HISTOGRAM
-        return self._released(release, query.aggregate.value, salt, grouped=grouped)
+        counts = bool(ticket.work.get("counts")) and grouped
+        split = ticket.work.get("partial") == "sum+count" or (
+            counts and query.aggregate in (Aggregate.SUM, Aggregate.QUANTILE))
+        if not split:
+            release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), ticket.epsilon)
+            out = self._released(release, query.aggregate.value, salt, grouped=grouped)
+            if counts and query.aggregate in (Aggregate.MEAN, Aggregate.VARIANCE):
+                out["values"] = out["values"] + self._count_values(release)
+            return out
+        main = Aggregate.SUM if query.aggregate is Aggregate.MEAN else query.aggregate
+        half = ticket.epsilon / 2
+        parts = []
+        for agg in (main, Aggregate.COUNT):
+            # The count is of the rows the statistic used (the column present), not of all
+            # rows: whoever divides a sum by it must divide by the number of values summed.
+            q = dataclasses.replace(query, aggregate=agg, quantile=query.quantile if agg is Aggregate.QUANTILE else None)
+            parts.append(self._released(dp_query(pinned.frame(), reg, QuerySpec.from_query(q), half),
+                                        agg.value, salt, grouped=bool(query.group_by)))
+        both = dict(parts[0])
+        both["values"] = parts[0]["values"] + parts[1]["values"]
+        both["epsilon_charged"] = parts[0]["epsilon_charged"] + parts[1]["epsilon_charged"]
+        both["mechanism_params"] = {"parts": [parts[0]["mechanism_params"], parts[1]["mechanism_params"]]}
+        both["commitment"] = _commitment(salt, [parts[0]["commitment"], parts[1]["commitment"]])
+        return both
+
+    @staticmethod
+    def _count_values(release: Any) -> tuple[ReleasedValue, ...]:
+        """The noisy counts a mean or variance measured, as released "count" values."""
+        count = next(c for c in release.components if c.name == "count")
+        return tuple(ReleasedValue(name="count", group=key, value=float(value), noise_scale=float(count.scale),
+                                   ci95=float(release.count_accuracy)) for key, value in release.counts.items())
 
     def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes) -> dict[str, Any]:
         """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate."""

@@ -82,6 +82,7 @@ def _release(plan: Plan, agg: dict[str, list[int]]) -> DPRelease:
     exact: dict[str, float] = {}
     scale: dict[str, float] = {}
     accuracy: dict[str, float] = {}
+    counts: dict[str, float] = {}
     n_parts = len(plan.parts)
     for i, key in enumerate(plan.keys):
         if spec.statistic in (Statistic.COUNT, Statistic.HISTOGRAM, Statistic.SUM):
@@ -91,6 +92,8 @@ def _release(plan: Plan, agg: dict[str, list[int]]) -> DPRelease:
             exact[key] = float(agg[name][i] * u)
             scale[key] = float(cal[name].scale * u)
             accuracy[key] = float(cal[name].half_width(ALPHA) * u)
+            if spec.statistic is not Statistic.SUM:
+                counts[key] = values[key]
             continue
         g = need_grid(plan)
         c_noisy = noisy["count"][i]
@@ -99,6 +102,7 @@ def _release(plan: Plan, agg: dict[str, list[int]]) -> DPRelease:
         a_s = cal["centered_sum"].half_width(ALPHA / n_parts)
         s_noisy = noisy["centered_sum"][i]
         s_exact = agg["centered_sum"][i]
+        counts[key] = float(c_noisy)
         if spec.statistic is Statistic.MEAN:
             values[key], accuracy[key] = _mean(g, c_noisy, s_noisy, a_c, a_s)
             exact[key] = float((g.q_mid + (Fraction(s_exact, c_exact) if c_exact else 0)) * g.step)
@@ -119,6 +123,8 @@ def _release(plan: Plan, agg: dict[str, list[int]]) -> DPRelease:
         components=plan.components(),
         statistic=spec.statistic.value,
         exact=exact,
+        counts=counts,
+        count_accuracy=float(cal["count"].half_width(ALPHA)) if "count" in cal and counts else 0.0,
     )
 
 

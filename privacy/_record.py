@@ -83,9 +83,15 @@ class DPRelease:
     confidence: Fraction = CONFIDENCE
     accuracy_unit: str = "value"  # "rank" for quantiles: rows of rank error, not value units
     exact: Mapping[str, float] = dataclasses.field(repr=False, compare=False)
+    # The noisy row count of each key where the release measured one (count and histogram:
+    # the values themselves; mean and variance: their count component). Releasing it is
+    # post-processing of the same measurement and costs nothing more; the broker uses it to
+    # suppress groups below a minimum size.
+    counts: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    count_accuracy: float = 0.0  # 95 % half-width of each of ``counts``
 
     def __post_init__(self) -> None:
-        for name in ("values", "noise_scale", "accuracy", "exact"):
+        for name in ("values", "noise_scale", "accuracy", "exact", "counts"):
             object.__setattr__(self, name, _frozen_map(getattr(self, name)))
         keys = list(self.values)
         if not keys:
@@ -93,6 +99,8 @@ class DPRelease:
         for name in ("noise_scale", "accuracy", "exact"):
             if list(getattr(self, name)) != keys:
                 raise _internal(f"{name} keys differ from the value keys")
+        if self.counts and list(self.counts) != keys:
+            raise _internal("count keys differ from the value keys")
         for k in keys:
             if not math.isfinite(self.values[k]):
                 raise _internal("a released value is not finite")
@@ -126,4 +134,6 @@ class DPRelease:
             "mechanism": self.mechanism,
             "epsilon": f"{self.epsilon.numerator}/{self.epsilon.denominator}",
             "components": [c.to_dict() for c in self.components],
+            "counts": dict(self.counts),
+            "count_accuracy": self.count_accuracy,
         }

@@ -40,3 +40,16 @@ def test_mean_from_parts_divides_and_bounds_the_error():
 def test_no_minimum_means_nothing_is_suppressed():
     values, suppressed = final_values(_job("count", k=0), [_v("count", "small", 0.5)])
     assert suppressed == [] and len(values) == 1
+
+
+def test_histogram_bins_below_the_minimum_are_suppressed_by_their_own_noisy_counts():
+    job = _job("histogram", group_by="")
+    values, suppressed = final_values(job, [_v("histogram", "[0,10)", 2.0), _v("histogram", "[10,20]", 80.0)])
+    assert suppressed == ["[0,10)"] and [v["group"] for v in values] == ["[10,20]"]
+
+
+def test_variance_groups_are_suppressed_by_the_count_released_beside_them():
+    parts = [_v("variance", "small", 4.0), _v("variance", "big", 9.0), _v("count", "small", 2.0),
+             _v("count", "big", 300.0)]
+    values, suppressed = final_values(_job("variance"), parts)
+    assert suppressed == ["small"] and values == [_v("variance", "big", 9.0)]

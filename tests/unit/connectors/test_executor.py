@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from fractions import Fraction
@@ -109,3 +110,68 @@ def test_an_encryption_context_that_does_not_match_the_ticket_is_refused(world):
     out = world["executor"].handle(payload, sig, b"", b"another context")
     r = Receipt.from_dict(json.loads(out[0]))
     assert r.status == "refused" and "encryption context" in r.error
+
+
+def _values(receipt: Receipt, name: str) -> dict[str, float]:
+    return {v.group: v.value for v in receipt.values if v.name == name}
+
+
+def _executor_on(world, tmp_path, frame, *, name: str):
+    """An executor serving ``frame`` as weather-daily, each row its own privacy unit (k = 1),
+    so that noisy counts are within a few rows of the truth."""
+    import polars as pl
+
+    from yumen.catalog import PrivacyUnit
+    from yumen.connectors._config import DatasetConfig
+
+    path = tmp_path / f"{name}.parquet"
+    frame.write_parquet(path)
+    served = world["executor"].datasets["weather-daily"]
+    reg = dataclasses.replace(served.base, privacy_unit=PrivacyUnit())
+    config = dataclasses.replace(world["config"], state_dir=tmp_path / f"state-{name}",
+                                 local_policy=LocalPolicy(max_epsilon_per_job=Fraction(1), dataset_epsilon_cap=Fraction(50)),
+                                 datasets=(DatasetConfig(registration=reg, source=SourceSpec(kind="parquet", path=str(path))),))
+    fresh = Executor(config, world["ckey"], x509.load_pem_x509_certificate(world["bcert"].read_bytes()))
+    return fresh, fresh.datasets["weather-daily"].refresh().version
+
+
+def _weather(world, tmp_path):
+    import polars as pl
+
+    return pl.read_parquet(world["executor"].datasets["weather-daily"].source.snapshot(tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("query", [
+    {"aggregate": "variance", "column": "temp_mean_c", "group_by": "region"},
+    {"aggregate": "mean", "column": "temp_mean_c", "group_by": "region"},
+    {"aggregate": "quantile", "column": "temp_mean_c", "group_by": "region", "quantile": "0.5"},
+    {"aggregate": "sum", "column": "precip_mm", "group_by": "region"},
+])
+def test_a_grouped_release_under_a_minimum_group_size_carries_each_groups_noisy_count(world, tmp_path, query):
+    frame = _weather(world, tmp_path)
+    executor, version = _executor_on(world, tmp_path, frame, name="mgs")
+    r = world["run"](world["ticket"](f"mgs-{query['aggregate']}", work={"query": query, "counts": True},
+                                     epsilon=Fraction(1), dataset_version=version), executor=executor)
+    assert r.status == "ok", r.error
+    counts, stat = _values(r, "count"), _values(r, query["aggregate"])
+    assert set(counts) == set(stat) and len(stat) > 1
+    assert r.epsilon_charged <= Fraction(1)
+    truth = dict(frame.group_by("region").len().iter_rows())
+    assert all(abs(counts[g] - truth.get(g, 0)) < 40 for g in counts)
+
+
+def test_a_partial_mean_counts_only_the_rows_its_sum_used(world, tmp_path):
+    import polars as pl
+
+    frame = _weather(world, tmp_path)
+    # half of the temperatures are missing
+    holes = frame.with_columns(pl.when(pl.int_range(pl.len()) % 2 == 0).then(None)
+                               .otherwise(pl.col("temp_mean_c")).alias("temp_mean_c"))
+    executor, version = _executor_on(world, tmp_path, holes, name="holes")
+    r = world["run"](world["ticket"]("partial-mean", dataset_version=version, epsilon=Fraction(1),
+                                     work={"query": {"aggregate": "mean", "column": "temp_mean_c", "group_by": ""},
+                                           "partial": "sum+count"}), executor=executor)
+    assert r.status == "ok", r.error
+    (count,) = _values(r, "count").values()
+    present = holes["temp_mean_c"].is_not_null().sum()
+    assert abs(count - present) < 60 and abs(count - holes.height) > 1000
