@@ -81,6 +81,11 @@ def _approvals_show(args: argparse.Namespace) -> int:
         print(f"  limits: {a['limits']}")
     if a["note"]:
         print(f"  note: {a['note']}")
+    failures = _state(args).failures(a["digest"])
+    if failures:
+        print(f"  failures ({len(failures)}; the operator saw only the kind):")
+        for f in failures[-10:]:
+            print(f"    job {f['job_id']} on {f['dataset']}: {f['kind']}: {f['detail']}")
     print("  source:")
     for line in a["source"].decode(errors="replace").splitlines():
         print(f"    {line}")

@@ -18,6 +18,11 @@ cert = "pki/weather-bureau.crt"
 key = "pki/weather-bureau.key"
 broker_certificate = "pki/broker.crt"   # pinned at enrolment: tickets must verify against it
 
+[timing]                         # results of algorithms leave at a deadline fixed from their limits
+allowance_s = 10                 # per job, on top of its time limit: pinning, staging, sandbox start-up
+wave_slack_s = 0.5               # per wave of sample-and-aggregate blocks
+block_parallelism = 0            # blocks of one job run at once (0: min(4, cores))
+
 [local_policy]                   # the department's own limits, checked before data is touched
 max_epsilon_per_job = "1"
 tiers = ["query", "approved-algorithm", "custom-algorithm"]
@@ -42,6 +47,7 @@ from pathlib import Path
 
 from yumen.catalog import DatasetRegistration
 from yumen.connectors._sources import SourceSpec
+from yumen.connectors._timing import Timing
 from yumen.config import read_toml
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
@@ -93,6 +99,7 @@ class ConnectorConfig:
     snapshot_retention_days: float = 90.0
     allow_reexecution: bool = True
     metrics_listen: str = ""
+    timing: Timing = Timing()
 
 
 def _err(path: Path, what: str, hint: str = "") -> YumenError:
@@ -125,6 +132,17 @@ def load_connector_config(path: Path) -> ConnectorConfig:
             raise YumenError(Code.CONFIG, "period_days must be at least 1")
     except YumenError as e:
         raise _err(path, f"[local_policy] {e.message}") from None
+    tm = doc.get("timing") or {}
+    try:
+        timing = Timing(
+            allowance_s=float(tm.get("allowance_s", Timing.allowance_s)),
+            wave_slack_s=float(tm.get("wave_slack_s", Timing.wave_slack_s)),
+            block_parallelism=int(tm.get("block_parallelism", Timing.block_parallelism)),
+        )
+    except (TypeError, ValueError):
+        raise _err(path, "[timing] values must be numbers of seconds (block_parallelism an integer)") from None
+    except YumenError as e:
+        raise _err(path, e.message) from None
     datasets = []
     raw = doc.get("datasets") or []
     if not raw:
@@ -159,4 +177,5 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         snapshot_retention_days=float(c.get("snapshot_retention_days", 90)),
         allow_reexecution=bool(c.get("allow_reexecution", True)),
         metrics_listen=str(c.get("metrics", "")),
+        timing=timing,
     )

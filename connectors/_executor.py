@@ -8,6 +8,13 @@ touched. Whatever happens after that, a receipt is produced: "ok" with released 
 Nothing in a receipt is a raw row or a pre-noise value: values come from
 ``DPRelease.to_dict()``, and the pre-noise output is present only as a salted SHA-256
 commitment whose salt stays in the connector's state.
+
+Nor does anything else in a receipt depend on the data beyond what DP covers. A failure
+after data was read is told to the operator as one fixed message per kind
+(:data:`PUBLIC_FAILURES`); what really happened (exit codes, undeclared output names,
+exception text) goes to the department's log and to the algorithm's approval review
+(``yumen approvals show``). Results of the algorithm tiers leave at a deadline fixed before
+the job runs (:mod:`yumen.connectors._timing`), with no wall or CPU time in the receipt.
 """
 
 from __future__ import annotations
@@ -37,10 +44,47 @@ from yumen.tickets import Receipt, ReleasedValue, Ticket
 from yumen.connectors._config import ConnectorConfig
 from yumen.connectors._sources import DataSource, open_source
 from yumen.connectors._state import ConnectorState
+from yumen.connectors._timing import Schedule, Timing, release_at, schedule_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Executor", "Pinned", "ServedDataset"]
+__all__ = ["Executor", "PUBLIC_FAILURES", "Pinned", "ServedDataset"]
+
+# The only words about a failure that leave the department: one fixed message per kind. The
+# kind itself is data-dependent (an approved algorithm may fail one way or another on
+# purpose), so it is at most log2(len(PUBLIC_FAILURES)) bits per failed job; docs/privacy.md.
+PUBLIC_FAILURES = {
+    "error": "the algorithm ended with an error",
+    "timeout": "the algorithm did not finish within its time limit",
+    "memory": "the algorithm ran out of memory",
+    "output-too-large": "the algorithm wrote more output than allowed",
+    "invalid-output": "the algorithm's output did not match its declared outputs",
+    "killed": "the algorithm was stopped by a signal",
+    "query": "the query failed at the department after the data was read",
+    "internal": "the department's connector failed while running the job",
+    "interrupted": "the job was interrupted by a restart of the department's connector",
+}
+
+
+def public_failure(kind: str, *, algorithm: bool) -> str:
+    """The operator's message for a failure of ``kind``."""
+    tail = "; try the algorithm on mock data with `yumen dev run`" if algorithm else ""
+    return f"{PUBLIC_FAILURES[kind]} (the department keeps the details){tail}"
+
+
+class JobFailure(Exception):
+    """A failure after data was read. ``kind`` is what the operator learns; ``detail`` stays here.
+
+    ``fields`` are receipt fields known at the time (algorithm and runtime digests, backend).
+    """
+
+    def __init__(self, kind: str, detail: str, **fields: Any) -> None:
+        if kind not in PUBLIC_FAILURES:
+            raise YumenError(Code.INTERNAL, f"unknown failure kind {kind!r}")
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.fields = fields
 
 _STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
@@ -125,6 +169,7 @@ def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
+    # ``timeout_s`` is each block's own limit (the job's limit shared out over its waves)
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
     run the algorithm once per block, each in a fresh sandbox, a few at a time.
 
@@ -208,7 +253,9 @@ class Executor:
         """Run one ticket; return the signed receipt (payload, signature, ciphertext), or None to ignore.
 
         Tickets that fail verification are dropped and logged: they did not come from the
-        pinned broker, so there is nobody trustworthy to answer.
+        pinned broker, so there is nobody trustworthy to answer. For the algorithm tiers this
+        returns no earlier than the job's release time (see :mod:`yumen.connectors._timing`):
+        the calling worker is held with the receipt.
         """
         try:
             ticket = Ticket.verify(payload, signature, self._broker_cert)
@@ -221,20 +268,47 @@ class Executor:
             if key in self._running:
                 return None  # a redelivery while it runs: the receipt will follow
             claimed, stored = self.state.claim(ticket.job_id, ticket.dataset, digest)
-            if stored is not None:
-                return stored  # executed before: send the same receipt (and ciphertext) again
-            if claimed:
+            if stored is None and claimed:
                 self._running.add(key)
+        if stored is not None:
+            # executed before: send the same receipt (and ciphertext) again, not before its time
+            self._hold_until(self.state.release_ms(ticket.job_id, ticket.dataset) / 1000)
+            return stored
         if not claimed:
             # Claimed by an earlier process that died mid-job: the data may have been
-            # touched, so the budget stays spent and the job is reported failed.
-            receipt = self._receipt(ticket, digest, status="failed", error="interrupted by a connector restart")
-            return self._finish(ticket, receipt, None)
+            # touched, so the budget stays spent and the job is reported failed, at the
+            # time the job would have been released had it run to its deadline.
+            started = self.state.claimed_at_ms(ticket.job_id, ticket.dataset) / 1000
+            schedule = self._schedule_or_none(ticket)
+            fields: dict[str, Any] = {"status": "failed", "error": public_failure("interrupted", algorithm=schedule is not None),
+                                      "epsilon_charged": ticket.epsilon}
+            return self._finish(ticket, self._receipt(ticket, digest, **fields), None, started=started,
+                                schedule=schedule)
         try:
             return self._execute(ticket, digest, algorithm_source, he_context)
         finally:
             with self._running_lock:
                 self._running.discard(key)
+
+    def _schedule_or_none(self, ticket: Ticket) -> Schedule | None:
+        try:
+            return self._schedule(ticket)
+        except YumenError:
+            return None
+
+    def _schedule(self, ticket: Ticket) -> Schedule | None:
+        """The job's release schedule, from its limits only (None for queries)."""
+        algo = ticket.work.get("algorithm") or {}
+        return schedule_for(ticket.tier, timeout_s=float(algo.get("timeout_s", 60)), blocks=int(algo.get("blocks", 10)),
+                            timing=self.config.timing)
+
+    @staticmethod
+    def _hold_until(when: float) -> None:
+        while True:
+            left = when - time.time()
+            if left <= 0:
+                return
+            time.sleep(min(left, 1.0))
 
     def reexecute(self, payload: bytes, signature: bytes, algorithm_source: bytes) -> tuple[bytes, bytes] | None:
         """Run a logged job again on the version it used and compare output commitments.
@@ -281,7 +355,7 @@ class Executor:
         if "query" in ticket.work:
             fields = self._run_query(pinned, ticket, salt)
         else:
-            fields = self._run_algorithm(pinned, ticket, source, salt)
+            fields = self._run_algorithm(pinned, ticket, source, salt, self._schedule_or_none(ticket))
         recomputed = str(fields.get("commitment", ""))
         return {"dataset_version": receipt.dataset_version, "logged_commitment": receipt.commitment,
                 "recomputed_commitment": recomputed, "matches": recomputed == receipt.commitment}
@@ -294,9 +368,26 @@ class Executor:
             department=self.config.department, ticket_digest=digest, at_ms=int(time.time() * 1000), **fields,
         )
 
-    def _finish(self, ticket: Ticket, receipt: Receipt, salt: bytes | None, ciphertext: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    def _finish(self, ticket: Ticket, receipt: Receipt, salt: bytes | None, ciphertext: bytes = b"", *,
+                started: float = 0.0, schedule: Schedule | None = None) -> tuple[bytes, bytes, bytes]:
+        """Sign, store and (for held tiers) wait for the release time before returning.
+
+        A held receipt carries the release time as its time, so it says nothing about when the
+        work really ended; an overrun of the deadline is logged here, for the department.
+        """
+        release = 0.0
+        if schedule is not None:
+            finished = time.time()
+            release = release_at(started, schedule, finished)
+            if release > started + schedule.duration_s:
+                log.warning("job %s on %s overran its deadline by %.1f s; released %.0f s late (raise [timing] "
+                            "allowance_s)", ticket.job_id, ticket.dataset, finished - started - schedule.duration_s,
+                            release - started - schedule.duration_s)
+                self.metrics.overruns.inc()
+            receipt = dataclasses.replace(receipt, at_ms=int(release * 1000))
         payload, sig = receipt.sign(self._key)
-        self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext)
+        self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext, release_ms=int(release * 1000))
+        self._hold_until(release)
         return payload, sig, ciphertext
 
     def _refusal(self, ticket: Ticket, algorithm_source: bytes) -> str:
@@ -359,7 +450,11 @@ class Executor:
         return ""
 
     def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
-        reason = self._refusal(ticket, algorithm_source) or self._local_gates(ticket, algorithm_source)
+        try:
+            schedule = self._schedule(ticket)  # fixed from the job's limits, before any data is read
+            reason = self._refusal(ticket, algorithm_source) or self._local_gates(ticket, algorithm_source)
+        except YumenError as e:
+            schedule, reason = None, e.message + (f" ({e.hint})" if e.hint else "")
         if reason:
             self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome="refused", seconds=0.0)
             log.info("job %s refused locally: %s", ticket.job_id, reason)
@@ -369,33 +464,41 @@ class Executor:
         if he_digest and "sha256:" + hashlib.sha256(he_context).hexdigest() != he_digest:
             reason = "the encryption context does not match the digest in the ticket"
             return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
-        started = time.monotonic()
+        started = time.time()
         salt = os.urandom(32)
         ciphertext = b""
+        is_algorithm = "algorithm" in ticket.work
         try:
             pinned = served.pin()
-            if "query" in ticket.work:
-                fields = self._run_query(pinned, ticket, salt)
+            if is_algorithm:
+                fields = self._run_algorithm(pinned, ticket, algorithm_source, salt, schedule)
             else:
-                fields = self._run_algorithm(pinned, ticket, algorithm_source, salt)
+                fields = self._run_query(pinned, ticket, salt)
             if he_digest and fields.get("status") == "ok":
                 fields, ciphertext = self._encrypt(fields, he_context)
-        except YumenError as e:
-            log.info("job %s failed: %s", ticket.job_id, e.message)
-            fields = {"status": "failed", "error": e.message, "epsilon_charged": ticket.epsilon}
-        except Exception:  # noqa: BLE001 - the department's log gets the details, the operator a safe message
-            log.exception("job %s failed with an internal error", ticket.job_id)
-            fields = {"status": "failed", "error": "internal error at the connector", "epsilon_charged": ticket.epsilon}
-        elapsed = time.monotonic() - started
+        except Exception as e:  # noqa: BLE001 - every failure after data was read gets a fixed public message
+            failure = e if isinstance(e, JobFailure) else JobFailure(
+                "query" if not is_algorithm and isinstance(e, YumenError) else "internal",
+                e.message if isinstance(e, YumenError) else f"{type(e).__name__}: {e}")
+            if not isinstance(e, YumenError | JobFailure):
+                log.exception("job %s failed with an internal error", ticket.job_id)
+            log.info("job %s on %s failed (%s): %s", ticket.job_id, ticket.dataset, failure.kind, failure.detail)
+            self.state.record_failure(ticket.job_id, ticket.dataset, kind=failure.kind, detail=failure.detail,
+                                      algorithm_digest=str((ticket.work.get("algorithm") or {}).get("digest", "")))
+            fields = {**failure.fields, "status": "failed", "epsilon_charged": ticket.epsilon,
+                      "error": public_failure(failure.kind, algorithm=is_algorithm)}
+        elapsed = time.time() - started
         self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome=str(fields.get("status")), seconds=elapsed)
         metering = dict(fields.pop("metering", {}))
-        if ticket.tier != "custom-algorithm":
-            # Custom code controls its own running time: wall and CPU time would be a side
-            # channel out of sample-and-aggregate, so they are metered locally only.
+        if schedule is None:
             metering["wall_ms"] = int(elapsed * 1000)
+        else:
+            # An algorithm controls its own running time: its wall and CPU time would be a side
+            # channel, so the receipt meters only what its limits fixed in advance.
+            metering["held_ms"] = int(schedule.duration_s * 1000)
         log.info("job %s on %s took %d ms", ticket.job_id, ticket.dataset, int(elapsed * 1000))
         receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
-        return self._finish(ticket, receipt, salt, ciphertext)
+        return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule)
 
     @staticmethod
     def _encrypt(fields: dict[str, Any], he_context: bytes) -> tuple[dict[str, Any], bytes]:
@@ -456,8 +559,13 @@ class Executor:
         return tuple(ReleasedValue(name="count", group=key, value=float(value), noise_scale=float(count.scale),
                                    ci95=float(release.count_accuracy)) for key, value in release.counts.items())
 
-    def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes) -> dict[str, Any]:
-        """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate."""
+    def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes,
+                       schedule: Schedule | None = None) -> dict[str, Any]:
+        """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate.
+
+        ``schedule`` gives each sandbox run its time limit (the job's, shared out over the waves
+        of blocks); without one (an audit re-execution) the job's own limit applies per run.
+        """
         from yumen.privacy import aggregate_blocks, release_outputs
         from yumen.sandbox import SandboxRequest, Status
 
@@ -467,36 +575,32 @@ class Executor:
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
         backend = self.sandbox(str(ticket.obligations.get("sandbox", "")))
         reg, snapshot = pinned.registration, pinned.snapshot
+        run_timeout = schedule.run_timeout_s if schedule is not None else float(algo.get("timeout_s", 60))
+        memory_mb = int(algo.get("memory_mb", 512))
 
-        def run(path: Path) -> Any:
-            return backend.run(SandboxRequest(
-                algorithm=source, inputs={reg.id: path}, params=algo.get("params", {}),
-                timeout_s=float(algo.get("timeout_s", 60)), memory_mb=int(algo.get("memory_mb", 512)),
-            ))
-
-        cpu_ms = 0
         if ticket.tier == "approved-algorithm":
-            report = run(snapshot)
+            report = backend.run(SandboxRequest(algorithm=source, inputs={reg.id: snapshot}, params=algo.get("params", {}),
+                                                timeout_s=run_timeout, memory_mb=memory_mb))
             self._keep_logs(ticket, report, "run")
-            cpu_ms = int(report.usage.cpu_ms)
             common = {"algorithm_digest": algo["digest"], "backend": report.backend,
-                      "runtime_digest": report.runtime_digest, "metering": {"cpu_ms": cpu_ms, "sandbox_runs": 1}}
+                      "runtime_digest": report.runtime_digest, "metering": {"sandbox_runs": 1}}
             if report.status is not Status.OK or report.result is None:
-                log.info("job %s: sandbox ended %s: %s", ticket.job_id, report.status.value, report.error)
-                return {**common, "status": "failed", "epsilon_charged": ticket.epsilon,
-                        "error": f"the algorithm ended with status {report.status.value}: {report.error}"}
-            release = release_outputs(report.result, ranges, ticket.epsilon)
+                kind = report.status.value if report.status is not Status.OK else "invalid-output"
+                raise JobFailure(kind, f"sandbox ended {report.status.value}: {report.error}", **common)
+            try:
+                release = release_outputs(report.result, ranges, ticket.epsilon)
+            except YumenError as e:
+                raise JobFailure("invalid-output", e.message, **common) from None
             return {**common, **self._released(release, "", salt, grouped=False)}
         # Custom code: GUPT-style sample-and-aggregate. A block that fails is not an error the
         # operator sees (that would leak which block failed): its outputs count as the range's
         # midpoint inside aggregate_blocks, and it adds to the noisy failed share.
         k = int(algo.get("blocks", 10))
         seed = hashlib.blake2b(b"yumen-blocks", key=salt[:32]).digest()
-        outputs, statuses, block_cpu_ms, backend_name, runtime, reports = run_blocks(
-            backend, source, reg, snapshot, k, seed, params=algo.get("params", {}),
-            timeout_s=float(algo.get("timeout_s", 60)), memory_mb=int(algo.get("memory_mb", 512)),
+        outputs, statuses, cpu_ms, backend_name, runtime, reports = run_blocks(
+            backend, source, reg, snapshot, k, seed, params=algo.get("params", {}), timeout_s=run_timeout,
+            memory_mb=memory_mb, parallel=self.config.timing.parallel,
         )
-        cpu_ms += block_cpu_ms
         for i, block_report in enumerate(reports):
             self._keep_logs(ticket, block_report, f"block-{i}")
         # Whether the code failed is itself an output of untrusted code on private data, so

@@ -32,6 +32,9 @@ class ConnectorMetrics:
                                registry=self.registry)
         self.reconnects = Counter("yumen_connector_reconnects", "Times the stream to the broker was re-established",
                                   registry=self.registry)
+        self.overruns = Counter("yumen_connector_deadline_overruns",
+                                "Algorithm jobs that finished after their release deadline (raise [timing] allowance_s)",
+                                registry=self.registry)
         self._server: Any = None
 
     def record(self, *, dataset: str, tier: str, outcome: str, seconds: float) -> None:

@@ -42,6 +42,7 @@ class ConnectorState:
                 ciphertext BLOB,
                 salt BLOB,
                 at_ms INTEGER NOT NULL,
+                release_ms INTEGER NOT NULL DEFAULT 0,  -- the receipt leaves no earlier (algorithm tiers)
                 PRIMARY KEY (job_id, dataset)
             );
             CREATE TABLE IF NOT EXISTS ledger (
@@ -62,7 +63,20 @@ class ConnectorState:
                 requested_ms INTEGER NOT NULL,
                 decided_ms INTEGER
             );
+            CREATE TABLE IF NOT EXISTS failures (  -- the department's own record of why jobs failed
+                job_id TEXT NOT NULL,
+                dataset TEXT NOT NULL,
+                algorithm_digest TEXT NOT NULL, -- '' for queries
+                kind TEXT NOT NULL,             -- the status class the operator was told
+                detail TEXT NOT NULL,           -- what really happened: never leaves the department
+                at_ms INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS failures_digest ON failures(algorithm_digest);
         """)
+        # state written by an earlier version of the connector lacks the release time
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(executions)")}
+        if "release_ms" not in columns:
+            self._db.execute("ALTER TABLE executions ADD COLUMN release_ms INTEGER NOT NULL DEFAULT 0")
 
     def claim(self, job_id: str, dataset: str, ticket_digest: str) -> tuple[bool, tuple[bytes, bytes, bytes] | None]:
         """Claim a ticket. Returns (claimed, stored receipt and ciphertext if already done)."""
@@ -82,13 +96,26 @@ class ConnectorState:
             return True, None
 
     def finish(self, job_id: str, dataset: str, payload: bytes, signature: bytes, salt: bytes | None,
-               ciphertext: bytes = b"") -> None:
+               ciphertext: bytes = b"", *, release_ms: int = 0) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE executions SET state='done', receipt_payload=?, receipt_signature=?, salt=?, ciphertext=? "
-                "WHERE job_id=? AND dataset=?",
-                (payload, signature, salt, ciphertext, job_id, dataset),
+                "UPDATE executions SET state='done', receipt_payload=?, receipt_signature=?, salt=?, ciphertext=?, "
+                "release_ms=? WHERE job_id=? AND dataset=?",
+                (payload, signature, salt, ciphertext, release_ms, job_id, dataset),
             )
+
+    def claimed_at_ms(self, job_id: str, dataset: str) -> int:
+        """When a ticket was claimed (0 if never)."""
+        with self._lock:
+            row = self._db.execute("SELECT at_ms FROM executions WHERE job_id=? AND dataset=?", (job_id, dataset)).fetchone()
+        return int(row[0]) if row else 0
+
+    def release_ms(self, job_id: str, dataset: str) -> int:
+        """When a finished execution's receipt may leave (0: at once)."""
+        with self._lock:
+            row = self._db.execute("SELECT release_ms FROM executions WHERE job_id=? AND dataset=?",
+                                   (job_id, dataset)).fetchone()
+        return int(row[0]) if row else 0
 
     def interrupted(self) -> list[tuple[str, str]]:
         """Tickets claimed but never finished (the connector died mid-job)."""
@@ -108,6 +135,24 @@ class ConnectorState:
         with self._lock:
             row = self._db.execute("SELECT salt FROM executions WHERE job_id=? AND dataset=?", (job_id, dataset)).fetchone()
         return bytes(row[0]) if row and row[0] is not None else None
+
+    # -- failures: the detail the operator is not told ---------------------------------
+    def record_failure(self, job_id: str, dataset: str, *, algorithm_digest: str, kind: str, detail: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO failures(job_id, dataset, algorithm_digest, kind, detail, at_ms) VALUES (?,?,?,?,?,?)",
+                (job_id, dataset, algorithm_digest, kind, detail[:4000], int(time.time() * 1000)),
+            )
+
+    def failures(self, algorithm_digest: str | None = None) -> list[dict[str, Any]]:
+        """Recorded failures, oldest first (of one algorithm, or all of them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, dataset, algorithm_digest, kind, detail, at_ms FROM failures "
+                "WHERE ? IS NULL OR algorithm_digest=? ORDER BY at_ms", (algorithm_digest, algorithm_digest),
+            ).fetchall()
+        keys = ("job_id", "dataset", "algorithm_digest", "kind", "detail", "at_ms")
+        return [dict(zip(keys, r)) for r in rows]
 
     # -- the department's own ledger --------------------------------------------------
     def charge(self, dataset: str, period: str, epsilon: Fraction, cap: Fraction) -> Fraction | None:

@@ -219,7 +219,10 @@ class Algorithm:
     source: bytes
     outputs: tuple[OutputRange, ...]
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    timeout_s: float = 60.0
+    # The whole job's time limit: its result is released this long (plus the department's
+    # fixed allowance) after it starts, whatever the code does; sample-and-aggregate shares
+    # it out over the waves of blocks.
+    timeout_s: float = 30.0
     memory_mb: int = 512
     blocks: int = 10  # sample-and-aggregate blocks for the custom-algorithm tier
 

@@ -86,6 +86,7 @@ class LocalSpace:
         extra_policy: str = "",
         seed: int = 2026,
         broker_settings: str = "",
+        timing: dict[str, Any] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.departments = departments
@@ -94,6 +95,9 @@ class LocalSpace:
         self.extra_policy = extra_policy
         self.seed = seed
         self.broker_settings = broker_settings  # extra [broker] lines, e.g. store = "postgres"
+        # every connector's [timing]: on one local machine a short allowance keeps algorithm
+        # jobs (held to their deadline) quick
+        self.timing = dict(timing) if timing is not None else {"allowance_s": 3.0, "wave_slack_s": 0.5}
         self.pki = self.root / "pki"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -131,6 +135,7 @@ class LocalSpace:
                 f'metrics = "127.0.0.1:{free_port()}"', "",
                 "[tls]", 'ca = "pki/ca.crt"', f'cert = "pki/{dep.id}.crt"', f'key = "pki/{dep.id}.key"',
                 'broker_certificate = "pki/broker.crt"', "",
+                "[timing]", *(f"{k} = {_toml_value(v)}" for k, v in self.timing.items()), "",
             ]
             if dep.local_policy:
                 lines.append("[local_policy]")

@@ -66,8 +66,8 @@ def _demo(args: argparse.Namespace) -> int:
                "--group-by", "card_type", "--epsilon", "0.5", "--purpose", "commercial")
         _step("a sandboxed algorithm: seasonal temperatures, run next to the weather data")
         _yumen(env, "submit", "algorithm", str(_EXAMPLES / "seasonal_temperature.py"), "--dataset", "weather-daily",
-               "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--blocks", "40", "--epsilon", "1",
-               "--purpose", "public-interest")
+               "--output", "summer_mean_c=10:30", "--output", "winter_mean_c=-20:5", "--blocks", "10",
+               "--timeout", "8", "--epsilon", "1", "--purpose", "public-interest")
         _step("a job the policy denies: commercial use of restricted (L3) health data")
         _yumen(env, "submit", "query", "--dataset", "outpatient-visits", "--aggregate", "count",
                "--epsilon", "0.5", "--purpose", "commercial", expect=4)

@@ -334,10 +334,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--output", action="append", help="declared output and its range, NAME=LOWER:UPPER (repeatable)")
     a.add_argument("--param", action="append", help="parameter KEY=VALUE, VALUE parsed as JSON when it can be")
     a.add_argument("--tier", default=Tier.CUSTOM_ALGORITHM.value, choices=[Tier.APPROVED_ALGORITHM.value, Tier.CUSTOM_ALGORITHM.value])
-    a.add_argument("--timeout", type=float, default=60.0, help="wall-time limit in seconds")
+    a.add_argument("--timeout", type=float, default=30.0,
+                   help="the job's time limit in seconds (default 30); the result is released this long, plus the "
+                        "department's fixed allowance, after the job starts, however early the code finishes")
     a.add_argument("--memory", type=int, default=512, help="memory limit in MB")
     a.add_argument("--blocks", type=int, default=10,
-                   help="custom tier: sample-and-aggregate blocks, 2–100 (more blocks, less noise, less data each)")
+                   help="custom tier: sample-and-aggregate blocks, 2–100 (more blocks, less noise, less data each; "
+                        "the time limit is shared out over the waves of blocks the department runs at once)")
     common(a)
     a.set_defaults(func=_submit_algorithm)
 

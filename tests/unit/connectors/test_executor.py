@@ -14,6 +14,7 @@ from yumen.catalog import DatasetRegistration
 from yumen.connectors import LocalPolicy, SourceSpec, demo_registration, generate_demo
 from yumen.connectors._config import ConnectorConfig, DatasetConfig
 from yumen.connectors._executor import Executor
+from yumen.connectors._timing import Timing
 from yumen.identity import Role, init_ca, issue, load_private_key
 from yumen.rpc import TlsFiles
 from yumen.tickets import Receipt, Ticket
@@ -31,6 +32,7 @@ def world(tmp_path):
         max_parallel_jobs=1, tls=TlsFiles(ca=tmp_path / "pki" / "ca.crt", cert=ccert, key=ckey), broker_certificate=bcert,
         local_policy=LocalPolicy(max_epsilon_per_job=Fraction(1), dataset_epsilon_cap=Fraction(3, 2)),
         datasets=(DatasetConfig(registration=reg, source=SourceSpec(kind="parquet", path=str(data))),), path=tmp_path / "c.toml",
+        timing=Timing(allowance_s=0.5, wave_slack_s=0.1),
     )
     broker_key = load_private_key(bkey)
     executor = Executor(config, load_private_key(ckey), x509.load_pem_x509_certificate(bcert.read_bytes()))
@@ -175,3 +177,64 @@ def test_a_partial_mean_counts_only_the_rows_its_sum_used(world, tmp_path):
     (count,) = _values(r, "count").values()
     present = holes["temp_mean_c"].is_not_null().sum()
     assert abs(count - present) < 60 and abs(count - holes.height) > 1000
+
+
+def _approved(world, source: str, job_id: str, outputs=({"name": "mean_temp", "lower": -40, "upper": 45},), timeout_s=5):
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(source.encode()).hexdigest()
+    state = world["executor"].state
+    state.request_approval(digest, source.encode(), {"job_id": job_id})
+    state.decide_approval(digest, "approved", limits={}, note="", by="reviewer")
+    work = {"algorithm": {"digest": digest, "outputs": list(outputs), "timeout_s": timeout_s, "memory_mb": 256,
+                          "blocks": 10, "params": {}}}
+    out = world["executor"].handle(*world["ticket"](job_id, tier="approved-algorithm", work=work), source.encode())
+    return Receipt.from_dict(json.loads(out[0])), digest
+
+
+@pytest.mark.parametrize("source,kind,secret", [
+    ("import json\njson.dump({'mean_temp': 1.0, 'victim_x_87_25': 1.0}, open('/data/output/result.json','w'))\n",
+     "invalid-output", "victim_x_87_25"),
+    ("import sys\nsys.exit(87)\n", "error", "87"),
+    ("import json\njson.dump({f'k{i}': 1.0 for i in range(1112)}, open('/data/output/result.json','w'))\n",
+     "invalid-output", "1112"),
+])
+def test_an_approved_algorithms_failure_reaches_the_operator_as_one_fixed_message_per_kind(world, source, kind, secret):
+    from yumen.connectors._executor import public_failure
+
+    receipt, digest = _approved(world, source, f"fail-{kind}-{len(source)}", timeout_s=2)
+    assert receipt.status == "failed"
+    assert receipt.error == public_failure(kind, algorithm=True)
+    # nothing of the detail is anywhere in the signed receipt (digests and signatures aside)
+    text = json.dumps({k: v for k, v in receipt.to_dict().items() if not k.endswith("digest")})
+    assert secret not in text
+    (failure,) = world["executor"].state.failures(digest)
+    assert failure["kind"] == kind and secret in failure["detail"]  # the department keeps it
+
+
+def test_a_query_that_fails_after_reading_data_says_only_that(world, tmp_path):
+    import polars as pl
+
+    frame = _weather(world, tmp_path).drop("wind_ms")  # the source lost a registered column
+    executor, version = _executor_on(world, tmp_path, frame, name="lost-column")
+    r = world["run"](world["ticket"]("q-fail", dataset_version=version,
+                                     work={"query": {"aggregate": "sum", "column": "wind_ms", "group_by": ""}}),
+                     executor=executor)
+    from yumen.connectors._executor import public_failure
+
+    assert r.status == "failed" and r.error == public_failure("query", algorithm=False)
+    assert "wind_ms" not in json.dumps(r.to_dict())
+    assert "wind_ms" in executor.state.failures()[0]["detail"]
+
+
+def test_an_algorithm_receipt_leaves_at_its_deadline_with_no_running_time_in_it(world):
+    """A quick approved run is held to allowance + timeout; its receipt's time is that deadline."""
+    world["executor"].config = dataclasses.replace(world["config"], timing=Timing(allowance_s=1.0))
+    source = "import json\njson.dump({'mean_temp': 1.0}, open('/data/output/result.json','w'))\n"
+    started = time.time()
+    receipt, _ = _approved(world, source, "held", timeout_s=3)
+    waited = time.time() - started
+    assert receipt.status == "ok", receipt.error
+    assert waited >= 4.0  # never before its deadline (1 s allowance + 3 s limit)
+    assert set(receipt.metering) == {"sandbox_runs", "held_ms"} and receipt.metering["held_ms"] == 4000
+    assert abs(receipt.at_ms / 1000 - (started + 4.0)) < 1.0
