@@ -8,9 +8,12 @@ in what needs the policy engine:
   last recorded it, and fails when the outcome, the matched rule, the obligations or the
   reason differ. A denial at the budget gate is checked against the ledger rebuilt so far:
   the job must really have overrun its cap.
-* :class:`Ledger` rebuilds what the broker reserves: ε and runs per (license, dataset,
-  period), from allowed decisions, less cancelled jobs and jobs a department refused
-  before touching data (their budget is given back).
+* :class:`Ledger` rebuilds what the broker reserves: every budget account (a license's on a
+  dataset per period, a privacy-unit namespace's per period and for its lifetime; see
+  ``yumen.policy``'s budget rules), from the charges allowed decisions logged, less
+  cancelled jobs and jobs a department refused before touching data (given back exactly).
+  :func:`reevaluate` re-derives those charges from the rules and checks that every allowed
+  job fitted every cap in the order the log records, and every budget refusal overran one.
 * :class:`Bills` adds up the bills of released jobs per (operator, currency).
 
 :func:`compare_accounts` lists every difference between the rebuilt books and the ones the
@@ -53,46 +56,51 @@ def _fail(entry: JobDecided, what: str) -> YumenError:
 
 
 class Ledger:
-    """ε and runs reserved per (license, dataset, period), rebuilt from the log."""
+    """Every budget account's balance (ε or ρ, and runs), rebuilt from the log.
+
+    Allowed decisions add exactly the charges they logged (which :func:`reevaluate` checks
+    against the budget rules); cancelled jobs and datasets a department refused give back
+    exactly what they charged.
+    """
 
     def __init__(self) -> None:
         self.books: dict[tuple[str, str, str], tuple[Fraction, int]] = {}
-        self._jobs: dict[str, list[tuple[str, str, str, Fraction]]] = {}
+        self._jobs: dict[str, dict[str, list[Any]]] = {}
 
-    def _add(self, key: tuple[str, str, str], eps: Fraction, runs: int) -> None:
+    def _add(self, key: tuple[str, str, str], amount: Fraction, runs: int) -> None:
         spent, n = self.books.get(key, (Fraction(0), 0))
-        self.books[key] = (spent + eps, n + runs)
+        self.books[key] = (spent + amount, n + runs)
 
     def on_entry(self, index: int, entry: Entry, context: ReplayContext) -> None:
+        from yumen.policy import Charge
+
         if isinstance(entry, JobDecided) and entry.allowed:
-            eps = Fraction(entry.epsilon)
-            rows = []
+            charged: dict[str, list[Any]] = {}
             for ds, d in (entry.details.get("per_dataset") or {}).items():
-                for lic in (entry.license_id, "*"):
-                    if lic == "*" and not Fraction((d.get("obligations") or {}).get("dataset_epsilon_cap", "0") or "0"):
-                        continue
-                    key = (lic, ds, d.get("period", ""))
-                    self._add(key, eps, 1)
-                    rows.append((*key, eps))
-            self._jobs[entry.job_id] = rows
+                if "charges" not in d:
+                    raise YumenError(Code.VERIFICATION_FAILED,
+                                     f"the decision on job {entry.job_id} does not record what it charged on {ds}")
+                charged[ds] = [Charge.from_list(c) for c in d["charges"]]
+                for c in charged[ds]:
+                    self._add(c.account, c.amount, c.runs)
+            self._jobs[entry.job_id] = charged
         elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
             self._give_back(entry.job_id)
         elif isinstance(entry, JobExecuted) and entry.details.get("status") == "refused":
             self._give_back(entry.job_id, dataset=entry.dataset_id)
 
     def _give_back(self, job_id: str, *, dataset: str = "") -> None:
-        """Return a job's reservations (one dataset's, or all): nothing was touched there."""
-        kept = []
-        for lic, ds, period, eps in self._jobs.pop(job_id, []):
-            if dataset and ds != dataset:
-                kept.append((lic, ds, period, eps))
-                continue
-            self._add((lic, ds, period), -eps, -1)
-        if kept:
-            self._jobs[job_id] = kept
+        """Return a job's charges (one dataset's, or all): nothing was touched there."""
+        charged = self._jobs.get(job_id, {})
+        for ds in [d for d in charged if not dataset or d == dataset]:
+            for c in charged.pop(ds):
+                self._add(c.account, -c.amount, -c.runs)
+
+    def balance(self, account: tuple[str, str, str]) -> tuple[Fraction, int]:
+        return self.books.get(account, (Fraction(0), 0))
 
     def spent(self, license: str, dataset: str, period: str) -> Fraction:
-        return self.books.get((license, dataset, period), (Fraction(0), 0))[0]
+        return self.balance((license, dataset, period))[0]
 
     def result(self) -> dict[tuple[str, str, str], tuple[Fraction, int]]:
         return {k: v for k, v in self.books.items() if v != (Fraction(0), 0)}
@@ -138,7 +146,9 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
     per = entry.details.get("per_dataset") or {
         entry.datasets[0]: {k: entry.details.get(k, "") for k in ("department", "level", "price_class", "period")}
     }
-    for ds, d in per.items():
+    budgets: list[tuple[str, dict[str, Any], Any]] = []
+    # in the order the broker reserved them: the job's own dataset order
+    for ds, d in sorted(per.items(), key=lambda kv: entry.datasets.index(kv[0]) if kv[0] in entry.datasets else 0):
         decision = engine.decide(DecisionRequest(
             license=entry.license_id, department=d["department"], dataset=ds, level=d["level"], tier=entry.tier,
             purpose=entry.purpose, epsilon=Fraction(entry.epsilon), price_class=d.get("price_class", "standard"),
@@ -154,24 +164,68 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
                 raise _fail(entry, "the obligations differ from the logged ones")
             if str(decision.price) != str(d.get("price", decision.price)):
                 raise _fail(entry, f"price {decision.price}, logged {d.get('price')}")
+            budgets.append((ds, d, decision))
             continue
         gate = entry.details.get("gate", "")
         if gate == "budget":
             if not decision.allowed:
                 raise _fail(entry, f"logged as over budget, but policy denies it: {decision.reason}")
-            if ledger is not None and decision.obligations is not None:
-                cap = decision.obligations.epsilon_cap
-                spent = ledger.spent(entry.license_id, ds, d.get("period", ""))
-                runs = ledger.books.get((entry.license_id, ds, d.get("period", "")), (0, 0))[1]
-                over = spent + Fraction(entry.epsilon) > cap or runs >= decision.obligations.max_runs
-                total_cap = decision.obligations.dataset_epsilon_cap
-                over = over or (total_cap and ledger.spent("*", ds, d.get("period", "")) + Fraction(entry.epsilon) > total_cap)
-                if not over:
-                    raise _fail(entry, f"logged as over budget, but the log shows {spent} of {cap} ε spent")
+            budgets.append((ds, d, decision))
         elif decision.allowed:
             raise _fail(entry, f"logged as denied ({entry.reason}), re-decided as allowed under rule {decision.rule}")
         elif decision.reason != entry.reason:
             raise _fail(entry, f"denied for another reason: {decision.reason!r}, logged {entry.reason!r}")
+    _check_budget(entry, ctx, ledger, at, budgets)
+
+
+def _check_budget(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None, at: dt.datetime,
+                  budgets: list[tuple[str, dict[str, Any], Any]]) -> None:
+    """Re-derive each dataset's reservation under the budget rules and check it against the
+    ledger rebuilt so far: an allowed job must fit every cap and have charged exactly what the
+    rules say; a job refused for budget must overrun at least one cap."""
+    from yumen.catalog import PrivacyUnit
+    from yumen.policy import Charge, refusal, limits_for
+
+    if not budgets:
+        return
+    pending: dict[tuple[str, str, str], tuple[Fraction, int]] = {}
+    over = ""
+    for ds, d, decision in budgets:
+        ob = decision.obligations
+        unit = PrivacyUnit.from_dict(ctx.units.get(ds, {}))
+        expected = None
+        logged = [Charge.from_list(c) for c in d.get("charges", [])]
+        # the decision was taken a moment before the log recorded it: accept the window of
+        # either instant when they straddle a period boundary
+        for when in (at, at - dt.timedelta(minutes=2)):
+            r = limits_for(ds, unit, department=d.get("department", ""), license=entry.license_id,
+                           epsilon=Fraction(entry.epsilon), epsilon_cap=ob.epsilon_cap, period_days=ob.period_days,
+                           max_runs=ob.max_runs, dataset_epsilon_cap=ob.dataset_epsilon_cap,
+                           dataset_period_days=ob.dataset_period_days, lifetime_epsilon_cap=ob.lifetime_epsilon_cap,
+                           at=when)
+            if list(r.charges()) == logged:
+                expected = r
+                break
+        if expected is None:
+            raise _fail(entry, f"on {ds} it charged {[c.to_list() for c in logged]}, but the budget rules "
+                               f"under its policy and the dataset's registration charge {[c.to_list() for c in r.charges()]}")
+        if ledger is None:
+            continue
+        for limit in expected.limits:
+            spent, runs = ledger.balance(limit.account)
+            extra, extra_runs = pending.get(limit.account, (Fraction(0), 0))
+            err = refusal(expected, limit, spent + extra, runs + extra_runs)
+            if err is not None:
+                over = over or err.message
+        for c in expected.charges():
+            extra, extra_runs = pending.get(c.account, (Fraction(0), 0))
+            pending[c.account] = (extra + c.amount, extra_runs + c.runs)
+    if ledger is None:
+        return
+    if entry.allowed and over:
+        raise _fail(entry, f"logged as allowed, but the log shows it over budget: {over}")
+    if not entry.allowed and not over:
+        raise _fail(entry, "logged as over budget, but the log shows every account it would charge within its cap")
 
 
 def compare_accounts(ledger: dict[Any, tuple[Fraction, int]], bills: dict[Any, tuple[Decimal, int]],

@@ -39,6 +39,8 @@ class ReplayContext:
     policies: dict[str, PolicyChanged] = dataclasses.field(default_factory=dict)
     current_policy: str = ""
     dataset_versions: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    # each dataset's privacy unit as last registered (namespace, accounting): whose budget it spends
+    units: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     licenses: dict[str, LicenseChanged] = dataclasses.field(default_factory=dict)
     decisions: dict[str, JobDecided] = dataclasses.field(default_factory=dict)
     executions: dict[str, list[JobExecuted]] = dataclasses.field(default_factory=dict)
@@ -115,6 +117,7 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
         ctx.current_policy = entry.policy_version
     elif isinstance(entry, DatasetRegistered):
         ctx.dataset_versions.setdefault(entry.dataset_id, set()).add(entry.version)
+        ctx.units[entry.dataset_id] = dict(entry.details.get("privacy_unit") or {})
     elif isinstance(entry, LicenseChanged):
         ctx.licenses[entry.license_id] = entry
     elif isinstance(entry, JobDecided):

@@ -29,7 +29,7 @@ from yumen.audit import (
 from yumen.catalog import DatasetRegistration
 from yumen.identity import Identity
 from yumen.jobs import JobRequest, format_epsilon
-from yumen.policy import Decision, PolicyEngine
+from yumen.policy import Decision, PolicyEngine, Reservation
 from yumen.tickets import Receipt
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ class BrokerAudit:
         return self.tlog.append(DatasetRegistered(
             dataset_id=reg.id, version=reg.version, department=reg.department,
             registration_digest=reg.digest(), level=reg.level.value,
-            details={"connector": connector.name, "title": reg.title},
+            # the privacy unit says whose budget the dataset spends (namespace, accounting):
+            # the auditor's replay needs it to rebuild the ledger
+            details={"connector": connector.name, "title": reg.title, "privacy_unit": reg.privacy_unit.to_dict()},
         ))
 
     def policy_changed(self, engine: PolicyEngine, *, previous: str = "", changed_by: str = "broker") -> int:
@@ -105,8 +107,24 @@ class BrokerAudit:
                      "period": period, "he": bool(request.he_context)},
         ))
 
+    @staticmethod
+    def _per_dataset(decisions: list[tuple[DatasetRegistration, Decision]],
+                     reservations: list[Reservation]) -> dict[str, Any]:
+        """Each dataset's decision and budget: rule, obligations, price, and exactly what the
+        reservation charges (or would have charged) to which account."""
+        return {
+            r.id: {"department": r.department, "level": r.level.value, "dataset_version": r.version,
+                   "rule": d.rule, "obligations": d.obligations.to_dict() if d.obligations else {},
+                   "price": str(d.price), "price_class": r.price_class, "period": res.period,
+                   "namespace": res.namespace, "accounting": res.accounting.value,
+                   "delta": f"{res.delta.numerator}/{res.delta.denominator}" if res.delta else "",
+                   "amount": f"{res.amount.numerator}/{res.amount.denominator}",
+                   "charges": [c.to_list() for c in res.charges()]}
+            for (r, d), res in zip(decisions, reservations)
+        }
+
     def job_allowed(self, request: JobRequest, operator: Identity, decisions: list[tuple[DatasetRegistration, Decision]],
-                    periods: dict[str, str]) -> int:
+                    reservations: list[Reservation]) -> int:
         """One entry for an allowed job, covering every dataset it names (one decision each)."""
         reg0, dec0 = decisions[0]
         return self.tlog.append(JobDecided(
@@ -116,15 +134,25 @@ class BrokerAudit:
             tier=request.tier.value, purpose=request.purpose.value,
             epsilon=format_epsilon(request.epsilon), request_digest=request.digest(),
             details={
-                "per_dataset": {
-                    r.id: {"department": r.department, "level": r.level.value, "dataset_version": r.version,
-                           "rule": d.rule, "obligations": d.obligations.to_dict() if d.obligations else {},
-                           "price": str(d.price), "price_class": r.price_class, "period": periods.get(r.id, "")}
-                    for r, d in decisions
-                },
+                "per_dataset": self._per_dataset(decisions, reservations),
                 "price": str(sum((d.price for _, d in decisions), Decimal(0))),
                 "he": bool(request.he_context),
             },
+        ))
+
+    def job_over_budget(self, request: JobRequest, operator: Identity,
+                        decisions: list[tuple[DatasetRegistration, Decision]], reservations: list[Reservation],
+                        reason: str) -> int:
+        """A job the policy allowed but the budget refused: which accounts it would have charged."""
+        reg0, dec0 = decisions[0]
+        return self.tlog.append(JobDecided(
+            job_id=request.job_id, allowed=False, policy_version=dec0.policy_version,
+            matched_rule=dec0.rule, obligations=dec0.obligations.to_dict() if dec0.obligations else {},
+            operator=operator.name, license_id=operator.license, datasets=tuple(r.id for r, _ in decisions),
+            tier=request.tier.value, purpose=request.purpose.value,
+            epsilon=format_epsilon(request.epsilon), reason=reason, request_digest=request.digest(),
+            details={"gate": "budget", "per_dataset": self._per_dataset(decisions, reservations),
+                     "he": bool(request.he_context)},
         ))
 
     def job_cancelled(self, job: Any, reason: str) -> int:
@@ -219,13 +247,18 @@ class BrokerAudit:
         from yumen.jobs import JobState  # local: avoids a cycle at import time
 
         missing = [j for j in store.jobs_in_state(*JobState) if j.job_id not in summary.allowed]
-        periods: dict[str, dict[str, str]] = {}
-        for job_id, dataset, _lic, period, _eps, _released in store.iter_reservations():
-            periods.setdefault(job_id, {})[dataset] = period
+        reserved: dict[str, dict[str, tuple[str, tuple[Any, ...]]]] = {}
+        for job_id, dataset, _lic, period, _eps, _released, charges in store.iter_reservations():
+            reserved.setdefault(job_id, {})[dataset] = (period, charges)
         for job in missing:
             req, dec = job.request, job.decision
-            per = {ds: {**d, "period": periods.get(job.job_id, {}).get(ds, "")}
-                   for ds, d in (dec.get("per_dataset") or {}).items()}
+            per = {}
+            for ds, d in (dec.get("per_dataset") or {}).items():
+                period, charges = reserved.get(job.job_id, {}).get(ds, ("", ()))
+                budget = d.get("budget") or {}
+                per[ds] = {k: v for k, v in d.items() if k != "budget"}
+                per[ds].update(period=period, charges=[c.to_list() for c in charges],
+                               **{k: budget.get(k, "") for k in ("namespace", "accounting", "delta", "amount")})
             self.tlog.append(JobDecided(
                 job_id=job.job_id, allowed=True, policy_version=dec["policy_version"],
                 matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},

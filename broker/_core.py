@@ -34,21 +34,23 @@ from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role, sign_payload, verify_payload
 from yumen.jobs import Aggregate, JobRequest, JobState, format_epsilon
-from yumen.policy import Decision, DecisionRequest, License, PolicyBundle, PolicyEngine
+from yumen.loss import Accounting, epsilon_of_rho
+from yumen.policy import (
+    Decision,
+    DecisionRequest,
+    License,
+    PolicyBundle,
+    PolicyEngine,
+    Reservation,
+    describe_amount,
+    refusal,
+    reservation_for,
+)
 from yumen.tickets import Receipt, Ticket
 
 from yumen.broker._assembly import combine, needs_counts, needs_parts
 from yumen.broker._audit import BrokerAudit, LogSummary
-from yumen.broker._store import (
-    EventRecord,
-    JobRecord,
-    Reservation,
-    Store,
-    budget_exhausted,
-    dataset_exhausted_message,
-    now_ms,
-    runs_exhausted,
-)
+from yumen.broker._store import EventRecord, JobRecord, Store, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +263,7 @@ class Broker:
             decisions.append((reg, decision))
         created = now_ms()
         reg0, dec0 = decisions[0]
+        reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
         record = JobRecord(
             job_id=request.job_id, operator=identity.name, license=identity.license,
             request_digest=request.digest(), request=request.to_dict(),
@@ -268,73 +271,77 @@ class Broker:
             state=JobState.PENDING, message="accepted; waiting for the departments' connectors",
             decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": max(r.level.value for r in regs),
                       "price": str(sum((d.price for _, d in decisions), Decimal(0))),
-                      "per_dataset": {r.id: d.to_dict() for r, d in decisions}},
+                      "per_dataset": {r.id: {**d.to_dict(), "budget": budget_facts(res)}
+                                      for (r, d), res in zip(decisions, reservations)}},
             created_ms=created, updated_ms=created, he_context=request.he_context,
         )
-        reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
         try:
             record, created_now = self.store.create_job(record, reservations)
         except YumenError as e:
             if e.code is Code.BUDGET_EXHAUSTED:
-                denied = dataclasses.replace(dec0, allowed=False, gate="budget", reason=e.message)
-                self.audit.job_decided(request, identity, reg0, denied, period=reservations[0].period)
+                self.audit.job_over_budget(request, identity, decisions, reservations, e.message)
             raise
         if created_now:
-            self.audit.job_allowed(request, identity, decisions, {r.dataset: r.period for r in reservations})
+            self.audit.job_allowed(request, identity, decisions, reservations)
             self._notify()
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record
 
-    @staticmethod
-    def period_of(period_days: int, at: dt.datetime | None = None) -> str:
-        """Budget windows of ``period_days`` days counted from the Unix epoch (UTC)."""
-        at = at or dt.datetime.now(dt.timezone.utc)
-        day = int(at.timestamp() // 86400)
-        return f"{period_days}d:{day // period_days}"
-
-    def _reservation(self, license_id: str, reg: DatasetRegistration, epsilon: Fraction, dec: Decision) -> Reservation:
-        ob = dec.obligations
-        if ob is None:
+    def _reservation(self, license_id: str, reg: DatasetRegistration, epsilon: Fraction, dec: Decision,
+                     at: dt.datetime | None = None) -> Reservation:
+        if dec.obligations is None:
             raise YumenError(Code.INTERNAL, "an allowed decision carries obligations")
-        return Reservation(
-            dataset=reg.id, license=license_id, epsilon=epsilon, cap=ob.epsilon_cap,
-            period=self.period_of(ob.period_days), max_runs=ob.max_runs, dataset_cap=ob.dataset_epsilon_cap,
-        )
+        return reservation_for(reg, license=license_id, epsilon=epsilon, obligations=dec.obligations,
+                               at=at or dt.datetime.now(dt.timezone.utc))
 
     def explain(self, identity: Identity, request: JobRequest) -> dict[str, Any]:
-        """What :meth:`submit` would decide, with budget and price, touching nothing."""
+        """What :meth:`submit` would decide, with budget and price, touching nothing.
+
+        The budget part uses the same rules and wording as a reservation (``yumen.policy``'s
+        budget module): every account the job would charge, what is left before and after.
+        """
         if identity.role is not Role.OPERATOR:
             raise YumenError(Code.PERMISSION_DENIED, "only operator certificates may ask for explanations")
         (ds,) = request.datasets[:1] or ("",)
         reg = self.dataset(ds)[0]
         self._validate_work(request, reg)
         decision = self.decide(identity, request, reg)
+        unit = reg.privacy_unit
         out: dict[str, Any] = {
             "allowed": decision.allowed, "reason": decision.reason, "gate": decision.gate,
             "matched_rule": decision.rule, "policy_version": decision.policy_version,
             "obligations": decision.obligations.to_dict() if decision.obligations else {},
             "epsilon_requested": format_epsilon(request.epsilon), "price": str(decision.price),
             "epsilon_remaining": "", "epsilon_remaining_after": "", "runs_remaining": 0, "period": "",
+            "accounting": unit.accounting.value, "delta": reg.privacy_unit.to_dict().get("delta", ""),
+            "cost": "", "accounts": [],
         }
-        if decision.obligations is not None:
-            r = self._reservation(identity.license, reg, request.epsilon, decision)
-            spent, runs = self.store.spent(r.license, reg.id, r.period), self.store.runs(r.license, reg.id, r.period)
-            left = max(r.cap - spent, Fraction(0))
-            out.update(period=r.period, epsilon_remaining=format_epsilon(left) if left else "0",
-                       runs_remaining=max(r.max_runs - runs, 0))
-            after = left - request.epsilon
-            out["epsilon_remaining_after"] = format_epsilon(after) if after > 0 else "0"
-            refusal = None
-            if after < 0:
-                refusal = budget_exhausted(left=left, cap=r.cap, dataset=reg.id, license=r.license, period=r.period,
-                                           asks=request.epsilon)
-            elif r.max_runs and runs >= r.max_runs:
-                refusal = runs_exhausted(runs=runs, max_runs=r.max_runs, dataset=reg.id, license=r.license, period=r.period)
-            elif r.dataset_cap and self.store.spent("*", reg.id, r.period) + request.epsilon > r.dataset_cap:
-                total_left = max(r.dataset_cap - self.store.spent("*", reg.id, r.period), Fraction(0))
-                refusal = YumenError(Code.BUDGET_EXHAUSTED, dataset_exhausted_message(total_left, r))
-            if decision.allowed and refusal is not None:
-                out.update(allowed=False, gate="budget", reason=refusal.message)
+        if decision.obligations is None:
+            return out
+        r = self._reservation(identity.license, reg, request.epsilon, decision)
+        out["cost"] = describe_amount(r.amount, r.accounting, r.delta)
+        first_refusal = None
+        for limit in r.limits:
+            spent, runs = self.store.balance(limit.account)
+            left = max(limit.cap - spent, Fraction(0))
+            after = max(left - r.amount, Fraction(0))
+            out["accounts"].append({
+                "kind": limit.kind, "window": limit.account[2], "cap": describe_amount(limit.cap, r.accounting, r.delta),
+                "remaining": describe_amount(left, r.accounting, r.delta),
+                "remaining_after": describe_amount(after, r.accounting, r.delta),
+                "runs_remaining": max(limit.max_runs - runs, 0) if limit.max_runs else -1,
+            })
+            if limit.kind == "license":
+                # in ε: under zCDP, the largest ε a job could still ask for
+                as_eps = (lambda x: x) if unit.accounting is Accounting.PURE else (
+                    lambda x: epsilon_of_rho(x, r.delta, round_up=False))
+                out.update(period=limit.account[2],
+                           epsilon_remaining=format_epsilon(as_eps(left)) if as_eps(left) else "0",
+                           epsilon_remaining_after=format_epsilon(as_eps(after)) if as_eps(after) else "0",
+                           runs_remaining=max(limit.max_runs - runs, 0))
+            first_refusal = first_refusal or refusal(r, limit, spent, runs)
+        if decision.allowed and first_refusal is not None:
+            out.update(allowed=False, gate="budget", reason=first_refusal.message)
         return out
 
     @staticmethod
@@ -633,6 +640,13 @@ class Broker:
                 if current is not None:
                     self._advance(current, receipt, index)
         return summary
+
+
+def budget_facts(r: Reservation) -> dict[str, str]:
+    """What a ticket and a result need to know of a reservation: the accounting and its cost."""
+    return {"accounting": r.accounting.value, "namespace": r.namespace,
+            "delta": f"{r.delta.numerator}/{r.delta.denominator}" if r.delta else "",
+            "amount": f"{r.amount.numerator}/{r.amount.denominator}"}
 
 
 def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:

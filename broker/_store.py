@@ -21,33 +21,11 @@ from typing import Any, Iterator, Protocol
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.jobs import JobState, format_epsilon
+from yumen.jobs import JobState
 
-__all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "now_ms"]
+from yumen.policy import Account, Charge, Reservation, refusal
 
-
-def budget_exhausted(*, left: Fraction, cap: Fraction, dataset: str, license: str, period: str, asks: Fraction) -> YumenError:
-    """The one wording of a budget refusal, shared by enforcement and explanation."""
-    return YumenError(
-        Code.BUDGET_EXHAUSTED,
-        f"budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(cap)} ε left on dataset "
-        f"{dataset} for license {license} in period {period}; this job asks for {format_epsilon(asks)}",
-        hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
-    )
-
-
-def runs_exhausted(*, runs: int, max_runs: int, dataset: str, license: str, period: str) -> YumenError:
-    return YumenError(
-        Code.BUDGET_EXHAUSTED,
-        f"run limit reached: license {license} has run {runs} of {max_runs} jobs allowed on dataset "
-        f"{dataset} in period {period}",
-        hint="wait for the next budget period",
-    )
-
-
-def dataset_exhausted_message(left: Fraction, r: "Reservation") -> str:
-    return (f"dataset budget exhausted: {format_epsilon(left) if left else '0'} of {format_epsilon(r.dataset_cap)} ε left "
-            f"on dataset {r.dataset} for all licenses together in period {r.period}")
+__all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "now_ms"]  # Reservation: see _budget
 
 
 def now_ms() -> int:
@@ -60,24 +38,6 @@ def _frac(text: str) -> Fraction:
 
 def _frac_text(f: Fraction) -> str:
     return f"{f.numerator}/{f.denominator}"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Reservation:
-    """ε to reserve for one dataset of a job, with the limits it must stay within.
-
-    ``period`` names the budget window (e.g. ``30d:683``); ``cap`` bounds this license on
-    this dataset in the window, ``dataset_cap`` all licenses together (0: no total cap),
-    and ``max_runs`` the number of jobs of this license on this dataset in the window.
-    """
-
-    dataset: str
-    license: str
-    epsilon: Fraction
-    cap: Fraction
-    period: str = "total"
-    max_runs: int = 0
-    dataset_cap: Fraction = Fraction(0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,7 +79,8 @@ class Store(Protocol):
     def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, Fraction]]: ...
+    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]: ...
+    def balance(self, account: Account) -> tuple[Fraction, int]: ...
     def put_license(self, record: dict[str, Any]) -> None: ...
     def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]: ...
     def revoked(self, fingerprint: str) -> dict[str, Any] | None: ...
@@ -162,8 +123,8 @@ CREATE TABLE IF NOT EXISTS job_events (
     PRIMARY KEY (job_id, seq)
 );
 CREATE TABLE IF NOT EXISTS budget (
-    license TEXT NOT NULL,      -- '*' for the dataset's total over all licenses
-    dataset TEXT NOT NULL,
+    license TEXT NOT NULL,      -- '*' for an account of all licenses together (see _budget)
+    dataset TEXT NOT NULL,      -- a dataset id, or 'ns:…' for a privacy-unit namespace
     period TEXT NOT NULL,
     spent TEXT NOT NULL,
     runs INTEGER NOT NULL,
@@ -177,6 +138,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     epsilon TEXT NOT NULL,
     at_ms INTEGER NOT NULL,
     released INTEGER NOT NULL DEFAULT 0,  -- 1: given back because no data was touched
+    charges TEXT NOT NULL DEFAULT '[]',   -- exactly what it added to each account (a refund takes back this)
     PRIMARY KEY (job_id, dataset)
 );
 CREATE TABLE IF NOT EXISTS licenses (
@@ -219,6 +181,9 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
+        columns = {row[1] for row in self._db().execute("PRAGMA table_info(reservations)")}
+        if "charges" not in columns:  # state written before reservations recorded their charges
+            self._db().execute("ALTER TABLE reservations ADD COLUMN charges TEXT NOT NULL DEFAULT '[]'")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -320,56 +285,47 @@ class SqliteStore:
         return (_frac(row[0]), int(row[1])) if row else (Fraction(0), 0)
 
     @staticmethod
-    def _budget_add(db: sqlite3.Connection, license: str, dataset: str, period: str, eps: Fraction, runs: int) -> None:
-        row = db.execute(
-            "SELECT spent, runs FROM budget WHERE license=? AND dataset=? AND period=?", (license, dataset, period)
-        ).fetchone()
-        spent, n = (_frac(row[0]), int(row[1])) if row else (Fraction(0), 0)
+    def _budget_add(db: sqlite3.Connection, account: Account, amount: Fraction, runs: int) -> None:
+        spent, n = SqliteStore._budget_row(db, *account)
         db.execute(
             "INSERT INTO budget(license, dataset, period, spent, runs) VALUES (?,?,?,?,?) "
             "ON CONFLICT(license, dataset, period) DO UPDATE SET spent=excluded.spent, runs=excluded.runs",
-            (license, dataset, period, _frac_text(spent + eps), n + runs),
+            (*account, _frac_text(spent + amount), n + runs),
         )
 
     def _reserve(self, db: sqlite3.Connection, job_id: str, r: Reservation, at_ms: int) -> None:
-        spent, runs = self._budget_row(db, r.license, r.dataset, r.period)
-        if spent + r.epsilon > r.cap:
-            raise budget_exhausted(left=max(r.cap - spent, Fraction(0)), cap=r.cap, dataset=r.dataset,
-                                   license=r.license, period=r.period, asks=r.epsilon)
-        if r.max_runs and runs + 1 > r.max_runs:
-            raise runs_exhausted(runs=runs, max_runs=r.max_runs, dataset=r.dataset, license=r.license, period=r.period)
-        if r.dataset_cap:
-            total, _ = self._budget_row(db, "*", r.dataset, r.period)
-            if total + r.epsilon > r.dataset_cap:
-                left = max(r.dataset_cap - total, Fraction(0))
-                raise YumenError(
-                    Code.BUDGET_EXHAUSTED, dataset_exhausted_message(left, r),
-                    hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
-                )
-            self._budget_add(db, "*", r.dataset, r.period, r.epsilon, 1)
-        self._budget_add(db, r.license, r.dataset, r.period, r.epsilon, 1)
+        for limit in r.limits:  # every limit first: a refusal writes nothing
+            spent, runs = self._budget_row(db, *limit.account)
+            err = refusal(r, limit, spent, runs)
+            if err is not None:
+                raise err
+        charges = r.charges()
+        for c in charges:
+            self._budget_add(db, c.account, c.amount, c.runs)
         db.execute(
-            "INSERT INTO reservations(job_id, dataset, license, period, epsilon, at_ms) VALUES (?,?,?,?,?,?)",
-            (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms),
+            "INSERT INTO reservations(job_id, dataset, license, period, epsilon, at_ms, charges) VALUES (?,?,?,?,?,?,?)",
+            (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms,
+             json.dumps([c.to_list() for c in charges])),
         )
 
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, Fraction]]:
-        """Give back a job's budget (one dataset's, or all of it). Only where the data was never
-        touched: a job cancelled before dispatch, or a dataset whose department refused."""
+    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]:
+        """Give back a job's budget (one dataset's, or all of it), exactly as it was charged.
+
+        Only where the data was never touched: a job cancelled before dispatch, or a dataset
+        whose department refused. Released reservations are skipped, so this is idempotent.
+        """
         out = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT dataset, license, period, epsilon FROM reservations WHERE job_id=? AND released=0 "
-                "AND (?='' OR dataset=?)", (job_id, dataset, dataset),
+                "SELECT dataset, charges FROM reservations WHERE job_id=? AND released=0 AND (?='' OR dataset=?)",
+                (job_id, dataset, dataset),
             ).fetchall()
-            for dataset, lic, period, eps_text in rows:
-                eps = _frac(eps_text)
-                self._budget_add(db, lic, dataset, period, -eps, -1)
-                total = db.execute("SELECT 1 FROM budget WHERE license='*' AND dataset=? AND period=?", (dataset, period)).fetchone()
-                if total:
-                    self._budget_add(db, "*", dataset, period, -eps, -1)
-                db.execute("UPDATE reservations SET released=1 WHERE job_id=? AND dataset=?", (job_id, dataset))
-                out.append((dataset, eps))
+            for ds, charges_text in rows:
+                charges = tuple(Charge.from_list(c) for c in json.loads(charges_text))
+                for c in charges:
+                    self._budget_add(db, c.account, -c.amount, -c.runs)
+                db.execute("UPDATE reservations SET released=1 WHERE job_id=? AND dataset=?", (job_id, ds))
+                out.append((ds, charges))
         return out
 
     # -- certificate revocation --------------------------------------------------------
@@ -492,8 +448,12 @@ class SqliteStore:
         return {d: {**json.loads(r), "ciphertext": bytes(c)} for d, r, c in rows}
 
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction:
-        """ε spent by ``license`` (or ``"*"``: all licenses) on ``dataset`` in ``period``."""
+        """What the account (``license`` or ``"*"``, dataset or ``ns:…``, window) has spent."""
         return self._budget_row(self._db(), license, dataset, period)[0]
+
+    def balance(self, account: Account) -> tuple[Fraction, int]:
+        """An account's spent amount and run count (zero when it was never charged)."""
+        return self._budget_row(self._db(), *account)
 
     def ledger(self) -> list[tuple[str, str, str, Fraction, int]]:
         """Every budget row: (license or "*", dataset, period, ε spent, runs)."""
@@ -503,8 +463,10 @@ class SqliteStore:
     def runs(self, license: str, dataset: str, period: str = "total") -> int:
         return self._budget_row(self._db(), license, dataset, period)[1]
 
-    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool]]:
-        for job_id, dataset, lic, period, eps, released in self._db().execute(
-            "SELECT job_id, dataset, license, period, epsilon, released FROM reservations ORDER BY at_ms, job_id"
+    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool, tuple[Charge, ...]]]:
+        """Every reservation: (job, dataset, license, period, ε asked, released, charges)."""
+        for job_id, dataset, lic, period, eps, released, charges in self._db().execute(
+            "SELECT job_id, dataset, license, period, epsilon, released, charges FROM reservations ORDER BY at_ms, job_id"
         ):
-            yield job_id, dataset, lic, period, _frac(eps), bool(released)
+            yield (job_id, dataset, lic, period, _frac(eps), bool(released),
+                   tuple(Charge.from_list(c) for c in json.loads(charges)))

@@ -13,13 +13,15 @@ Concurrency. Transactions run at READ COMMITTED and take row locks in one global
    or rolls back, so the idempotency check needs no separate lock.
 2. Budget rows are then locked with ``SELECT ... FOR UPDATE``, one key after another in
    sorted order of ``(license, dataset, period)``; a missing row is first inserted with
-   ``ON CONFLICT DO NOTHING`` so that there is a row to lock. The per-license key and the
-   dataset total (license ``"*"``) are both locked before any check, so every reservation
-   on a key is serialized, across processes and hosts. A refusal raises inside the
+   ``ON CONFLICT DO NOTHING`` so that there is a row to lock. Every account a reservation
+   charges (the license's, and its namespace's period and lifetime accounts, see
+   ``_budget``) is locked before any check, so every reservation on an account is
+   serialized, across processes and hosts. A refusal raises inside the
    transaction, which rolls back the job row, any placeholder budget rows and everything
    else: nothing is written.
-3. ``release_reservation`` locks the job's unreleased reservation rows, then the budget
-   keys in the same sorted order; a second release finds no unreleased rows.
+3. ``release_reservation`` locks the job's unreleased reservation rows, then the accounts
+   they charged in the same sorted order, and subtracts exactly what each charged; a
+   second release finds no unreleased rows.
 
 Rejected alternatives: SERIALIZABLE would be correct too, but a hundred requests on one
 budget key make it abort and retry most of them (a retry storm exactly when the budget is
@@ -56,18 +58,10 @@ from psycopg.pq import TransactionStatus
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.jobs import JobState, format_epsilon
+from yumen.jobs import JobState
 
-from ._store import (
-    EventRecord,
-    JobRecord,
-    Reservation,
-    _frac_text,
-    budget_exhausted,
-    dataset_exhausted_message,
-    now_ms,
-    runs_exhausted,
-)
+from yumen.policy import Account, Charge, Reservation, refusal
+from ._store import EventRecord, JobRecord, _frac_text, now_ms
 
 __all__ = ["PostgresStore"]
 
@@ -115,8 +109,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.job_events (
     PRIMARY KEY (job_id, seq)
 );
 CREATE TABLE IF NOT EXISTS {{s}}.budget (
-    license {_K},      -- '*' for the dataset's total over all licenses
-    dataset {_K},
+    license {_K},      -- '*' for an account of all licenses together (see _budget)
+    dataset {_K},      -- a dataset id, or 'ns:…' for a privacy-unit namespace
     period {_K},
     spent TEXT NOT NULL,
     runs BIGINT NOT NULL,
@@ -130,8 +124,10 @@ CREATE TABLE IF NOT EXISTS {{s}}.reservations (
     epsilon TEXT NOT NULL,
     at_ms BIGINT NOT NULL,
     released BOOLEAN NOT NULL DEFAULT FALSE,  -- given back because no data was touched
+    charges TEXT NOT NULL DEFAULT '[]',       -- exactly what it added to each account
     PRIMARY KEY (job_id, dataset)
 );
+ALTER TABLE {{s}}.reservations ADD COLUMN IF NOT EXISTS charges TEXT NOT NULL DEFAULT '[]';
 CREATE TABLE IF NOT EXISTS {{s}}.licenses (
     id {_K} PRIMARY KEY,
     record TEXT NOT NULL,
@@ -436,9 +432,7 @@ class PostgresStore:
                     hint="choose a new job id, or omit it to have one generated",
                 )
             budget = _LockedBudget(conn, self._t["budget"])
-            keys = {(r.license, r.dataset, r.period) for r in reservations}
-            keys |= {("*", r.dataset, r.period) for r in reservations if r.dataset_cap}
-            budget.lock(keys, create=True)
+            budget.lock({limit.account for r in reservations for limit in r.limits}, create=True)
             for r in reservations:
                 self._reserve(conn, budget, job.job_id, r, job.created_ms)
             budget.write()
@@ -451,56 +445,44 @@ class PostgresStore:
         return self._write(tx)
 
     def _reserve(self, conn: Any, budget: _LockedBudget, job_id: str, r: Reservation, at_ms: int) -> None:
-        # The same checks, in the same order, as SqliteStore._reserve.
-        key = (r.license, r.dataset, r.period)
-        spent, runs = budget.get(key)
-        if spent + r.epsilon > r.cap:
-            raise budget_exhausted(left=max(r.cap - spent, Fraction(0)), cap=r.cap, dataset=r.dataset,
-                                   license=r.license, period=r.period, asks=r.epsilon)
-        if r.max_runs and runs + 1 > r.max_runs:
-            raise runs_exhausted(runs=runs, max_runs=r.max_runs, dataset=r.dataset, license=r.license, period=r.period)
-        if r.dataset_cap:
-            total_key = ("*", r.dataset, r.period)
-            total, _ = budget.get(total_key)
-            if total + r.epsilon > r.dataset_cap:
-                left = max(r.dataset_cap - total, Fraction(0))
-                raise YumenError(
-                    Code.BUDGET_EXHAUSTED, dataset_exhausted_message(left, r),
-                    hint=f"ask for ε ≤ {format_epsilon(left)}" if left > 0 else "wait for the next budget period",
-                )
-            budget.add(total_key, r.epsilon, 1)
-        budget.add(key, r.epsilon, 1)
+        # The same checks, in the same order, as SqliteStore._reserve (both from _budget).
+        for limit in r.limits:
+            spent, runs = budget.get(limit.account)
+            err = refusal(r, limit, spent, runs)
+            if err is not None:
+                raise err
+        charges = r.charges()
+        for c in charges:
+            budget.add(c.account, c.amount, c.runs)
         conn.execute(
-            f"INSERT INTO {self._t['reservations']}(job_id, dataset, license, period, epsilon, at_ms) "
-            "VALUES (%s,%s,%s,%s,%s,%s)",
-            (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms),
+            f"INSERT INTO {self._t['reservations']}(job_id, dataset, license, period, epsilon, at_ms, charges) "
+            "VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            (job_id, r.dataset, r.license, r.period, _frac_text(r.epsilon), at_ms,
+             json.dumps([c.to_list() for c in charges])),
         )
 
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, Fraction]]:
-        """Give back a job's budget (one dataset's, or all of it). Only where the data was never
-        touched: a job cancelled before dispatch, or a dataset whose department refused."""
+    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]:
+        """Give back a job's budget (one dataset's, or all of it), exactly as it was charged. Only
+        where the data was never touched: a job cancelled before dispatch, or a dataset whose
+        department refused."""
 
-        def tx(conn: Any) -> list[tuple[str, Fraction]]:
+        def tx(conn: Any) -> list[tuple[str, tuple[Charge, ...]]]:
             rows = conn.execute(
-                f"SELECT dataset, license, period, epsilon FROM {self._t['reservations']} "
+                f"SELECT dataset, charges FROM {self._t['reservations']} "
                 "WHERE job_id=%s AND NOT released AND (%s = '' OR dataset = %s) ORDER BY dataset FOR UPDATE",
                 (job_id, dataset, dataset),
             ).fetchall()
+            parsed = [(ds, tuple(Charge.from_list(c) for c in json.loads(text))) for ds, text in rows]
             budget = _LockedBudget(conn, self._t["budget"])
-            budget.lock({(lic, ds, period) for ds, lic, period, _ in rows}, create=True)
-            budget.lock({("*", ds, period) for ds, _, period, _ in rows}, create=False)
-            out = []
-            for ds, lic, period, eps_text in rows:
-                eps = Fraction(eps_text)
-                budget.add((lic, ds, period), -eps, -1)
-                if budget.exists(("*", ds, period)):
-                    budget.add(("*", ds, period), -eps, -1)
+            budget.lock({c.account for _, charges in parsed for c in charges}, create=True)
+            for ds, charges in parsed:
+                for c in charges:
+                    budget.add(c.account, -c.amount, -c.runs)
                 conn.execute(
                     f"UPDATE {self._t['reservations']} SET released=TRUE WHERE job_id=%s AND dataset=%s", (job_id, ds)
                 )
-                out.append((ds, eps))
             budget.write()
-            return out
+            return parsed
 
         return self._write(tx)
 
@@ -640,8 +622,12 @@ class PostgresStore:
         return (Fraction(row[0]), int(row[1])) if row else (Fraction(0), 0)
 
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction:
-        """ε spent by ``license`` (or ``"*"``: all licenses) on ``dataset`` in ``period``."""
+        """What the account (``license`` or ``"*"``, dataset or ``ns:…``, window) has spent."""
         return self._budget_row(license, dataset, period)[0]
+
+    def balance(self, account: Account) -> tuple[Fraction, int]:
+        """An account's spent amount and run count (zero when it was never charged)."""
+        return self._budget_row(*account)
 
     def ledger(self) -> list[tuple[str, str, str, Fraction, int]]:
         """Every budget row: (license or "*", dataset, period, ε spent, runs)."""
@@ -651,11 +637,13 @@ class PostgresStore:
     def runs(self, license: str, dataset: str, period: str = "total") -> int:
         return self._budget_row(license, dataset, period)[1]
 
-    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool]]:
+    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool, tuple[Charge, ...]]]:
+        """Every reservation: (job, dataset, license, period, ε asked, released, charges)."""
         # Read whole, then yield: a pooled connection is not held across the caller's loop.
         rows = self._rows(
-            f"SELECT job_id, dataset, license, period, epsilon, released FROM {self._t['reservations']} "
+            f"SELECT job_id, dataset, license, period, epsilon, released, charges FROM {self._t['reservations']} "
             "ORDER BY at_ms, job_id, dataset"
         )
-        for job_id, dataset, lic, period, eps, released in rows:
-            yield job_id, dataset, lic, period, Fraction(eps), bool(released)
+        for job_id, dataset, lic, period, eps, released, charges in rows:
+            yield (job_id, dataset, lic, period, Fraction(eps), bool(released),
+                   tuple(Charge.from_list(c) for c in json.loads(charges)))

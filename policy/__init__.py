@@ -4,6 +4,19 @@ The broker is the policy decision point; each connector also enforces its depart
 own policy before it touches data. See docs/policy.md.
 """
 
+from yumen.policy._budget import (
+    LIFETIME,
+    Account,
+    Charge,
+    Limit,
+    Reservation,
+    describe_amount,
+    limits_for,
+    namespace_key,
+    period_of,
+    refusal,
+    reservation_for,
+)
 from yumen.policy._engine import (
     Decision,
     DecisionRequest,
@@ -15,6 +28,17 @@ from yumen.policy._engine import (
 from yumen.policy._licenses import License, LicenseStatus, format_time, parse_time
 
 __all__ = [
+    "LIFETIME",
+    "Account",
+    "Charge",
+    "Limit",
+    "Reservation",
+    "describe_amount",
+    "limits_for",
+    "namespace_key",
+    "period_of",
+    "refusal",
+    "reservation_for",
     "Decision",
     "DecisionRequest",
     "License",

@@ -107,6 +107,8 @@ class Obligations:
     sandbox: str
     approval: bool
     dataset_epsilon_cap: Fraction
+    dataset_period_days: int = 30
+    lifetime_epsilon_cap: Fraction = Fraction(0)
     expires: dt.datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,6 +122,8 @@ class Obligations:
             "sandbox": self.sandbox,
             "approval": self.approval,
             "dataset_epsilon_cap": format_epsilon(self.dataset_epsilon_cap) if self.dataset_epsilon_cap else "0",
+            "dataset_period_days": self.dataset_period_days,
+            "lifetime_epsilon_cap": format_epsilon(self.lifetime_epsilon_cap) if self.lifetime_epsilon_cap else "0",
             "expires": format_time(self.expires) if self.expires else "",
         }
 
@@ -252,7 +256,15 @@ class PolicyEngine:
                 "sandbox": d.get("sandbox", "bwrap"),
                 "approval": bool(d.get("approval", False)),
                 "dataset_epsilon_cap": _eps(d.get("dataset_epsilon_cap", "0"), f"{where} dataset_epsilon_cap", zero_ok=True),
+                "dataset_period_days": int(d.get("dataset_period_days", 30)),
+                "lifetime_epsilon_cap": _eps(d.get("lifetime_epsilon_cap", "0"), f"{where} lifetime_epsilon_cap",
+                                             zero_ok=True),
             }
+            if levels[name]["dataset_period_days"] < 1:
+                raise _cfg(f"{where} dataset_period_days must be at least 1")
+            if tiers and not levels[name]["lifetime_epsilon_cap"]:
+                raise _cfg(f"{where} lifetime_epsilon_cap is missing: a level that allows jobs needs a lifetime cap, "
+                           "which no period, rule or refund can exceed")
         return levels
 
     @staticmethod
@@ -318,7 +330,8 @@ class PolicyEngine:
             period_days=r["period_days"], max_runs=r["max_runs"],
             min_group_size=max(int(merged["min_group_size"]), lv["min_group_size"]),
             sandbox=sandbox, approval=bool(merged["approval"]) or lv["approval"],
-            dataset_epsilon_cap=lv["dataset_epsilon_cap"], expires=r["expires"],
+            dataset_epsilon_cap=lv["dataset_epsilon_cap"], dataset_period_days=lv["dataset_period_days"],
+            lifetime_epsilon_cap=lv["lifetime_epsilon_cap"], expires=r["expires"],
         )
 
     def decide(self, req: DecisionRequest, license: License | None) -> Decision:

@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 from typing import Any
 
 from yumen.canonical import digest_of
 from yumen.errors import Code, YumenError
+from yumen.loss import Accounting
 
 __all__ = [
+    "Accounting",
     "ColumnType",
     "Level",
     "Column",
@@ -112,22 +116,94 @@ class Column:
         )
 
 
+def _fraction(field: str, value: Any) -> Fraction:
+    """An exact positive number from a decimal string such as "1e-9" or "0.5" (not a float)."""
+    if isinstance(value, float) or isinstance(value, bool):
+        raise _bad(field, f"{value!r}: write it as a decimal string, e.g. \"1e-9\"")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise _bad(field, f"{value!r} is not a decimal number") from None
+    if not d.is_finite() or d <= 0:
+        raise _bad(field, f"{value!r} must be a positive number")
+    return Fraction(d)
+
+
+def _decimal_text(x: Fraction) -> str:
+    return format(Decimal(x.numerator) / Decimal(x.denominator), "f") if x.denominator != 1 else str(x.numerator)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PrivacyUnit:
     """Whom DP protects: rows sharing ``column`` belong to one person (or household, firm).
 
     ``max_contributions`` is the most rows one unit may add; the platform truncates to it.
     With ``column`` empty, each row is its own unit (``max_contributions`` must be 1).
+
+    ``namespace`` names the set of people the unit ranges over. Datasets with the same
+    namespace hold the same people, so the broker's ledger adds up what jobs spend on all of
+    them (one person's loss is the sum, not the maximum). A namespace is the department's own
+    unless ``shared`` says that other departments' datasets name the same people with it
+    (e.g. a province-wide resident id). Without a namespace the dataset is its own.
+
+    ``accounting`` is ``pure`` (ε-DP) or ``zcdp`` (ρ-zCDP at ``delta``, Gaussian noise).
+    ``lifetime_epsilon``, when set, is the department's own lifetime cap on the namespace,
+    below the policy's.
     """
 
     column: str = ""
     max_contributions: int = 1
+    namespace: str = ""
+    shared: bool = False
+    accounting: Accounting = Accounting.PURE
+    delta: Fraction = Fraction(0)
+    lifetime_epsilon: Fraction | None = None
 
     def __post_init__(self) -> None:
         if self.max_contributions < 1:
             raise _bad("privacy_unit.max_contributions", "must be at least 1")
         if not self.column and self.max_contributions != 1:
             raise _bad("privacy_unit", "without an identifier column each row is one unit: max_contributions must be 1")
+        if self.namespace and not _ID.match(self.namespace):
+            raise _bad("privacy_unit.namespace", f"{self.namespace!r} must be a lowercase id")
+        if self.shared and not self.namespace:
+            raise _bad("privacy_unit.shared", "a shared privacy unit needs a namespace that names its people")
+        if self.accounting is Accounting.ZCDP:
+            if not Fraction(0) < self.delta <= Fraction(1, 10**4):
+                raise _bad("privacy_unit.delta", "zCDP accounting needs a δ above 0 and at most 1e-4, e.g. \"1e-9\"")
+        elif self.delta:
+            raise _bad("privacy_unit.delta", "δ applies only to accounting = \"zcdp\"")
+        if self.lifetime_epsilon is not None and self.lifetime_epsilon <= 0:
+            raise _bad("privacy_unit.lifetime_epsilon", "must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"column": self.column, "max_contributions": self.max_contributions}
+        if self.namespace:
+            d["namespace"] = self.namespace
+            d["shared"] = self.shared
+        if self.accounting is not Accounting.PURE:
+            d["accounting"] = self.accounting.value
+            d["delta"] = _decimal_text(self.delta)
+        if self.lifetime_epsilon is not None:
+            d["lifetime_epsilon"] = _decimal_text(self.lifetime_epsilon)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PrivacyUnit":
+        try:
+            accounting = Accounting(d.get("accounting", "pure"))
+        except ValueError:
+            raise _bad("privacy_unit.accounting", f"{d.get('accounting')!r} is not one of pure, zcdp") from None
+        return cls(
+            column=str(d.get("column", "")),
+            max_contributions=int(d.get("max_contributions", 1)),
+            namespace=str(d.get("namespace", "")),
+            shared=bool(d.get("shared", False)),
+            accounting=accounting,
+            delta=_fraction("privacy_unit.delta", d["delta"]) if d.get("delta") is not None else Fraction(0),
+            lifetime_epsilon=(_fraction("privacy_unit.lifetime_epsilon", d["lifetime_epsilon"])
+                              if d.get("lifetime_epsilon") is not None else None),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -177,10 +253,7 @@ class DatasetRegistration:
             "department": self.department,
             "level": self.level.value,
             "columns": [c.to_dict() for c in self.columns],
-            "privacy_unit": {
-                "column": self.privacy_unit.column,
-                "max_contributions": self.privacy_unit.max_contributions,
-            },
+            "privacy_unit": self.privacy_unit.to_dict(),
             "update_frequency": self.update_frequency,
             "source_system": self.source_system,
             "price_class": self.price_class,
@@ -201,10 +274,7 @@ class DatasetRegistration:
             department=str(d.get("department", "")),
             level=level,
             columns=tuple(Column.from_dict(c) for c in d.get("columns", ())),
-            privacy_unit=PrivacyUnit(
-                column=str(pu.get("column", "")),
-                max_contributions=int(pu.get("max_contributions", 1)),
-            ),
+            privacy_unit=PrivacyUnit.from_dict(pu),
             update_frequency=str(d.get("update_frequency", "")),
             source_system=str(d.get("source_system", "")),
             price_class=str(d.get("price_class", "standard")),

@@ -26,6 +26,24 @@ __all__ = [
 ]
 
 
+def _privacy_unit_to_proto(unit: PrivacyUnit) -> catalog_pb2.PrivacyUnit:
+    d = unit.to_dict()
+    return catalog_pb2.PrivacyUnit(
+        column=unit.column, max_contributions=unit.max_contributions, namespace=unit.namespace, shared=unit.shared,
+        accounting=d.get("accounting", ""), delta=d.get("delta", ""), lifetime_epsilon=d.get("lifetime_epsilon", ""),
+    )
+
+
+def _privacy_unit_from_proto(msg: catalog_pb2.PrivacyUnit) -> PrivacyUnit:
+    d: dict[str, object] = {"column": msg.column, "max_contributions": msg.max_contributions or 1,
+                            "namespace": msg.namespace, "shared": msg.shared, "accounting": msg.accounting or "pure"}
+    if msg.delta:
+        d["delta"] = msg.delta
+    if msg.lifetime_epsilon:
+        d["lifetime_epsilon"] = msg.lifetime_epsilon
+    return PrivacyUnit.from_dict(d)
+
+
 def dataset_to_proto(reg: DatasetRegistration, *, online: bool = False) -> catalog_pb2.Dataset:
     return catalog_pb2.Dataset(
         id=reg.id, title=reg.title, description=reg.description, department=reg.department,
@@ -37,9 +55,7 @@ def dataset_to_proto(reg: DatasetRegistration, *, online: bool = False) -> catal
             )
             for c in reg.columns
         ],
-        privacy_unit=catalog_pb2.PrivacyUnit(
-            column=reg.privacy_unit.column, max_contributions=reg.privacy_unit.max_contributions
-        ),
+        privacy_unit=_privacy_unit_to_proto(reg.privacy_unit),
         update_frequency=reg.update_frequency, source_system=reg.source_system,
         price_class=reg.price_class, version=reg.version, online=online,
     )
@@ -65,9 +81,7 @@ def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
     return DatasetRegistration(
         id=msg.id, title=msg.title, description=msg.description, department=msg.department,
         level=level, columns=tuple(cols),
-        privacy_unit=PrivacyUnit(
-            column=msg.privacy_unit.column, max_contributions=msg.privacy_unit.max_contributions or 1
-        ),
+        privacy_unit=_privacy_unit_from_proto(msg.privacy_unit),
         update_frequency=msg.update_frequency, source_system=msg.source_system,
         price_class=msg.price_class or "standard", version=msg.version,
     )

@@ -27,7 +27,10 @@ DEPARTMENTS = (
 
 @pytest.fixture(scope="session")
 def space(tmp_path_factory):
-    s = LocalSpace(tmp_path_factory.mktemp("space"), departments=DEPARTMENTS)
+    # Algorithm jobs are held to their deadline: a short allowance and four blocks at a time
+    # keep the suite quick.
+    s = LocalSpace(tmp_path_factory.mktemp("space"), departments=DEPARTMENTS,
+                   timing={"allowance_s": 2.0, "wave_slack_s": 0.25, "block_parallelism": 4})
     s.setup()
     try:
         s.start(timeout=90)

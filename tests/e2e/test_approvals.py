@@ -24,7 +24,7 @@ def _digest(path) -> str:
 
 def _submit(operator, algo, job_id, *extra):
     return operator.json("submit", "algorithm", str(algo), "--tier", "approved-algorithm", "--dataset", "weather-daily",
-                         "--output", "mean_temp=-40:45", *extra, "--epsilon", "0.5", "--purpose", "research",
+                         "--output", "mean_temp=-40:45", "--timeout", "3", *extra, "--epsilon", "0.5", "--purpose", "research",
                          "--job-id", job_id)
 
 
@@ -64,7 +64,7 @@ def test_an_approved_algorithm_that_crashes_gets_a_clear_error(space, operator):
     _submit(operator, algo, "crash-1")
     _department(space, "approve", _digest(algo))
     out = _submit(operator, algo, "crash-2")
-    assert out["job"]["state"] == "failed" and "status error" in out["job"]["message"]
+    assert out["job"]["state"] == "failed" and "the algorithm ended with an error" in out["job"]["message"]
     assert "fell over" not in out["job"]["message"]  # the algorithm's output never reaches the operator
     stderr = space.root / "weather-bureau-state" / "job-logs" / "crash-2" / "weather-daily" / "run.stderr"
     assert b"the algorithm fell over" in stderr.read_bytes()  # the department keeps it

@@ -25,12 +25,22 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., unit: _Optional[str] = ..., description: _Optional[str] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrivacyUnit(_message.Message):
-    __slots__ = ("column", "max_contributions")
+    __slots__ = ("column", "max_contributions", "namespace", "shared", "accounting", "delta", "lifetime_epsilon")
     COLUMN_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_EPSILON_FIELD_NUMBER: _ClassVar[int]
     column: str
     max_contributions: int
-    def __init__(self, column: _Optional[str] = ..., max_contributions: _Optional[int] = ...) -> None: ...
+    namespace: str
+    shared: bool
+    accounting: str
+    delta: str
+    lifetime_epsilon: str
+    def __init__(self, column: _Optional[str] = ..., max_contributions: _Optional[int] = ..., namespace: _Optional[str] = ..., shared: bool = ..., accounting: _Optional[str] = ..., delta: _Optional[str] = ..., lifetime_epsilon: _Optional[str] = ...) -> None: ...
 
 class Dataset(_message.Message):
     __slots__ = ("id", "title", "description", "department", "level", "columns", "privacy_unit", "update_frequency", "source_system", "price_class", "version", "online")

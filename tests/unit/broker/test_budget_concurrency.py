@@ -10,13 +10,13 @@ import pytest
 
 from yumen.broker._audit import BrokerAudit, open_log
 from yumen.broker._core import Broker
-from yumen.broker._store import JobRecord, Reservation, SqliteStore
+from yumen.broker._store import JobRecord, SqliteStore
 from yumen.catalog import DatasetRegistration, Level
 from yumen.connectors import demo_registration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role, init_ca, issue, load_private_key
 from yumen.jobs import Aggregate, JobRequest, JobState, Purpose, Query, Tier
-from yumen.policy import License, PolicyBundle, PolicyEngine
+from yumen.policy import License, PolicyBundle, PolicyEngine, period_of, reservation_for
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -73,7 +73,7 @@ def test_100_concurrent_jobs_each_asking_for_the_whole_budget_exactly_one_runs(t
         t.join()
     assert not errors
     assert len(wins) == 1 and len(refusals) == 99
-    period = Broker.period_of(30)
+    period = period_of(30, dt.datetime.now(dt.timezone.utc))
     assert b.store.spent("LIC-C", "weather-daily", period) == 10
     # the log holds one allowance and 99 budget denials, and nothing else about these jobs
     decided = [e for _, e in b.audit.tlog.entries(0, b.audit.tlog.size) if e.TYPE == "job_decided"]
@@ -94,9 +94,9 @@ def test_after_a_crash_between_reservation_and_logging_the_ledger_and_the_log_ag
                        request=req.to_dict(), algorithm_source=b"", state=JobState.PENDING, message="",
                        decision={**decision.to_dict(), "level": "L1", "price_class": reg.price_class,
                                  "per_dataset": {reg.id: decision.to_dict()}}, created_ms=0, updated_ms=0)
-    period = Broker.period_of(30)
-    b.store.create_job(record, [Reservation(dataset=reg.id, license=WHO.license, epsilon=req.epsilon,
-                                            cap=Fraction(10), period=period, max_runs=500)])
+    period = period_of(30, dt.datetime.now(dt.timezone.utc))
+    b.store.create_job(record, [reservation_for(reg, license=WHO.license, epsilon=req.epsilon,
+                                                obligations=decision.obligations, at=dt.datetime.now(dt.timezone.utc))])
     before = b.audit.tlog.size
     # The restarted broker recovers: the missing decision is appended from the store.
     b.recover()
@@ -120,7 +120,7 @@ def test_a_queued_job_is_cancelled_when_its_license_expires_while_it_waits(tmp_p
     assert b.sweep_queued() == 1
     job = b.store.get_job("c-7")
     assert job.state is JobState.CANCELLED and "expired" in job.message
-    assert b.store.spent("LIC-C", "weather-daily", Broker.period_of(30)) == 0  # nothing was touched
+    assert b.store.spent("LIC-C", "weather-daily", period_of(30, dt.datetime.now(dt.timezone.utc))) == 0  # nothing was touched
 
 
 def test_a_receipt_stored_but_never_logged_is_logged_and_released_at_recovery(tmp_path):

@@ -5,9 +5,15 @@ from fractions import Fraction
 
 import pytest
 
-from yumen.broker._store import JobRecord, Reservation, SqliteStore
+import datetime as dt
+
+from yumen.broker._store import JobRecord, SqliteStore
+from yumen.catalog import PrivacyUnit
 from yumen.errors import Code, YumenError
 from yumen.jobs import JobState
+from yumen.policy import Reservation, limits_for, period_of
+
+AT = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 
 
 def _job(job_id: str, digest: str = "sha256:aa", operator: str = "op") -> JobRecord:
@@ -17,7 +23,12 @@ def _job(job_id: str, digest: str = "sha256:aa", operator: str = "op") -> JobRec
 
 
 def _res(eps: str, cap: str = "1") -> list[Reservation]:
-    return [Reservation(dataset="ds", license="LIC-1", epsilon=Fraction(eps), cap=Fraction(cap))]
+    return [limits_for("ds", PrivacyUnit(), department="d", license="LIC-1", epsilon=Fraction(eps), epsilon_cap=Fraction(cap),
+                       period_days=30, max_runs=0, dataset_epsilon_cap=Fraction(0), dataset_period_days=30,
+                       lifetime_epsilon_cap=Fraction(100), at=AT)]
+
+
+P = period_of(30, AT)
 
 
 def test_reservation_over_the_cap_is_refused_with_what_is_left_and_writes_nothing(tmp_path):
@@ -28,7 +39,7 @@ def test_reservation_over_the_cap_is_refused_with_what_is_left_and_writes_nothin
     assert e.value.code is Code.BUDGET_EXHAUSTED
     assert "0.3 of 1 ε left" in e.value.message
     assert store.get_job("j2") is None
-    assert store.spent("LIC-1", "ds") == Fraction(7, 10)
+    assert store.spent("LIC-1", "ds", P) == Fraction(7, 10)
 
 
 def test_same_job_id_and_request_is_idempotent(tmp_path):
@@ -36,7 +47,7 @@ def test_same_job_id_and_request_is_idempotent(tmp_path):
     _, created = store.create_job(_job("j1"), _res("0.5"))
     again, created_again = store.create_job(_job("j1"), _res("0.5"))
     assert created and not created_again
-    assert store.spent("LIC-1", "ds") == Fraction(1, 2)
+    assert store.spent("LIC-1", "ds", P) == Fraction(1, 2)
 
 
 def test_same_job_id_with_another_request_is_refused(tmp_path):
@@ -65,7 +76,7 @@ def test_concurrent_jobs_asking_for_the_whole_budget_exactly_one_wins(tmp_path):
     for t in threads:
         t.join()
     assert len(wins) == 1 and len(losses) == 99
-    assert store.spent("LIC-1", "ds") == 1
+    assert store.spent("LIC-1", "ds", P) == 1
 
 
 def test_final_state_cannot_change(tmp_path):

@@ -24,12 +24,14 @@ from typing import Any
 
 import pytest
 
-from yumen.broker._store import JobRecord, Reservation, SqliteStore, Store
+from yumen.broker._store import JobRecord, SqliteStore, Store
 from yumen.broker._store_postgres import PostgresStore
 from yumen.catalog import DatasetRegistration
 from yumen.connectors import demo_registration
 from yumen.errors import Code, YumenError
 from yumen.jobs import JobState
+from yumen.loss import Accounting
+from yumen.policy import Limit, Reservation
 
 ROOT = Path(__file__).resolve().parents[3]
 DSN_ENV = "YUMEN_TEST_POSTGRES_DSN"
@@ -98,14 +100,34 @@ def _job(job_id: str, *, digest: str = "sha256:aa", operator: str = "op", licens
                      created_ms=1000, updated_ms=1000, he_context=he)
 
 
+def _ns(dataset: str = "ds") -> str:
+    return f"ns:dataset/{dataset}"
+
+
 def _res(eps: Fraction | str, cap: Fraction | str = "1", *, dataset: str = "ds", license: str = "LIC-1",
-         period: str = P, max_runs: int = 0, dataset_cap: Fraction | str = "0") -> Reservation:
-    return Reservation(dataset=dataset, license=license, epsilon=Fraction(eps), cap=Fraction(cap), period=period,
-                       max_runs=max_runs, dataset_cap=Fraction(dataset_cap))
+         period: str = P, max_runs: int = 0, dataset_cap: Fraction | str = "0", lifetime: Fraction | str = "1000",
+         namespace: str = "") -> Reservation:
+    """A reservation against the license's, the namespace's period and lifetime accounts."""
+    ns = namespace or _ns(dataset)
+    limits = [Limit(kind="license", account=(license, dataset, period), cap=Fraction(cap), max_runs=max_runs)]
+    if Fraction(dataset_cap):
+        limits.append(Limit(kind="namespace", account=("*", ns, period), cap=Fraction(dataset_cap)))
+    limits.append(Limit(kind="lifetime", account=("*", ns, "lifetime"), cap=Fraction(lifetime)))
+    return Reservation(dataset=dataset, license=license, epsilon=Fraction(eps), accounting=Accounting.PURE,
+                       delta=Fraction(0), amount=Fraction(eps), namespace=ns, period=period, limits=tuple(limits))
 
 
 def _reg(dataset_id: str = "weather-daily", version: str = "ab") -> DatasetRegistration:
     return DatasetRegistration.from_dict({**demo_registration(dataset_id), "version": "sha256:" + version * 32})
+
+
+def _given_back(released: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[str, Fraction]]:
+    """(dataset, amount) of each released reservation; every account got the same amount back."""
+    out = []
+    for ds, charges in released:
+        assert len({c.amount for c in charges}) == 1
+        out.append((ds, charges[0].amount))
+    return out
 
 
 def _refused(store: Any, job: JobRecord, reservations: list[Reservation]) -> YumenError:
@@ -266,7 +288,7 @@ def test_the_dataset_total_binds_all_licenses_together(store):
     assert e.value.code is Code.BUDGET_EXHAUSTED
     assert e.value.message == "dataset budget exhausted: 0.1 of 1 ε left on dataset ds for all licenses together in period 30d:683"
     assert e.value.hint == "ask for ε ≤ 0.1"
-    assert store.spent("*", "ds", P) == Fraction(9, 10) and store.runs("*", "ds", P) == 2
+    assert store.spent("*", _ns(), P) == Fraction(9, 10) and store.runs("*", _ns(), P) == 2
     assert store.spent("LIC-B", "ds", P) == Fraction(3, 10)
 
 
@@ -274,12 +296,14 @@ def test_the_ledger_lists_every_budget_row_in_key_order(store):
     store.create_job(_job("j1", license="LIC-B"), [_res("1/3", license="LIC-B", dataset_cap="2"), _res("0.25", dataset="a", license="LIC-B")])
     store.create_job(_job("j2", license="LIC-A"), [_res("0.5", license="LIC-A", dataset_cap="2")])
     assert store.ledger() == [
-        ("*", "ds", P, Fraction(5, 6), 2),
+        ("*", _ns("a"), "lifetime", Fraction(1, 4), 1),
+        ("*", _ns(), P, Fraction(5, 6), 2),
+        ("*", _ns(), "lifetime", Fraction(5, 6), 2),
         ("LIC-A", "ds", P, Fraction(1, 2), 1),
         ("LIC-B", "a", P, Fraction(1, 4), 1),
         ("LIC-B", "ds", P, Fraction(1, 3), 1),
     ]
-    assert sorted(store.iter_reservations()) == [
+    assert sorted(row[:6] for row in store.iter_reservations()) == [
         ("j1", "a", "LIC-B", P, Fraction(1, 4), False),
         ("j1", "ds", "LIC-B", P, Fraction(1, 3), False),
         ("j2", "ds", "LIC-A", P, Fraction(1, 2), False),
@@ -300,28 +324,28 @@ def test_budget_arithmetic_is_exact(store):
 def test_release_gives_the_budget_back_once(store):
     store.create_job(_job("j1"), [_res("0.4", dataset_cap="1"), _res("0.3", dataset="b")])
     store.create_job(_job("j2"), [_res("0.1", dataset_cap="1")])
-    assert store.release_reservation("j1") == [("b", Fraction(3, 10)), ("ds", Fraction(2, 5))]
-    assert store.spent("LIC-1", "ds", P) == store.spent("*", "ds", P) == Fraction(1, 10)
-    assert store.runs("LIC-1", "ds", P) == store.runs("*", "ds", P) == 1
+    assert _given_back(store.release_reservation("j1")) == [("b", Fraction(3, 10)), ("ds", Fraction(2, 5))]
+    assert store.spent("LIC-1", "ds", P) == store.spent("*", _ns(), P) == Fraction(1, 10)
+    assert store.runs("LIC-1", "ds", P) == store.runs("*", _ns(), P) == 1
     assert store.spent("LIC-1", "b", P) == 0 and store.runs("LIC-1", "b", P) == 0
     assert store.release_reservation("j1") == []
     assert store.spent("LIC-1", "ds", P) == Fraction(1, 10)
-    assert sorted(store.iter_reservations()) == [
+    assert sorted(row[:6] for row in store.iter_reservations()) == [
         ("j1", "b", "LIC-1", P, Fraction(3, 10), True),
         ("j1", "ds", "LIC-1", P, Fraction(2, 5), True),
         ("j2", "ds", "LIC-1", P, Fraction(1, 10), False),
     ]
     store.create_job(_job("j3"), [_res("0.9", dataset_cap="1")])  # the freed budget is usable again
-    assert store.spent("*", "ds", P) == 1 and store.release_reservation("unknown") == []
+    assert store.spent("*", _ns(), P) == 1 and store.release_reservation("unknown") == []
 
 
 def test_release_of_one_dataset_leaves_the_others_reserved(store):
     store.create_job(_job("j1"), [_res("0.4", dataset_cap="1"), _res("0.3", dataset="b")])
-    assert store.release_reservation("j1", dataset="b") == [("b", Fraction(3, 10))]
+    assert _given_back(store.release_reservation("j1", dataset="b")) == [("b", Fraction(3, 10))]
     assert store.release_reservation("j1", dataset="b") == []
-    assert store.spent("LIC-1", "b", P) == 0 and store.spent("LIC-1", "ds", P) == store.spent("*", "ds", P) == Fraction(2, 5)
-    assert store.release_reservation("j1") == [("ds", Fraction(2, 5))]
-    assert store.spent("*", "ds", P) == 0 and all(released for *_, released in store.iter_reservations())
+    assert store.spent("LIC-1", "b", P) == 0 and store.spent("LIC-1", "ds", P) == store.spent("*", _ns(), P) == Fraction(2, 5)
+    assert _given_back(store.release_reservation("j1")) == [("ds", Fraction(2, 5))]
+    assert store.spent("*", _ns(), P) == 0 and all(row[5] for row in store.iter_reservations())
 
 
 # -- receipts, licenses, policy, revocation -----------------------------------------------------
@@ -427,7 +451,7 @@ def test_100_threads_asking_for_the_whole_budget_exactly_one_wins(store):
     wins, refusals, errors = _race(100, lambda i: store.create_job(_job(f"j{i}"), [_res("0.75", dataset_cap="10")]), store)
     assert errors == [] and len(wins) == 1 and len(refusals) == 99
     assert {e.code for e in refusals} == {Code.BUDGET_EXHAUSTED}
-    assert store.spent("LIC-1", "ds", P) == store.spent("*", "ds", P) == 1
+    assert store.spent("LIC-1", "ds", P) == store.spent("*", _ns(), P) == 1
     assert store.runs("LIC-1", "ds", P) == 2 and len(list(store.iter_reservations())) == 2
 
 
@@ -436,7 +460,7 @@ def test_100_threads_on_fresh_keys_and_the_dataset_total_never_overspend(store):
     wins, refusals, errors = _race(100, lambda i: store.create_job(
         _job(f"j{i}", license=f"L{i:03d}"), [_res("0.1", license=f"L{i:03d}", dataset_cap="1")]), store)
     assert errors == [] and len(wins) == 10 and len(refusals) == 90
-    assert store.spent("*", "ds", P) == 1 and store.runs("*", "ds", P) == 10
+    assert store.spent("*", _ns(), P) == 1 and store.runs("*", _ns(), P) == 10
     assert sum(row[3] for row in store.ledger() if row[0] != "*") == 1
 
 
@@ -448,9 +472,9 @@ def test_concurrent_retries_of_one_job_id_create_it_once(store):
 
 def test_concurrent_releases_give_the_budget_back_once(store):
     store.create_job(_job("j1"), [_res("0.5", dataset_cap="1")])
-    wins, refusals, errors = _race(20, lambda i: store.release_reservation("j1"), store)
+    wins, refusals, errors = _race(20, lambda i: _given_back(store.release_reservation("j1")), store)
     assert errors == [] and refusals == [] and sorted(wins, key=len) == [[]] * 19 + [[("ds", Fraction(1, 2))]]
-    assert store.spent("LIC-1", "ds", P) == store.spent("*", "ds", P) == 0
+    assert store.spent("LIC-1", "ds", P) == store.spent("*", _ns(), P) == 0
 
 
 def _attempts_in_a_process(spec: tuple[str, ...], worker: int, attempts: int, start: Any, out: Any) -> None:
@@ -489,7 +513,7 @@ def test_4_processes_with_25_attempts_each_asking_for_the_whole_budget_exactly_o
     assert [r[2] for r in results] == [[]] * 4, results
     assert sum(r[0] for r in results) == 1 and sum(r[3] for r in results) == 99
     assert all(r[1] in ([], ["budget-exhausted"]) for r in results)
-    assert backend.store.spent("LIC-1", "ds", P) == backend.store.spent("*", "ds", P) == 1
+    assert backend.store.spent("LIC-1", "ds", P) == backend.store.spent("*", _ns(), P) == 1
     assert len(list(backend.store.iter_reservations())) == 2
 
 
