@@ -147,6 +147,13 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
             Fraction(entry.epsilon_charged) <= Fraction(decision.epsilon),
             f"job {entry.job_id} charged ε {entry.epsilon_charged} above the ε {decision.epsilon} decided",
         )
+        rho = Fraction(str(entry.details.get("rho_charged", "0")))
+        if rho:
+            reserved = (decision.details.get("per_dataset") or {}).get(entry.dataset_id, {})
+            _check(
+                reserved.get("accounting") == "zcdp" and rho <= Fraction(str(reserved.get("amount", "0"))),
+                f"job {entry.job_id} charged ρ {rho} on {entry.dataset_id}, above the ρ reserved for it",
+            )
         ctx.executions.setdefault(entry.job_id, []).append(entry)
     elif isinstance(entry, JobReleased):
         _check(entry.job_id in ctx.executions, f"job {entry.job_id} released a result it never executed")

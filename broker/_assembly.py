@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from fractions import Fraction
 from typing import Any
 
 from yumen.canonical import digest_of
 from yumen.errors import Code, YumenError
 from yumen.jobs import format_epsilon
+from yumen.loss import epsilon_of_rho
 from yumen.results import means_from_parts
 from yumen.tickets import Receipt
 
@@ -47,6 +49,42 @@ def needs_counts(job: JobRecord) -> bool:
     return grouped and min_group_size(job) > 0 and "he_context" not in job.request
 
 
+def privacy_loss(job: JobRecord, receipts: list[Receipt]) -> dict[str, str]:
+    """What the job cost the most exposed person, as ε (and as ρ and δ under zCDP).
+
+    Datasets that share a privacy-unit namespace hold the same people, so their charges add;
+    datasets of different namespaces hold different people, so the cost is the largest of
+    theirs (parallel composition). Under zCDP a namespace's ρ is reported with its (ε, δ).
+    """
+    per = job.decision.get("per_dataset") or {}
+    spaces: dict[str, dict[str, Any]] = {}
+    for r in receipts:
+        budget = (per.get(r.dataset) or {}).get("budget") or {}
+        ns = budget.get("namespace") or f"ns:dataset/{r.dataset}"
+        entry = spaces.setdefault(ns, {"accounting": budget.get("accounting", "pure"),
+                                       "delta": Fraction(budget["delta"]) if budget.get("delta") else Fraction(0),
+                                       "amount": Fraction(0), "datasets": []})
+        entry["amount"] += r.rho_charged if entry["accounting"] == "zcdp" else r.epsilon_charged
+        entry["datasets"].append(r.dataset)
+    worst: tuple[Fraction, str] = (Fraction(-1), "")
+    out: dict[str, str] = {}
+    for ns, e in sorted(spaces.items()):
+        eps = e["amount"] if e["accounting"] == "pure" else epsilon_of_rho(e["amount"], e["delta"])
+        if eps > worst[0]:
+            worst = (eps, ns)
+            if e["accounting"] == "zcdp":
+                out.update(rho=f"{e['amount'].numerator}/{e['amount'].denominator}",
+                           delta=f"{e['delta'].numerator}/{e['delta'].denominator}")
+            else:
+                out.pop("rho", None)
+                out.pop("delta", None)
+    eps, ns = worst
+    out.update(epsilon=format_epsilon(eps) if eps > 0 else "0", namespace=ns.removeprefix("ns:"),
+               accounting=spaces[ns]["accounting"] if ns else "pure",
+               datasets=",".join(spaces[ns]["datasets"]) if ns else "")
+    return out
+
+
 def combine(job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any]:
     """Assemble the released result from the departments' partial results.
 
@@ -64,9 +102,10 @@ def combine(job: JobRecord, parts: list[tuple[Receipt, bytes]]) -> dict[str, Any
         raise YumenError(Code.INTERNAL, "departments returned different result layouts")
     provenance = [{"dataset": r.dataset, "department": r.department, "dataset_version": r.dataset_version,
                    "receipt_digest": r.digest()} for r in receipts]
+    loss = privacy_loss(job, receipts)
     body: dict[str, Any] = {
         "job_id": job.job_id, "mechanism": receipts[0].mechanism,
-        "epsilon_spent": format_epsilon(max(r.epsilon_charged for r in receipts)),
+        "epsilon_spent": loss["epsilon"], "loss": loss,
         "provenance": provenance,
         "bill": {"amount": job.decision.get("price", "0"), "currency": "CNY",
                  "purpose": job.request["purpose"], "price_class": job.decision.get("price_class", "")},

@@ -190,6 +190,7 @@ class BrokerAudit:
             details={
                 "status": receipt.status,
                 "error": receipt.error,
+                "rho_charged": f"{receipt.rho_charged.numerator}/{receipt.rho_charged.denominator}",
                 "receipt": base64.b64encode(payload).decode(),
                 "connector_certificate": connector.fingerprint,
             },
@@ -199,7 +200,7 @@ class BrokerAudit:
         return self.tlog.append(JobReleased(
             job_id=job.job_id, result_digest=result["result_digest"],
             bill=dict(result.get("bill", {}), operator=job.operator, license=job.license),
-            details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"],
+            details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"], "loss": result.get("loss", {}),
                      "ciphertext_digest": result.get("ciphertext_digest", "")},
         ))
 

@@ -205,6 +205,10 @@ class Broker:
             if existing and existing[1] != identity.name:
                 log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
                 continue
+            clash = self._namespace_clash(reg)
+            if clash:
+                log.warning("dataset %s of %s refused: %s", reg.id, identity.name, clash)
+                continue
             if existing is None or existing[0].digest() != reg.digest():
                 self.store.put_dataset(reg, identity.name)
                 self.audit.dataset_registered(reg, identity)
@@ -218,6 +222,23 @@ class Broker:
         log.info("connector %s connected with %d datasets", identity.name, len(accepted))
         self._dispatch_waiting(identity.name)
         return link, accepted
+
+    def _namespace_clash(self, reg: DatasetRegistration) -> str:
+        """Why ``reg`` cannot join its shared privacy-unit namespace, or "".
+
+        Datasets on one shared namespace hold the same people and add up in one ledger
+        account, so they must account loss the same way (pure ε, or ρ at the same δ).
+        """
+        unit = reg.privacy_unit
+        if not unit.shared:
+            return ""
+        for other, _ in self.store.list_datasets():
+            ou = other.privacy_unit
+            if other.id != reg.id and ou.shared and ou.namespace == unit.namespace \
+                    and (ou.accounting, ou.delta) != (unit.accounting, unit.delta):
+                return (f"shared namespace {unit.namespace!r} is accounted as {ou.accounting.value} by dataset {other.id}; "
+                        f"every dataset on it must account the same way (and with the same δ)")
+        return ""
 
     def disconnect(self, link: ConnectorLink) -> None:
         with self._links_lock:
@@ -382,6 +403,10 @@ class Broker:
         if "query" in req and needs_counts(job):
             work["counts"] = True
         decision = job.decision.get("per_dataset", {}).get(reg.id, job.decision)
+        budget = decision.get("budget") or {}
+        if budget.get("accounting") == "zcdp":
+            # the ρ reserved for this dataset; the connector checks it against the ε and its own δ
+            work["budget"] = {"accounting": "zcdp", "amount": budget["amount"], "delta": budget["delta"]}
         ticket = Ticket(
             job_id=job.job_id, broker=self.id, connector=connector, department=reg.department,
             dataset=reg.id, dataset_version=reg.version, operator=job.operator, license=job.license,

@@ -90,6 +90,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def ExplainJob(self, request: jobs_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Explanation:
         out = self.broker.explain(self.broker.identify(context), job_from_proto(request.job))
         out["obligations"] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in out["obligations"].items()}
+        out["accounts"] = [jobs_pb2.BudgetAccount(**a) for a in out["accounts"]]
         return jobs_pb2.Explanation(**out)
 
     @rpc_method
@@ -117,6 +118,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             ciphertext=base64.b64decode(r["ciphertext"]) if r.get("ciphertext") else b"",
             bill={k: str(v) for k, v in r.get("bill", {}).items()},
             suppressed_groups=r.get("suppressed_groups", []),
+            loss={k: str(v) for k, v in r.get("loss", {}).items()},
         )
 
 

@@ -39,6 +39,7 @@ from yumen.canonical import canonical_json
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.jobs import OutputRange, Query, format_epsilon
+from yumen.loss import Accounting, rho_of_epsilon
 from yumen.tickets import Receipt, ReleasedValue, Ticket
 
 from yumen.connectors._config import ConnectorConfig
@@ -281,7 +282,7 @@ class Executor:
             started = self.state.claimed_at_ms(ticket.job_id, ticket.dataset) / 1000
             schedule = self._schedule_or_none(ticket)
             fields: dict[str, Any] = {"status": "failed", "error": public_failure("interrupted", algorithm=schedule is not None),
-                                      "epsilon_charged": ticket.epsilon}
+                                      **self._charged(*self._loss_or_pure(ticket))}
             return self._finish(ticket, self._receipt(ticket, digest, **fields), None, started=started,
                                 schedule=schedule)
         try:
@@ -289,6 +290,12 @@ class Executor:
         finally:
             with self._running_lock:
                 self._running.discard(key)
+
+    def _loss_or_pure(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
+        try:
+            return self._loss(ticket)
+        except YumenError:
+            return Accounting.PURE, ticket.epsilon
 
     def _schedule_or_none(self, ticket: Ticket) -> Schedule | None:
         try:
@@ -390,6 +397,34 @@ class Executor:
         self._hold_until(release)
         return payload, sig, ciphertext
 
+    def _loss(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
+        """The accounting of the ticket's dataset here, and the loss the job may spend in it.
+
+        Pure: the ticket's ε. zCDP: the ρ the broker reserved, which must be the department's
+        own accounting and no more than the ticket's ε allows at the department's δ.
+        """
+        unit = self.datasets[ticket.dataset].base.privacy_unit
+        budget = ticket.work.get("budget") or {}
+        said = Accounting(budget.get("accounting", "pure")) if budget.get("accounting", "pure") in ("pure", "zcdp") else None
+        if said is not unit.accounting:
+            raise YumenError(Code.DEPARTMENT_REFUSED, f"the ticket accounts dataset {ticket.dataset} as "
+                                                      f"{budget.get('accounting', 'pure')}; this department registered it "
+                                                      f"as {unit.accounting.value}")
+        if unit.accounting is Accounting.PURE:
+            return Accounting.PURE, ticket.epsilon
+        try:
+            rho = Fraction(str(budget.get("amount", "")))
+        except (ValueError, ZeroDivisionError):
+            raise YumenError(Code.DEPARTMENT_REFUSED, "the ticket's ρ is not a fraction") from None
+        if not 0 < rho <= rho_of_epsilon(ticket.epsilon, unit.delta):
+            raise YumenError(Code.DEPARTMENT_REFUSED, f"the ticket's ρ {float(rho):.3g} is more than its ε "
+                                                      f"{format_epsilon(ticket.epsilon)} allows at this department's δ")
+        return Accounting.ZCDP, rho
+
+    @staticmethod
+    def _charged(accounting: Accounting, amount: Fraction) -> dict[str, Fraction]:
+        return {"epsilon_charged": amount} if accounting is Accounting.PURE else {"rho_charged": amount}
+
     def _refusal(self, ticket: Ticket, algorithm_source: bytes) -> str:
         if ticket.connector != self.config.id:
             return f"the ticket is addressed to connector {ticket.connector}"
@@ -400,6 +435,10 @@ class Executor:
         algo = ticket.work.get("algorithm")
         if algo is not None and "sha256:" + hashlib.sha256(algorithm_source).hexdigest() != algo.get("digest"):
             return "the algorithm does not match the digest in the ticket"
+        try:
+            self._loss(ticket)
+        except YumenError as e:
+            return e.message
         return self.config.local_policy.refusal(tier=ticket.tier, purpose=ticket.purpose, epsilon=ticket.epsilon)
 
     def _local_gates(self, ticket: Ticket, algorithm_source: bytes) -> str:
@@ -417,11 +456,21 @@ class Executor:
         lp = self.config.local_policy
         day = int(time.time() // 86400)
         period = f"{lp.period_days}d:{day // lp.period_days}"
-        left = self.state.charge(ticket.dataset, period, ticket.epsilon, lp.dataset_epsilon_cap)
+        accounting, amount = self._loss(ticket)
+        if accounting is Accounting.PURE:
+            left = self.state.charge(ticket.dataset, period, amount, lp.dataset_epsilon_cap)
+            if left is not None:
+                return (f"the department's own budget for dataset {ticket.dataset} is exhausted: "
+                        f"{format_epsilon(left) if left else '0'} of {format_epsilon(lp.dataset_epsilon_cap)} ε left "
+                        f"in period {period}")
+            return ""
+        # zCDP: the department's cap, read as (ε, δ), becomes ρ; its rows are kept apart from ε
+        delta = self.datasets[ticket.dataset].base.privacy_unit.delta
+        cap = rho_of_epsilon(lp.dataset_epsilon_cap, delta)
+        left = self.state.charge(ticket.dataset, period + "/rho", amount, cap)
         if left is not None:
             return (f"the department's own budget for dataset {ticket.dataset} is exhausted: "
-                    f"{format_epsilon(left) if left else '0'} of {format_epsilon(lp.dataset_epsilon_cap)} ε left "
-                    f"in period {period}")
+                    f"{float(left):.6g} of {float(cap):.6g} ρ left in period {period}")
         return ""
 
     def _approval_refusal(self, ticket: Ticket, source: bytes) -> str:
@@ -485,7 +534,7 @@ class Executor:
             log.info("job %s on %s failed (%s): %s", ticket.job_id, ticket.dataset, failure.kind, failure.detail)
             self.state.record_failure(ticket.job_id, ticket.dataset, kind=failure.kind, detail=failure.detail,
                                       algorithm_digest=str((ticket.work.get("algorithm") or {}).get("digest", "")))
-            fields = {**failure.fields, "status": "failed", "epsilon_charged": ticket.epsilon,
+            fields = {**failure.fields, "status": "failed", **self._charged(*self._loss(ticket)),
                       "error": public_failure(failure.kind, algorithm=is_algorithm)}
         elapsed = time.time() - started
         self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome=str(fields.get("status")), seconds=elapsed)
@@ -525,19 +574,20 @@ class Executor:
         from yumen.privacy import QuerySpec, dp_query
 
         reg = pinned.registration
+        _, loss = self._loss(ticket)
         query = Query.from_dict(ticket.work["query"])
         grouped = bool(query.group_by) or query.aggregate is Aggregate.HISTOGRAM
         counts = bool(ticket.work.get("counts")) and grouped
         split = ticket.work.get("partial") == "sum+count" or (
             counts and query.aggregate in (Aggregate.SUM, Aggregate.QUANTILE))
         if not split:
-            release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), ticket.epsilon)
+            release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), loss)
             out = self._released(release, query.aggregate.value, salt, grouped=grouped)
             if counts and query.aggregate in (Aggregate.MEAN, Aggregate.VARIANCE):
                 out["values"] = out["values"] + self._count_values(release)
             return out
         main = Aggregate.SUM if query.aggregate is Aggregate.MEAN else query.aggregate
-        half = ticket.epsilon / 2
+        half = loss / 2
         parts = []
         for agg in (main, Aggregate.COUNT):
             # The count is of the rows the statistic used (the column present), not of all
@@ -547,7 +597,9 @@ class Executor:
                                         agg.value, salt, grouped=bool(query.group_by)))
         both = dict(parts[0])
         both["values"] = parts[0]["values"] + parts[1]["values"]
-        both["epsilon_charged"] = parts[0]["epsilon_charged"] + parts[1]["epsilon_charged"]
+        for key in ("epsilon_charged", "rho_charged"):
+            if key in parts[0]:
+                both[key] = parts[0][key] + parts[1][key]
         both["mechanism_params"] = {"parts": [parts[0]["mechanism_params"], parts[1]["mechanism_params"]]}
         both["commitment"] = _commitment(salt, [parts[0]["commitment"], parts[1]["commitment"]])
         return both
@@ -576,6 +628,7 @@ class Executor:
         backend = self.sandbox(str(ticket.obligations.get("sandbox", "")))
         reg, snapshot = pinned.registration, pinned.snapshot
         run_timeout = schedule.run_timeout_s if schedule is not None else float(algo.get("timeout_s", 60))
+        accounting, loss = self._loss(ticket)
         memory_mb = int(algo.get("memory_mb", 512))
 
         if ticket.tier == "approved-algorithm":
@@ -588,7 +641,7 @@ class Executor:
                 kind = report.status.value if report.status is not Status.OK else "invalid-output"
                 raise JobFailure(kind, f"sandbox ended {report.status.value}: {report.error}", **common)
             try:
-                release = release_outputs(report.result, ranges, ticket.epsilon)
+                release = release_outputs(report.result, ranges, loss, accounting=accounting)
             except YumenError as e:
                 raise JobFailure("invalid-output", e.message, **common) from None
             return {**common, **self._released(release, "", salt, grouped=False)}
@@ -606,7 +659,8 @@ class Executor:
         # Whether the code failed is itself an output of untrusted code on private data, so
         # it is released the same way: the share of failed blocks, averaged and noised with
         # the other outputs (one person changes one block, so its sensitivity is 1/k).
-        release = aggregate_blocks(outputs, [*ranges, OutputRange(name=FAILED_SHARE, lower=0.0, upper=1.0)], ticket.epsilon)
+        release = aggregate_blocks(outputs, [*ranges, OutputRange(name=FAILED_SHARE, lower=0.0, upper=1.0)], loss,
+                                   accounting=accounting)
         # How many blocks failed exactly, and how long they ran, only the department's log sees.
         log.info("job %s: %d blocks, statuses %s, %d ms CPU", ticket.job_id, k, statuses, cpu_ms)
         common = {"algorithm_digest": algo["digest"], "backend": backend_name, "runtime_digest": runtime,
@@ -617,7 +671,7 @@ class Executor:
         # may go unreported; its outputs are then range midpoints plus noise.
         failed_share = release.values[FAILED_SHARE]
         if failed_share > 0.5 + release.noise_scale[FAILED_SHARE] * math.log(5000):
-            return {**common, "status": "failed", "epsilon_charged": release.epsilon,
+            return {**common, "status": "failed", **self._charged(accounting, release.epsilon),
                     "error": f"the algorithm failed in most blocks (noisy share {failed_share:.2f}); "
                              "try it on mock data first with `yumen dev run`"}
         return {**common, **self._released(release, "", salt, grouped=False)}
@@ -647,7 +701,7 @@ class Executor:
             "status": "ok",
             "mechanism": release.mechanism,
             "mechanism_params": {"components": public["components"], "confidence": public["confidence"]},
-            "epsilon_charged": release.epsilon,
+            **self._charged(Accounting(release.accounting), release.epsilon),
             "values": tuple(values),
             "commitment": _commitment(salt, dict(release.exact)),
         }

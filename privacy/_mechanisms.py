@@ -17,6 +17,12 @@ privacy map is asked ``map(d_in=sensitivity) <= ε`` in exact arithmetic, so Ope
 Yumen, certifies the privacy loss of the noise. Construction costs ~1-20 ms and is cached
 per (kind, sensitivity, ε); invoking a cached measurement costs microseconds.
 
+Under zero-concentrated DP (a dataset registered with ``accounting = "zcdp"``) the additive
+mechanisms are Gaussian instead (``make_gaussian``: a discrete Gaussian on integers, OpenDP's
+lattice Gaussian on floats), calibrated to ρ through the L2 sensitivity, and report-noisy-max
+is wrapped in OpenDP's ``make_pureDP_to_zCDP``; every measurement's ρ is again certified by
+its own privacy map.
+
 Features enabled: only ``"contrib"`` (OpenDP's name for constructors whose proofs are
 written but not yet vetted by its committee). ``"floating-point"`` (now
 ``"idealized-numerics"``) is *not* enabled: in OpenDP 0.16 ``make_laplace`` on floats
@@ -35,7 +41,12 @@ from fractions import Fraction
 from typing import Any, Sequence
 
 import opendp.prelude as dp
-from opendp.accuracy import discrete_laplacian_scale_to_accuracy, laplacian_scale_to_accuracy
+from opendp.accuracy import (
+    discrete_gaussian_scale_to_accuracy,
+    discrete_laplacian_scale_to_accuracy,
+    gaussian_scale_to_accuracy,
+    laplacian_scale_to_accuracy,
+)
 
 from yumen.errors import Code, YumenError
 
@@ -46,7 +57,13 @@ dp.enable_features("contrib")
 GEOMETRIC = "geometric"  # discrete Laplace (two-sided geometric) on integers
 LAPLACE = "laplace"  # OpenDP's lattice Laplace on floats
 NOISY_MAX = "noisy-max"  # OpenDP's report-noisy-max selection (exponential-mechanism family)
-MECHANISMS = (GEOMETRIC, LAPLACE, NOISY_MAX)
+DISCRETE_GAUSSIAN = "discrete-gaussian"  # zCDP: OpenDP's discrete Gaussian on integers
+GAUSSIAN = "gaussian"  # zCDP: OpenDP's lattice Gaussian on floats
+MECHANISMS = (GEOMETRIC, LAPLACE, NOISY_MAX, DISCRETE_GAUSSIAN, GAUSSIAN)
+
+# The two privacy measures a calibration certifies its loss in.
+PURE = "pure"  # ε of pure differential privacy (max divergence)
+ZCDP = "zcdp"  # ρ of zero-concentrated differential privacy
 
 # Confidence level of every reported half-width.
 CONFIDENCE = Fraction(95, 100)
@@ -64,14 +81,18 @@ def float_at_least(x: Fraction) -> float:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Calibrated:
-    """An OpenDP measurement with the scale and the ε its own privacy map certifies."""
+    """An OpenDP measurement with the scale and the loss its own privacy map certifies.
+
+    ``epsilon`` is that loss in the calibration's ``measure``: ε for ``PURE``, ρ for ``ZCDP``.
+    """
 
     mechanism: str
     sensitivity: int | float
     scale: float
-    epsilon: Fraction  # exactly Fraction(meas.map(sensitivity)); never above the requested ε
+    epsilon: Fraction  # exactly Fraction(meas.map(sensitivity)); never above the requested loss
     measurement: Any = dataclasses.field(repr=False, compare=False)
     vector: bool = True
+    measure: str = PURE
 
     def __call__(self, values: Sequence[int] | Sequence[float] | float) -> Any:
         return self.measurement(values)
@@ -88,10 +109,20 @@ def _half_width(mechanism: str, scale: float, alpha: float) -> float:
         return float(math.floor(discrete_laplacian_scale_to_accuracy(scale, alpha)))
     if mechanism == LAPLACE:
         return float(laplacian_scale_to_accuracy(scale, alpha))
+    if mechanism == DISCRETE_GAUSSIAN:
+        if scale <= 1000:
+            return float(math.floor(discrete_gaussian_scale_to_accuracy(scale, alpha)))
+        # OpenDP sums the probability mass, which takes minutes at the scales of sums on a fine
+        # grid. A decreasing density bounds its integer tail: P[X ≥ t] ≤ P[Y ≥ t − 1] for the
+        # continuous Gaussian Y of the same scale (the discrete normalizer is at least σ√2π),
+        # so the continuous half-width plus one keeps the coverage (equal to OpenDP's up to 1000).
+        return float(math.ceil(gaussian_scale_to_accuracy(scale, alpha)) + 1)
+    if mechanism == GAUSSIAN:
+        return float(gaussian_scale_to_accuracy(scale, alpha))
     raise YumenError(Code.INTERNAL, f"no additive accuracy for {mechanism!r}")
 
 
-def _build(mechanism: str, scale: float, vector: bool) -> Any:
+def _build(mechanism: str, scale: float, vector: bool, measure: str = PURE) -> Any:
     if mechanism == GEOMETRIC:
         space = dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.l1_distance(T=dp.i64)
         return dp.m.make_geometric(*space, scale=scale)
@@ -104,33 +135,56 @@ def _build(mechanism: str, scale: float, vector: bool) -> Any:
     if mechanism == NOISY_MAX:
         # selects the index of the *lowest* score (negate=True); scores are not monotonic
         space = dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.linf_distance(T=dp.i64)
-        return dp.m.make_noisy_max(*space, dp.max_divergence(), scale=scale, negate=True)
+        meas = dp.m.make_noisy_max(*space, dp.max_divergence(), scale=scale, negate=True)
+        return dp.c.make_pureDP_to_zCDP(meas) if measure == ZCDP else meas
+    if mechanism == DISCRETE_GAUSSIAN:
+        space = dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.l2_distance(T=dp.i64)
+        return dp.m.make_gaussian(*space, scale=scale)
+    if mechanism == GAUSSIAN:
+        if vector:
+            space = dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l2_distance(T=float)
+        else:
+            space = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
+        return dp.m.make_gaussian(*space, scale=scale)
     raise YumenError(Code.INTERNAL, f"unknown mechanism {mechanism!r}")
 
 
 @functools.lru_cache(maxsize=1024)
-def calibrate(mechanism: str, sensitivity: int | float, epsilon: Fraction, *, vector: bool = True) -> Calibrated:
-    """Build the OpenDP measurement for ``sensitivity`` (in the vector's L1 metric) at ``epsilon``.
+def calibrate(mechanism: str, sensitivity: int | float, epsilon: Fraction, *, vector: bool = True,
+              measure: str = PURE) -> Calibrated:
+    """Build the OpenDP measurement for ``sensitivity`` at a loss of ``epsilon`` in ``measure``.
 
-    The scale starts at the exact ``sensitivity / ε`` rounded up to a float, and is nudged
-    upwards until OpenDP's privacy map (which rounds conservatively) certifies at most ``ε``.
+    Pure: ``sensitivity`` is in the vector's L1 metric (L∞ for noisy max) and the scale
+    starts at the exact ``sensitivity / ε``. zCDP (``epsilon`` is then ρ): Gaussian mechanisms
+    take the L2 sensitivity and start at ``sensitivity / √(2ρ)``; noisy max is calibrated
+    to the ε with ε²/2 ≤ ρ and converted by OpenDP. Either way the scale is nudged upwards
+    until OpenDP's privacy map (which rounds conservatively) certifies at most the request.
     """
     if mechanism not in MECHANISMS:
         raise YumenError(Code.INTERNAL, f"unknown mechanism {mechanism!r}")
+    if measure not in (PURE, ZCDP):
+        raise YumenError(Code.INTERNAL, f"unknown privacy measure {measure!r}")
+    gaussian = mechanism in (DISCRETE_GAUSSIAN, GAUSSIAN)
+    if gaussian != (measure == ZCDP) and mechanism != NOISY_MAX:
+        raise YumenError(Code.INTERNAL, f"{mechanism} does not certify {measure} losses")
     if not (isinstance(epsilon, Fraction) and epsilon > 0):
-        raise YumenError(Code.INTERNAL, f"ε must be a positive Fraction, got {epsilon!r}")
-    if mechanism in (GEOMETRIC, NOISY_MAX) and not (isinstance(sensitivity, int) and sensitivity >= 1):
+        raise YumenError(Code.INTERNAL, f"the privacy loss must be a positive Fraction, got {epsilon!r}")
+    if mechanism in (GEOMETRIC, NOISY_MAX, DISCRETE_GAUSSIAN) and not (isinstance(sensitivity, int) and sensitivity >= 1):
         raise YumenError(Code.INTERNAL, f"integer sensitivity must be a positive int, got {sensitivity!r}")
-    if mechanism == LAPLACE and not (isinstance(sensitivity, float) and math.isfinite(sensitivity) and sensitivity > 0):
+    if mechanism in (LAPLACE, GAUSSIAN) and not (isinstance(sensitivity, float) and math.isfinite(sensitivity) and sensitivity > 0):
         raise YumenError(Code.INTERNAL, f"float sensitivity must be positive and finite, got {sensitivity!r}")
-    # noisy max over non-monotonic scores costs 2 d_in / scale
-    factor = 2 if mechanism == NOISY_MAX else 1
-    scale = float_at_least(factor * Fraction(sensitivity) / epsilon)
+    if gaussian:
+        scale = float(sensitivity) / math.sqrt(2 * float(epsilon))
+    else:
+        # noisy max over non-monotonic scores costs 2 d_in / scale (ε; under zCDP ε²/2)
+        factor = 2 if mechanism == NOISY_MAX else 1
+        target = epsilon if measure == PURE else Fraction(math.sqrt(2 * float(epsilon)))
+        scale = float_at_least(factor * Fraction(sensitivity) / target)
     for _ in range(_MAX_CALIBRATION_STEPS):
-        meas = _build(mechanism, scale, vector)
+        meas = _build(mechanism, scale, vector, measure)
         spent = Fraction(meas.map(d_in=sensitivity))
         if spent <= epsilon:
-            logger.debug("calibrated %s sensitivity=%s epsilon=%s scale=%s", mechanism, sensitivity, epsilon, scale)
+            logger.debug("calibrated %s sensitivity=%s loss=%s (%s) scale=%s", mechanism, sensitivity, epsilon, measure, scale)
             return Calibrated(
                 mechanism=mechanism,
                 sensitivity=sensitivity,
@@ -138,11 +192,13 @@ def calibrate(mechanism: str, sensitivity: int | float, epsilon: Fraction, *, ve
                 epsilon=spent,
                 measurement=meas,
                 vector=vector,
+                measure=measure,
             )
-        scale = math.nextafter(scale, math.inf)
+        # move by a relative step: the map rounds conservatively, so one ulp may not be enough
+        scale = max(math.nextafter(scale, math.inf), scale * (1 + 2**-40))
     raise YumenError(
         Code.INTERNAL,
-        f"could not calibrate {mechanism} for sensitivity {sensitivity} within ε {epsilon}",
+        f"could not calibrate {mechanism} for sensitivity {sensitivity} within {measure} loss {epsilon}",
     )
 
 

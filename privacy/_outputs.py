@@ -14,7 +14,9 @@ by at most ``U - L`` and the average by at most ``(U - L) / k``: the noise shrin
 while each block sees only ``1/k`` of the data (the trade-off is in docs/privacy.md).
 
 ε is split evenly over the declared outputs and composes sequentially; the ε spent is the
-exact sum of what OpenDP's privacy maps certify.
+exact sum of what OpenDP's privacy maps certify. Under zCDP (``accounting=Accounting.ZCDP``)
+the budget is ρ, split the same way, and each output gets Gaussian noise at the same
+sensitivity (for one real number L1 and L2 sensitivity coincide).
 """
 
 from __future__ import annotations
@@ -26,8 +28,20 @@ from typing import Mapping, Sequence
 
 from yumen.errors import Code, YumenError
 from yumen.jobs import OutputRange
+from yumen.loss import Accounting
 
-from ._mechanisms import CONFIDENCE, LAPLACE, Calibrated, calibrate, check_epsilon, float_at_least, split_epsilon
+from ._mechanisms import (
+    CONFIDENCE,
+    GAUSSIAN,
+    LAPLACE,
+    PURE,
+    ZCDP,
+    Calibrated,
+    calibrate,
+    check_epsilon,
+    float_at_least,
+    split_epsilon,
+)
 from ._record import Component, DPRelease
 
 logger = logging.getLogger(__name__)
@@ -69,31 +83,36 @@ def _noise(
     sensitivities: Mapping[str, float],
     epsilon: Fraction,
     statistic: str,
+    accounting: Accounting,
 ) -> DPRelease:
     eps_each = split_epsilon(epsilon, len(ranges))
+    zcdp = accounting is Accounting.ZCDP
+    mechanism, measure = (GAUSSIAN, ZCDP) if zcdp else (LAPLACE, PURE)
     values: dict[str, float] = {}
     scales: dict[str, float] = {}
     accuracy: dict[str, float] = {}
     components: list[Component] = []
     for r in ranges:
-        cal: Calibrated = calibrate(LAPLACE, sensitivities[r.name], eps_each, vector=False)
+        cal: Calibrated = calibrate(mechanism, sensitivities[r.name], eps_each, vector=False, measure=measure)
         values[r.name] = float(cal(clamped[r.name]))
         scales[r.name] = cal.scale
         accuracy[r.name] = cal.half_width(ALPHA)
         components.append(
             Component(
                 name=f"output:{r.name}",
-                mechanism=LAPLACE,
+                mechanism=mechanism,
                 sensitivity=cal.sensitivity,
                 scale=cal.scale,
                 epsilon=cal.epsilon,
+                measure=measure,
             )
         )
     return DPRelease(
         values=values,
         noise_scale=scales,
         accuracy=accuracy,
-        mechanism=LAPLACE,
+        mechanism=mechanism,
+        accounting=accounting.value,
         epsilon=sum((c.epsilon for c in components), Fraction(0)),
         components=tuple(components),
         statistic=statistic,
@@ -101,7 +120,8 @@ def _noise(
     )
 
 
-def release_outputs(outputs: Mapping[str, float], ranges: Sequence[OutputRange], epsilon: Fraction) -> DPRelease:
+def release_outputs(outputs: Mapping[str, float], ranges: Sequence[OutputRange], epsilon: Fraction, *,
+                    accounting: Accounting = Accounting.PURE) -> DPRelease:
     """Clamp each declared output to its range and add Laplace noise at sensitivity ``U - L``.
 
     Refuses undeclared outputs, missing outputs and non-finite values. (A refusal is itself a
@@ -127,12 +147,13 @@ def release_outputs(outputs: Mapping[str, float], ranges: Sequence[OutputRange],
         clamped[r.name] = _clamp(float(v), r)
     # Two clamped floats differ by at most U - L exactly (clamping does not round).
     sens = {r.name: float_at_least(_width(r)) for r in ranges}
-    release = _noise(ranges, clamped, sens, eps, "outputs")
+    release = _noise(ranges, clamped, sens, eps, "outputs", accounting)
     logger.info("released %d algorithm outputs at epsilon %s", len(ranges), release.epsilon)
     return release
 
 
-def aggregate_blocks(block_outputs: Sequence[Mapping[str, float]], ranges: Sequence[OutputRange], epsilon: Fraction) -> DPRelease:
+def aggregate_blocks(block_outputs: Sequence[Mapping[str, float]], ranges: Sequence[OutputRange], epsilon: Fraction, *,
+                     accounting: Accounting = Accounting.PURE) -> DPRelease:
     """GUPT-style aggregation: clamp every block's outputs, average over the k blocks, add noise.
 
     Block outputs come from untrusted code running on private data, so nothing about them may
@@ -161,7 +182,7 @@ def aggregate_blocks(block_outputs: Sequence[Mapping[str, float]], ranges: Seque
         averages[r.name] = float(total / k)  # exact average, rounded once
         ulp = Fraction(math.ulp(max(abs(r.lower), abs(r.upper))))
         sens[r.name] = float_at_least(_width(r) / k + ulp)
-    release = _noise(ranges, averages, sens, eps, "sample-and-aggregate")
+    release = _noise(ranges, averages, sens, eps, "sample-and-aggregate", accounting)
     # How many outputs were substituted depends on private data: never logged.
     logger.info("aggregated %d blocks x %d outputs at epsilon %s", k, len(ranges), release.epsilon)
     return release

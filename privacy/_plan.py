@@ -8,8 +8,9 @@ from fractions import Fraction
 
 from yumen.catalog import Column, ColumnType, DatasetRegistration
 from yumen.errors import Code, YumenError
+from yumen.loss import Accounting
 
-from ._mechanisms import GEOMETRIC, NOISY_MAX, Calibrated, calibrate, split_epsilon
+from ._mechanisms import DISCRETE_GAUSSIAN, GEOMETRIC, NOISY_MAX, PURE, ZCDP, Calibrated, calibrate, split_epsilon
 from ._record import UNGROUPED, Component
 from ._spec import QuerySpec, Statistic, validate
 
@@ -120,6 +121,7 @@ class Plan:
                 sensitivity=float(c.sensitivity * p.unit),
                 scale=float(c.scale * p.unit),
                 epsilon=c.epsilon,
+                measure=c.measure,
             )
             for p, c in zip(self.parts, self.calibrations)
         )
@@ -152,8 +154,17 @@ def quantile_candidates(col: Column) -> tuple[float, ...]:
 
 
 def make_plan(registration: DatasetRegistration, spec: QuerySpec, epsilon: Fraction) -> Plan:
+    """Plan ``spec`` at a loss of ``epsilon`` in the registration's accounting (ε, or ρ under zCDP).
+
+    Under zCDP the additive components use the discrete Gaussian at their L2 sensitivity. A
+    unit's k rows spread over groups move the group vector by at most k times the per-row
+    bound in L2 as in L1 (the L2 norm is largest when all k rows land in one group), so the
+    sensitivities below serve both.
+    """
     validate(registration, spec)
     k = registration.privacy_unit.max_contributions
+    zcdp = registration.privacy_unit.accounting is Accounting.ZCDP
+    measure, additive = (ZCDP, DISCRETE_GAUSSIAN) if zcdp else (PURE, GEOMETRIC)
     grid = None
     keys: tuple[str, ...] = (UNGROUPED,)
     if spec.group_by:
@@ -169,8 +180,10 @@ def make_plan(registration: DatasetRegistration, spec: QuerySpec, epsilon: Fract
         # One selection per group, all with this measurement. A unit with k_g rows in group g
         # moves that group's scores by <= k_g * bound, and noisy max costs 2 d / scale, linear
         # in d; so the groups together cost at most 2 k bound / scale = map(k * bound) <= ε.
-        cal = calibrate(NOISY_MAX, k * parts[0].bound, eps_each)
+        # Under zCDP each group's ρ is (2 k_g bound / scale)² / 2, and the sum of squares of
+        # the k_g is at most k²: again map(k * bound) <= ρ.
+        cal = calibrate(NOISY_MAX, k * parts[0].bound, eps_each, measure=measure)
         candidates = quantile_candidates(registration.column(spec.column))
         return Plan(spec=spec, keys=keys, grid=None, parts=parts, calibrations=(cal,), k=k, candidates=candidates)
-    calibrations = tuple(calibrate(GEOMETRIC, k * p.bound, eps_each) for p in parts)
+    calibrations = tuple(calibrate(additive, k * p.bound, eps_each, measure=measure) for p in parts)
     return Plan(spec=spec, keys=keys, grid=grid, parts=parts, calibrations=calibrations, k=k)

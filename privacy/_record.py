@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from yumen.errors import Code, YumenError
 
-from ._mechanisms import CONFIDENCE, MECHANISMS
+from ._mechanisms import CONFIDENCE, MECHANISMS, PURE, ZCDP
 
 # Key of the single value of an ungrouped release.
 UNGROUPED = "*"
@@ -30,13 +30,16 @@ class Component:
 
     name: str  # "count", "sum", "centered_sum", "centered_square_sum", "output:NAME", ...
     mechanism: str
-    sensitivity: float  # L1 sensitivity in value units, in the add/remove-one-unit relation
+    sensitivity: float  # L1 (pure) or L2 (zCDP) sensitivity in value units, add/remove one unit
     scale: float  # noise scale in value units
-    epsilon: Fraction  # certified by OpenDP's privacy map
+    epsilon: Fraction  # the loss certified by OpenDP's privacy map: ε (pure) or ρ (zcdp)
+    measure: str = PURE
 
     def __post_init__(self) -> None:
         if self.mechanism not in MECHANISMS:
             raise _internal(f"unknown mechanism {self.mechanism!r}")
+        if self.measure not in (PURE, ZCDP):
+            raise _internal(f"unknown privacy measure {self.measure!r}")
         if not (isinstance(self.epsilon, Fraction) and self.epsilon > 0):
             raise _internal(f"component {self.name!r} ε must be a positive Fraction")
         if not (self.sensitivity > 0 and self.scale > 0):
@@ -48,7 +51,7 @@ class Component:
             "mechanism": self.mechanism,
             "sensitivity": self.sensitivity,
             "scale": self.scale,
-            "epsilon": f"{self.epsilon.numerator}/{self.epsilon.denominator}",
+            ("epsilon" if self.measure == PURE else "rho"): f"{self.epsilon.numerator}/{self.epsilon.denominator}",
         }
 
 
@@ -77,7 +80,7 @@ class DPRelease:
     noise_scale: Mapping[str, float]
     accuracy: Mapping[str, float]
     mechanism: str
-    epsilon: Fraction
+    epsilon: Fraction  # the total loss in ``accounting``: ε (pure) or ρ (zcdp)
     components: tuple[Component, ...]
     statistic: str
     confidence: Fraction = CONFIDENCE
@@ -89,6 +92,7 @@ class DPRelease:
     # suppress groups below a minimum size.
     counts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     count_accuracy: float = 0.0  # 95 % half-width of each of ``counts``
+    accounting: str = PURE  # "pure" (``epsilon`` is ε) or "zcdp" (``epsilon`` is ρ)
 
     def __post_init__(self) -> None:
         for name in ("values", "noise_scale", "accuracy", "exact", "counts"):
@@ -114,6 +118,8 @@ class DPRelease:
             raise _internal("a release records at least one measurement")
         if not (isinstance(self.epsilon, Fraction) and self.epsilon == sum(c.epsilon for c in self.components)):
             raise _internal("ε spent must equal the exact sum of the components' ε")
+        if self.accounting not in (PURE, ZCDP) or any(c.measure != self.accounting for c in self.components):
+            raise _internal("every component's loss must be in the release's accounting")
 
     @property
     def value(self) -> float:
@@ -132,7 +138,8 @@ class DPRelease:
             "confidence": f"{self.confidence.numerator}/{self.confidence.denominator}",
             "accuracy_unit": self.accuracy_unit,
             "mechanism": self.mechanism,
-            "epsilon": f"{self.epsilon.numerator}/{self.epsilon.denominator}",
+            "accounting": self.accounting,
+            ("epsilon" if self.accounting == PURE else "rho"): f"{self.epsilon.numerator}/{self.epsilon.denominator}",
             "components": [c.to_dict() for c in self.components],
             "counts": dict(self.counts),
             "count_accuracy": self.count_accuracy,

@@ -61,6 +61,8 @@ class JobResult:
     ciphertext: bytes = b""  # homomorphic delivery: decrypt with decrypt()
     mean: bool = False  # the job asked for a mean (decryption divides sums by counts)
     suppressed_groups: tuple[str, ...] = ()
+    # what the job cost the most exposed person: epsilon, and rho and delta under zCDP
+    loss: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def encrypted(self) -> bool:
@@ -88,7 +90,7 @@ class JobResult:
             "job_id": self.job_id, "values": list(self.values), "mechanism": self.mechanism,
             "epsilon_spent": self.epsilon_spent, "result_digest": self.result_digest,
             "provenance": list(self.provenance), "log_index": self.log_index, "bill": dict(self.bill),
-            "encrypted": self.encrypted, "suppressed_groups": list(self.suppressed_groups),
+            "encrypted": self.encrypted, "suppressed_groups": list(self.suppressed_groups), "loss": dict(self.loss),
         }
 
 
@@ -134,7 +136,10 @@ class YumenClient:
             "policy_version": e.policy_version, "obligations": dict(e.obligations),
             "epsilon_requested": e.epsilon_requested, "epsilon_remaining": e.epsilon_remaining,
             "epsilon_remaining_after": e.epsilon_remaining_after, "runs_remaining": e.runs_remaining,
-            "price": e.price, "period": e.period,
+            "price": e.price, "period": e.period, "accounting": e.accounting or "pure", "delta": e.delta,
+            "cost": e.cost,
+            "accounts": [{"kind": a.kind, "window": a.window, "cap": a.cap, "remaining": a.remaining,
+                          "remaining_after": a.remaining_after, "runs_remaining": a.runs_remaining} for a in e.accounts],
         }
 
     def job(self, job_id: str) -> JobInfo:
@@ -159,7 +164,7 @@ class YumenClient:
             provenance=tuple({"dataset": p.dataset, "department": p.department, "dataset_version": p.dataset_version,
                               "receipt_digest": p.receipt_digest} for p in r.provenance),
             log_index=r.log_index, bill=dict(r.bill), ciphertext=r.ciphertext, mean=mean,
-            suppressed_groups=tuple(r.suppressed_groups),
+            suppressed_groups=tuple(r.suppressed_groups), loss=dict(r.loss),
         )
 
 

@@ -41,6 +41,8 @@ class Department:
     id: str
     datasets: tuple[tuple[Any, ...], ...]
     local_policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # registration fields to change, by registered dataset id (privacy_unit is merged key by key)
+    registration: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def dataset_ids(self) -> list[str]:
         return [d[2] if len(d) > 2 else d[0] for d in self.datasets]
@@ -148,6 +150,10 @@ class LocalSpace:
                 reg = demo_registration(ds)
                 if alias:
                     reg.update(id=dataset_id, department=dep.id)
+                change = dict(dep.registration.get(dataset_id, {}))
+                if "privacy_unit" in change:
+                    change["privacy_unit"] = {**reg["privacy_unit"], **change["privacy_unit"]}
+                reg.update(change)
                 reg["source"] = {"kind": "parquet", "path": str(path.relative_to(self.root))}
                 lines.append("[[datasets]]")
                 for k, v in reg.items():

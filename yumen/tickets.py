@@ -50,6 +50,17 @@ def _need(d: dict[str, Any], key: str, kind: type) -> Any:
     return d[key]
 
 
+def _rho(text: Any) -> Fraction:
+    """An exact non-negative ρ written as "n/d"."""
+    try:
+        rho = Fraction(str(text))
+    except (ValueError, ZeroDivisionError):
+        raise YumenError(Code.VERIFICATION_FAILED, f"signed payload field rho_charged {text!r} is not a fraction") from None
+    if rho < 0:
+        raise YumenError(Code.VERIFICATION_FAILED, "signed payload field rho_charged is negative")
+    return rho
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Ticket:
     job_id: str
@@ -150,7 +161,8 @@ class Receipt:
     runtime_digest: str = ""
     mechanism: str = ""
     mechanism_params: dict[str, Any] = dataclasses.field(default_factory=dict)
-    epsilon_charged: Fraction = Fraction(0)
+    epsilon_charged: Fraction = Fraction(0)  # pure accounting: the ε spent
+    rho_charged: Fraction = Fraction(0)  # zCDP accounting: the ρ spent
     values: tuple[ReleasedValue, ...] = ()
     commitment: str = ""
     metering: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -166,6 +178,10 @@ class Receipt:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["epsilon_charged"] = format_epsilon(self.epsilon_charged) if self.epsilon_charged else "0"
+        if self.rho_charged:
+            d["rho_charged"] = f"{self.rho_charged.numerator}/{self.rho_charged.denominator}"
+        else:
+            del d["rho_charged"]
         d["values"] = [v.to_dict() for v in self.values]
         d["v"] = _VERSION
         return d
@@ -184,6 +200,7 @@ class Receipt:
             runtime_digest=str(d.get("runtime_digest", "")), mechanism=str(d.get("mechanism", "")),
             mechanism_params=dict(d.get("mechanism_params", {})),
             epsilon_charged=Fraction(0) if eps == "0" else parse_epsilon(eps),
+            rho_charged=_rho(d.get("rho_charged", "0")),
             values=tuple(ReleasedValue.from_dict(v) for v in d.get("values", ())),
             commitment=str(d.get("commitment", "")), metering=dict(d.get("metering", {})),
             at_ms=int(d.get("at_ms", 0)), ciphertext_digest=str(d.get("ciphertext_digest", "")),

@@ -14,14 +14,23 @@ from yumen.localspace import Department, LocalSpace
 ROOT = Path(__file__).resolve().parents[2]
 ALGOS = ROOT / "tests" / "e2e" / "algorithms"
 
+# The two cities' patients are one population (a province-wide patient id): their datasets
+# share a privacy-unit namespace, so the ledger adds up what jobs spend on either.
+PATIENTS = {"privacy_unit": {"namespace": "gansu-patients", "shared": True}}
+
 DEPARTMENTS = (
     Department(id="weather-bureau", datasets=(("weather-daily", 7_300),)),
-    Department(id="health-commission", datasets=(("outpatient-visits", 20_000),)),
+    Department(id="health-commission", datasets=(("outpatient-visits", 20_000),),
+               registration={"outpatient-visits": PATIENTS}),
     Department(id="transport-dept", datasets=(("bus-trips", 20_000),)),
     # This department accepts at most ε 0.25 per job, whatever the broker allows.
     Department(id="culture-tourism", datasets=(("scenic-visits", 20_000),), local_policy={"max_epsilon_per_job": "0.25"}),
     # A second city's health commission with outpatient visits of the same schema.
-    Department(id="health-tianshui", datasets=(("outpatient-visits", 10_000, "outpatient-visits-tianshui"),)),
+    Department(id="health-tianshui", datasets=(("outpatient-visits", 10_000, "outpatient-visits-tianshui"),),
+               registration={"outpatient-visits-tianshui": PATIENTS}),
+    # Farms account their budget in zero-concentrated DP: Gaussian noise, ρ in the ledger.
+    Department(id="agriculture-dept", datasets=(("farm-yields", 5_000),),
+               registration={"farm-yields": {"privacy_unit": {"accounting": "zcdp", "delta": "0.000000001"}}}),
 )
 
 

@@ -125,3 +125,62 @@ def test_minimum_group_size_applies_to_variance_quantile_and_histogram(space, op
     assert set(out["result"]["suppressed_groups"]) == small
     assert {v["group"] for v in out["result"]["values"]} == set(origins) - small
     assert {v["name"] for v in out["result"]["values"]} <= {aggregate}
+
+
+def _ledger(space) -> dict:
+    from yumen.client import AdminClient
+
+    with AdminClient(space.address, space.tls("admin-1")) as admin:
+        return admin.accounts()["ledger"]
+
+
+def test_one_job_over_two_departments_with_the_same_people_costs_them_the_sum(space, operator):
+    before = _ledger(space)
+    out = operator.json("submit", "query", "--dataset", "outpatient-visits", "--dataset", "outpatient-visits-tianshui",
+                        "--aggregate", "count", "--epsilon", "0.2", "--purpose", "research", "--job-id", "ns-sum")
+    assert out["job"]["state"] == "succeeded"
+    loss = out["result"]["loss"]
+    assert loss["epsilon"] == "0.4" and loss["namespace"] == "shared/gansu-patients"  # 0.2 + 0.2, not max
+    assert set(loss["datasets"].split(",")) == {"outpatient-visits", "outpatient-visits-tianshui"}
+    after = _ledger(space)
+    lifetime = ("*", "ns:shared/gansu-patients", "lifetime")
+    assert after[lifetime][0] - before.get(lifetime, (Fraction(0), 0))[0] == Fraction(2, 5)
+    explained = operator.json("policy", "explain", "--dataset", "outpatient-visits-tianshui", "--aggregate", "count",
+                              "--epsilon", "0.1", "--purpose", "research")
+    kinds = {a["kind"] for a in explained["accounts"]}
+    assert {"license", "namespace", "lifetime"} <= kinds
+
+
+def test_a_zcdp_dataset_is_charged_in_rho_reported_as_rho_and_epsilon_delta_and_replays(space, operator, auditor,
+                                                                                           tmp_path):
+    from yumen.loss import epsilon_of_rho, rho_of_epsilon
+
+    delta = Fraction(1, 10**9)
+    explained = operator.json("policy", "explain", "--dataset", "farm-yields", "--aggregate", "mean",
+                              "--column", "yield_kg_per_mu", "--epsilon", "0.5", "--purpose", "research")
+    assert explained["accounting"] == "zcdp" and "ρ" in explained["cost"] and "δ" in explained["cost"]
+    before = _ledger(space)
+    out = operator.json("submit", "query", "--dataset", "farm-yields", "--aggregate", "mean", "--column",
+                        "yield_kg_per_mu", "--group-by", "crop", "--epsilon", "0.5", "--purpose", "research",
+                        "--job-id", "zcdp-mean")
+    assert out["job"]["state"] == "succeeded"
+    assert out["result"]["mechanism"] == "discrete-gaussian"
+    loss = out["result"]["loss"]
+    rho = rho_of_epsilon(Fraction(1, 2), delta)
+    assert Fraction(loss["rho"]) <= rho and Fraction(loss["delta"]) == delta
+    assert Fraction(loss["epsilon"]) <= Fraction(1, 2) + Fraction(2, 10**9)
+    assert Fraction(loss["epsilon"]) == epsilon_of_rho(Fraction(loss["rho"]), delta)
+    after = _ledger(space)
+    lifetime = ("*", "ns:dataset/farm-yields", "lifetime")
+    assert after[lifetime][0] - before.get(lifetime, (Fraction(0), 0))[0] == rho  # exact ρ in the ledger
+    # an algorithm on the same data gets Gaussian noise on its outputs, and the log still replays
+    algo = tmp_path / "mean_yield.py"
+    algo.write_text("import glob, json, polars as pl\n"
+                    "df = pl.read_parquet(glob.glob('/data/input/*.parquet')[0])\n"
+                    "json.dump({'y': float(df['yield_kg_per_mu'].mean())}, open('/data/output/result.json', 'w'))\n")
+    ran = operator.json("submit", "algorithm", str(algo), "--dataset", "farm-yields", "--output", "y=0:3000",
+                        "--blocks", "4", "--timeout", "6", "--epsilon", "0.5", "--purpose", "research")
+    assert ran["job"]["state"] == "succeeded" and ran["result"]["mechanism"] == "gaussian"
+    assert auditor("audit", "export", "--out", str(tmp_path / "audit")).returncode == 0
+    replay = auditor("audit", "replay", "--from", str(tmp_path / "audit"))
+    assert replay.returncode == 0, replay.stdout + replay.stderr

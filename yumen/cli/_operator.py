@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,10 @@ def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = 
 
 
 def _print_result(result: Any) -> None:
-    print(f"result of {result.job_id} ({result.mechanism}, ε spent {result.epsilon_spent}"
+    loss = result.loss or {}
+    spent = (f"ρ {float(Fraction(loss['rho'])):.6g} at δ {float(Fraction(loss['delta'])):.0e}, ≈ ε {result.epsilon_spent}"
+             if loss.get("rho") else f"ε spent {result.epsilon_spent}")
+    print(f"result of {result.job_id} ({result.mechanism}, {spent}"
           f"{', bill ' + result.bill.get('amount', '0') + ' ' + result.bill.get('currency', '') if result.bill else ''}):")
     for v in result.values:
         label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
@@ -258,6 +262,11 @@ def _explain(args: argparse.Namespace) -> int:
     if e["period"]:
         print(f"  ε {e['epsilon_requested']} requested; {e['epsilon_remaining']} left in period {e['period']}, "
               f"{e['epsilon_remaining_after']} after this job; {e['runs_remaining']} runs left")
+    if e["accounts"]:
+        print(f"  privacy accounting: {e['accounting']}" + (f" (δ {float(Fraction(e['delta'])):.0e})" if e["delta"] else "")
+              + f"; this job costs {e['cost']} on each account:")
+        for a in e["accounts"]:
+            print(f"    {a['kind']:<9} {a['window']:<10} cap {a['cap']}: {a['remaining']} left, {a['remaining_after']} after")
     print(f"  price: {e['price']} yuan")
     return 0
 

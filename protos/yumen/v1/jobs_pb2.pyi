@@ -157,8 +157,15 @@ class Provenance(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., department: _Optional[str] = ..., dataset_version: _Optional[str] = ..., receipt_digest: _Optional[str] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index", "ciphertext", "bill", "suppressed_groups")
+    __slots__ = ("job_id", "values", "mechanism", "epsilon_spent", "result_digest", "provenance", "log_index", "ciphertext", "bill", "suppressed_groups", "loss")
     class BillEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LossEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +182,7 @@ class Result(_message.Message):
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     BILL_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     values: _containers.RepeatedCompositeFieldContainer[ReleasedValue]
     mechanism: str
@@ -185,10 +193,11 @@ class Result(_message.Message):
     ciphertext: bytes
     bill: _containers.ScalarMap[str, str]
     suppressed_groups: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ..., suppressed_groups: _Optional[_Iterable[str]] = ...) -> None: ...
+    loss: _containers.ScalarMap[str, str]
+    def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ..., suppressed_groups: _Optional[_Iterable[str]] = ..., loss: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period")
+    __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period", "accounting", "delta", "cost", "accounts")
     class ObligationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +217,10 @@ class Explanation(_message.Message):
     RUNS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     reason: str
     gate: str
@@ -220,4 +233,24 @@ class Explanation(_message.Message):
     runs_remaining: int
     price: str
     period: str
-    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., obligations: _Optional[_Mapping[str, str]] = ..., epsilon_requested: _Optional[str] = ..., epsilon_remaining: _Optional[str] = ..., epsilon_remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ..., price: _Optional[str] = ..., period: _Optional[str] = ...) -> None: ...
+    accounting: str
+    delta: str
+    cost: str
+    accounts: _containers.RepeatedCompositeFieldContainer[BudgetAccount]
+    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., obligations: _Optional[_Mapping[str, str]] = ..., epsilon_requested: _Optional[str] = ..., epsilon_remaining: _Optional[str] = ..., epsilon_remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ..., price: _Optional[str] = ..., period: _Optional[str] = ..., accounting: _Optional[str] = ..., delta: _Optional[str] = ..., cost: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BudgetAccount, _Mapping]]] = ...) -> None: ...
+
+class BudgetAccount(_message.Message):
+    __slots__ = ("kind", "window", "cap", "remaining", "remaining_after", "runs_remaining")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_AFTER_FIELD_NUMBER: _ClassVar[int]
+    RUNS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    window: str
+    cap: str
+    remaining: str
+    remaining_after: str
+    runs_remaining: int
+    def __init__(self, kind: _Optional[str] = ..., window: _Optional[str] = ..., cap: _Optional[str] = ..., remaining: _Optional[str] = ..., remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ...) -> None: ...
