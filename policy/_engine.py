@@ -238,9 +238,10 @@ class PolicyEngine:
     def _parse_levels(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
         levels = {}
         for name in _LEVELS:
-            d = raw.get(name)
-            if not isinstance(d, dict):
+            if not isinstance(raw.get(name), dict):
                 raise _cfg(f"[levels.{name}] is missing: every classification level needs its defaults")
+        for name in _LEVELS:
+            d = raw[name]
             where = f"[levels.{name}]"
             tiers = d.get("tiers", [])
             if any(t not in _TIERS for t in tiers):

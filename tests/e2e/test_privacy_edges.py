@@ -137,14 +137,14 @@ def _ledger(space) -> dict:
 def test_one_job_over_two_departments_with_the_same_people_costs_them_the_sum(space, operator):
     before = _ledger(space)
     out = operator.json("submit", "query", "--dataset", "outpatient-visits", "--dataset", "outpatient-visits-tianshui",
-                        "--aggregate", "count", "--epsilon", "0.2", "--purpose", "research", "--job-id", "ns-sum")
+                        "--aggregate", "count", "--epsilon", "0.05", "--purpose", "research", "--job-id", "ns-sum")
     assert out["job"]["state"] == "succeeded"
     loss = out["result"]["loss"]
-    assert loss["epsilon"] == "0.4" and loss["namespace"] == "shared/gansu-patients"  # 0.2 + 0.2, not max
+    assert loss["epsilon"] == "0.1" and loss["namespace"] == "shared/gansu-patients"  # 0.05 + 0.05, not max
     assert set(loss["datasets"].split(",")) == {"outpatient-visits", "outpatient-visits-tianshui"}
     after = _ledger(space)
     lifetime = ("*", "ns:shared/gansu-patients", "lifetime")
-    assert after[lifetime][0] - before.get(lifetime, (Fraction(0), 0))[0] == Fraction(2, 5)
+    assert after[lifetime][0] - before.get(lifetime, (Fraction(0), 0))[0] == Fraction(1, 10)
     explained = operator.json("policy", "explain", "--dataset", "outpatient-visits-tianshui", "--aggregate", "count",
                               "--epsilon", "0.1", "--purpose", "research")
     kinds = {a["kind"] for a in explained["accounts"]}
