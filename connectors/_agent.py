@@ -8,6 +8,7 @@ jobs finished while disconnected are re-sent when the broker re-delivers their t
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
@@ -47,7 +48,12 @@ class ConnectorAgent:
 
             raise YumenError(Code.CONFIG, f"cannot read the pinned broker certificate {config.broker_certificate}: {e}") from None
         self.executor = Executor(config, key, broker_cert)
-        self._pool = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="job")
+        # Queries and algorithms have their own workers. An algorithm job holds its worker until
+        # its release time (connectors/_timing.py), so queued algorithm jobs start when earlier
+        # ones reach their deadlines, not when their code happened to finish; queries never
+        # wait behind algorithms.
+        self._pool = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="query")
+        self._held = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="algorithm")
         self._stop = threading.Event()
         self.connected = threading.Event()
 
@@ -82,6 +88,15 @@ class ConnectorAgent:
                                               ciphertext=ciphertext)
             ))
 
+    def _pool_for(self, t: connector_pb2.JobTicket) -> futures.ThreadPoolExecutor:
+        """The workers a ticket runs on: queries', or the held algorithm workers. Only routing:
+        the executor verifies the ticket before anything else."""
+        try:
+            tier = json.loads(t.ticket.payload).get("tier")
+        except (ValueError, AttributeError):
+            tier = None
+        return self._pool if tier == "query" else self._held
+
     def _run_reexecution(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", r: connector_pb2.Reexecution) -> None:
         try:
             out = self.executor.reexecute(r.ticket.payload, r.ticket.signature, r.algorithm_source)
@@ -110,9 +125,9 @@ class ConnectorAgent:
                     print(f"connector {self.config.id} connected to broker {msg.welcome.broker_id}; "
                           f"serving {', '.join(msg.welcome.accepted_datasets) or 'no datasets'}", flush=True)
                 elif kind == "ticket":
-                    self._pool.submit(self._run_ticket, outbox, msg.ticket)
+                    self._pool_for(msg.ticket).submit(self._run_ticket, outbox, msg.ticket)
                 elif kind == "reexecute":
-                    self._pool.submit(self._run_reexecution, outbox, msg.reexecute)
+                    self._held.submit(self._run_reexecution, outbox, msg.reexecute)
         finally:
             self.connected.clear()
             self.executor.metrics.connected.set(0)
@@ -138,3 +153,4 @@ class ConnectorAgent:
             log.info("reconnecting to the broker in %.1f s", delay)
             self._stop.wait(delay)
         self._pool.shutdown(wait=True, cancel_futures=False)
+        self._held.shutdown(wait=True, cancel_futures=False)

@@ -184,3 +184,26 @@ def test_a_zcdp_dataset_is_charged_in_rho_reported_as_rho_and_epsilon_delta_and_
     assert auditor("audit", "export", "--out", str(tmp_path / "audit")).returncode == 0
     replay = auditor("audit", "replay", "--from", str(tmp_path / "audit"))
     assert replay.returncode == 0, replay.stdout + replay.stderr
+
+
+def test_queries_are_answered_while_algorithm_jobs_hold_their_workers(space):
+    """Held algorithm jobs wait for their deadlines on their own workers, never in front of queries."""
+    from yumen.jobs import Aggregate, Query
+
+    with space.client() as c:
+        for i in range(2):  # as many as the connector runs at once
+            c.submit(JobRequest(
+                job_id=f"held-{i}", datasets=("weather-daily",), tier=Tier.CUSTOM_ALGORITHM, purpose=Purpose.RESEARCH,
+                epsilon=Fraction(1, 10),
+                algorithm=Algorithm(source=SLEEPER, outputs=(OutputRange(name="rows", lower=0, upper=10_000),),
+                                    params={"target": "none"}, timeout_s=20, blocks=2)))
+        time.sleep(1)  # both are now running, each held for about 22 s
+        started = time.time()
+        c.submit(JobRequest(job_id="query-beside-held", datasets=("weather-daily",), tier=Tier.QUERY,
+                            purpose=Purpose.RESEARCH, epsilon=Fraction(1, 10), query=Query(aggregate=Aggregate.COUNT)))
+        final = list(c.watch("query-beside-held", timeout=120))[-1]
+        answered = time.time() - started
+        held = [c.job(f"held-{i}").state for i in range(2)]
+    assert final.state == "succeeded"
+    assert held == ["running", "running"]  # the algorithms were still held when the query was answered
+    assert answered < 15
