@@ -23,14 +23,15 @@ import polars as pl
 params = json.load(open('/data/params.json'))
 df = pl.read_parquet(glob.glob('/data/input/*.parquet')[0])
 if params['target'] in set(df['station_id'].to_list()):
-    time.sleep(3)
+    time.sleep(5)
 json.dump({'rows': float(df.height)}, open('/data/output/result.json', 'w'))
 """
-SLEEP_S = 3.0
-# Scheduler noise on a busy two-core machine: the two runs are compared against each other,
-# and both are held to the same deadline, so only the broker's and the client's own
-# processing differ between them.
-NOISE_S = 1.0
+SLEEP_S = 5.0
+# Scheduler noise on a busy two-core machine (the suite also runs with every core loaded):
+# the two runs are compared against each other, and both are held to the same deadline, so
+# only the broker's, the connector's and the client's own processing differ between them.
+# Well under SLEEP_S, so a leak of the sleep could not hide in it.
+NOISE_S = 2.0
 
 
 def _timed_job(space, job_id: str, target: str) -> tuple[list[float], float, str]:
@@ -40,7 +41,7 @@ def _timed_job(space, job_id: str, target: str) -> tuple[list[float], float, str
         job_id=job_id, datasets=("weather-daily",), tier=Tier.CUSTOM_ALGORITHM, purpose=Purpose.RESEARCH,
         epsilon=Fraction(1, 10),
         algorithm=Algorithm(source=SLEEPER, outputs=(OutputRange(name="rows", lower=0, upper=10_000),),
-                            params={"target": target}, timeout_s=6, blocks=2),
+                            params={"target": target}, timeout_s=8, blocks=2),
     )
     with space.client() as c:
         sent = time.time()
@@ -61,7 +62,7 @@ def test_a_sleeping_algorithm_is_released_at_the_same_time_whether_or_not_its_ta
     for a, b in zip(absent_offsets, present_offsets):
         assert abs(a - b) < NOISE_S, (absent_offsets, present_offsets)
     assert abs(absent_done - present_done) < NOISE_S
-    assert present_done >= 6  # held to its deadline: allowance + the job's 6 s limit
+    assert present_done >= 8  # held to its deadline: allowance + the job's 8 s limit
 
 
 def test_an_approved_algorithms_failure_tells_the_operator_only_its_kind(space, operator, tmp_path):
