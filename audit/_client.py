@@ -35,7 +35,9 @@ _PAGE = 50_000
 
 
 def _translate(e: grpc.RpcError) -> YumenError:
-    return YumenError.from_status(e.code(), e.details() or "")
+    from yumen.rpc import error_of
+
+    return error_of(e)
 
 
 class AuditClient:

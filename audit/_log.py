@@ -68,6 +68,27 @@ class _Pending:
         return self.indices
 
 
+def _extend(frontier: Sequence[tuple[int, bytes]], start: int, leaves: Sequence[bytes]) -> tuple[list[StoredNode], list[tuple[int, bytes]]]:
+    """The nodes that appending ``leaves`` at ``start`` stores, and the frontier after it."""
+    frontier = list(frontier)
+    nodes: list[StoredNode] = []
+    n = start
+    for leaf in leaves:
+        h = leaf_hash(leaf)
+        nodes.append((0, n, h))
+        level = 0
+        n += 1
+        m = n
+        while m & 1 == 0:  # the new leaf completed a subtree one level up
+            _, left = frontier.pop()
+            h = node_hash(left, h)
+            level += 1
+            m >>= 1
+            nodes.append((level, m - 1, h))
+        frontier.append((level, h))
+    return nodes, frontier
+
+
 class TransparencyLog:
     """An append-only RFC 6962 log of :class:`~yumen.audit.Entry` records with signed checkpoints.
 
@@ -175,6 +196,29 @@ class TransparencyLog:
                 self._queue.notify_all()
         return mine.outcome()
 
+    def append_within(self, conn: object, entries: Sequence[Entry]) -> list[int]:
+        """Append inside the caller's open transaction on ``conn``, a connection to the database
+        that holds this log's storage; returns the indices the entries get if it commits.
+
+        This is how the broker records a change of its own state (a budget reservation, a
+        policy version) and the entry that logs it in one transaction: both commit or neither
+        does, and entries land in the order the state saw the changes. The storage's write
+        lock is taken inside that transaction. The in-memory frontier is not touched (the
+        transaction may still roll back): call :meth:`refresh` after the commit. Deliberately
+        no in-process lock is taken here, so a thread holding the database's write lock never
+        waits for one held by a thread that waits for the database.
+        """
+        leaves = [encode_entry(e) for e in entries]
+        if not leaves:
+            return []
+        view = self._storage.within(conn)  # type: ignore[attr-defined]
+        start = view.size()
+        keys = range_node_keys(0, start)
+        stored = view.nodes(keys) if keys else {}
+        nodes, _ = _extend([(level, stored[(level, idx)]) for level, idx in keys], start, leaves)
+        view.append(start=start, leaves=leaves, nodes=nodes)
+        return list(range(start, start + len(leaves)))
+
     def _commit(self, leaves: list[bytes]) -> list[int]:
         # Another writer (a broker replica on the same PostgreSQL log) may append between our
         # reload and our append; the storage then refuses and we reload and retry, backing off
@@ -182,22 +226,8 @@ class TransparencyLog:
         with self._lock:
             for attempt in range(_APPEND_ATTEMPTS):
                 start = self._size
-                frontier = list(self._frontier)
-                nodes: list[StoredNode] = []
-                n = start
-                for leaf in leaves:
-                    h = leaf_hash(leaf)
-                    nodes.append((0, n, h))
-                    level = 0
-                    n += 1
-                    m = n
-                    while m & 1 == 0:  # the new leaf completed a subtree one level up
-                        _, left = frontier.pop()
-                        h = node_hash(left, h)
-                        level += 1
-                        m >>= 1
-                        nodes.append((level, m - 1, h))
-                    frontier.append((level, h))
+                nodes, frontier = _extend(self._frontier, start, leaves)
+                n = start + len(leaves)
                 try:
                     self._storage.append(start=start, leaves=leaves, nodes=nodes)
                 except YumenError as e:
@@ -279,6 +309,18 @@ class TransparencyLog:
         """``(index, decoded entry)`` for ``[start, end)``."""
         for index, leaf in self.leaves(start, end):
             yield index, decode_entry(leaf)
+
+    def stored_entries(self, start: int, end: int) -> Iterator[tuple[int, Entry]]:
+        """Like :meth:`entries`, for a caller that knows ``end`` from the storage itself (e.g.
+        :meth:`size_within` under the write lock) and may be ahead of this process's view."""
+        for lo in range(start, end, _READ_CHUNK):
+            hi = min(end, lo + _READ_CHUNK)
+            for index, leaf in zip(range(lo, hi), self._storage.leaves(lo, hi)):
+                yield index, decode_entry(leaf)
+
+    def size_within(self, conn: object) -> int:
+        """The stored size, read on ``conn`` inside the caller's transaction (see :meth:`append_within`)."""
+        return self._storage.within(conn).size()  # type: ignore[attr-defined]
 
     def _check_range(self, start: int, end: int) -> int:
         size = self._size

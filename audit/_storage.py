@@ -23,6 +23,7 @@ for several broker replicas; one contract test suite runs against both stores.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -164,6 +165,16 @@ class SQLiteLogStorage:
                 conn.execute("ROLLBACK")
                 raise
 
+    def within(self, conn: sqlite3.Connection) -> "_SQLiteWithin":
+        """This storage's appends on ``conn``, a connection to the same database file that is
+        inside an open write transaction (see ``TransparencyLog.append_within``)."""
+        (path,) = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
+        if not path or not os.path.samefile(path, self._path):
+            raise YumenError(Code.INTERNAL, f"the connection is to {path or 'no file'}, not to the log database {self._path}")
+        if conn.in_transaction is False:
+            raise YumenError(Code.INTERNAL, "append_within needs an open write transaction")
+        return _SQLiteWithin(conn)
+
     def leaves(self, start: int, end: int) -> list[bytes]:
         rows = self._reader().execute(
             "SELECT idx, leaf FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
@@ -203,3 +214,31 @@ class SQLiteLogStorage:
 
     def __repr__(self) -> str:
         return f"SQLiteLogStorage({self._path!r})"
+
+
+class _SQLiteWithin:
+    """Appends and the reads they need, on a connection inside the caller's write transaction
+    (``BEGIN IMMEDIATE`` already holds SQLite's one write lock)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def size(self) -> int:
+        return SQLiteLogStorage._size(self._conn)
+
+    def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        found: dict[NodeKey, bytes] = {}
+        for level, idx in keys:
+            row = self._conn.execute("SELECT hash FROM log_nodes WHERE level = ? AND idx = ?", (level, idx)).fetchone()
+            if row is None:
+                raise YumenError(Code.INTERNAL, f"the log storage is missing tree node {(level, idx)}")
+            found[(level, idx)] = bytes(row[0])
+        return found
+
+    def append(self, *, start: int, leaves: Sequence[bytes], nodes: Sequence[StoredNode]) -> None:
+        for level, _idx, h in nodes:
+            if len(h) != HASH_SIZE or level < 0:
+                raise YumenError(Code.INTERNAL, f"refusing to store a malformed node at level {level}")
+        self._conn.executemany("INSERT INTO log_entries (idx, leaf) VALUES (?, ?)",
+                               ((start + i, bytes(leaf)) for i, leaf in enumerate(leaves)))
+        self._conn.executemany("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)

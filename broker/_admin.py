@@ -15,7 +15,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 from yumen.identity import Identity, Role
 from yumen.jobs import JobState
 from yumen.policy import License, LicenseStatus, PolicyBundle, parse_time
@@ -54,7 +54,7 @@ class Administration:
         if lic is None:
             raise YumenError(Code.NOT_FOUND, f"no license {license_id}", hint="list them with `yumen admin license list`")
         if action not in LICENSE_ACTIONS:
-            raise YumenError(Code.INVALID_ARGUMENT, f"unknown action {action!r}", hint=f"use one of {', '.join(LICENSE_ACTIONS)}")
+            raise YumenError(Code.INVALID_ARGUMENT, f"unknown action {echo(action)}", hint=f"use one of {', '.join(LICENSE_ACTIONS)}")
         if lic.status is LicenseStatus.REVOKED:
             raise YumenError(Code.INVALID_ARGUMENT, f"license {license_id} is revoked; revocation is final",
                              hint="issue a new license")
@@ -76,8 +76,12 @@ class Administration:
 
     def _store(self, lic: License, action: str, identity: Identity, reason: str) -> None:
         record = lic.to_dict()
-        self.broker.store.put_license(record)
-        self.broker.audit.license_changed(record, _LOGGED_ACTION[action], identity.name, reason)
+        with self.broker.recorded():  # decisions read licenses: the change and its entry together
+            if action == "issue" and self.broker.store.get_license(lic.id) is not None:
+                raise YumenError(Code.ALREADY_EXISTS, f"license {lic.id} already exists",
+                                 hint="use `yumen admin license renew|suspend|resume|revoke`")
+            self.broker.store.put_license(record)
+            self.broker.audit.license_changed(record, _LOGGED_ACTION[action], identity.name, reason)
         log.info("license %s: %s by %s", lic.id, action, identity.name)
 
     def _cancel_queued(self, lic: License, reason: str) -> None:
@@ -113,9 +117,19 @@ class Administration:
         bills = [(op, cur, amount, n) for (op, cur), (amount, n) in sorted(totals.items())]
         return self.broker.store.ledger(), bills
 
-    def set_policy(self, identity: Identity, bundle: PolicyBundle) -> str:
+    def set_policy(self, identity: Identity, bundle: PolicyBundle, *, replaces: str) -> str:
+        """Put ``bundle`` in force if ``replaces`` names the version in force (see
+        :meth:`Broker.set_policy`). A policy that does not parse is the caller's bad input."""
         self._admin(identity)
-        return self.broker.set_policy(bundle, changed_by=identity.name).version
+        if not replaces:
+            raise YumenError(Code.INVALID_ARGUMENT, "a policy change must name the version it replaces",
+                             hint="`yumen admin policy set` does this for you; see `yumen admin policy show`")
+        try:
+            return self.broker.set_policy(bundle, changed_by=identity.name, replaces=replaces).version
+        except YumenError as e:
+            if e.code is Code.CONFIG:
+                raise YumenError(Code.INVALID_ARGUMENT, f"the policy is not valid: {e.message}", hint=e.hint) from None
+            raise
 
 
 def license_from_fields(fields: dict[str, Any]) -> License:

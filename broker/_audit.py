@@ -8,8 +8,11 @@ scales and other real parameters are written as decimal strings of their ``repr`
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import logging
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -73,12 +76,34 @@ class LogSummary:
 
 
 class BrokerAudit:
+    """Builds log entries from the broker's records and appends them.
+
+    Inside :meth:`joined` every append of the calling thread goes into the caller's open
+    store transaction (``TransparencyLog.append_within``), so the entry commits together
+    with the state change it records; elsewhere appends are group-committed as usual.
+    """
+
     def __init__(self, tlog: TransparencyLog, broker_id: str) -> None:
         self.tlog = tlog
         self.broker_id = broker_id
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def joined(self, conn: Any) -> Iterator[None]:
+        self._local.conn = conn
+        try:
+            yield
+        finally:
+            self._local.conn = None
+
+    def _append(self, entry: Any) -> int:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return self.tlog.append_within(conn, [entry])[0]
+        return self.tlog.append(entry)
 
     def dataset_registered(self, reg: DatasetRegistration, connector: Identity) -> int:
-        return self.tlog.append(DatasetRegistered(
+        return self._append(DatasetRegistered(
             dataset_id=reg.id, version=reg.version, department=reg.department,
             registration_digest=reg.digest(), level=reg.level.value,
             # the privacy unit says whose budget the dataset spends (namespace, accounting):
@@ -87,14 +112,14 @@ class BrokerAudit:
         ))
 
     def policy_changed(self, engine: PolicyEngine, *, previous: str = "", changed_by: str = "broker") -> int:
-        return self.tlog.append(PolicyChanged(
+        return self._append(PolicyChanged(
             policy_version=engine.version, previous_version=previous, changed_by=changed_by,
             details=engine.bundle.to_dict(),
         ))
 
     def job_decided(self, request: JobRequest, operator: Identity, reg: DatasetRegistration, decision: Decision,
                     period: str = "") -> int:
-        return self.tlog.append(JobDecided(
+        return self._append(JobDecided(
             job_id=request.job_id, allowed=decision.allowed, policy_version=decision.policy_version,
             matched_rule=decision.rule,
             obligations=decision.obligations.to_dict() if decision.obligations else {},
@@ -127,7 +152,7 @@ class BrokerAudit:
                     reservations: list[Reservation]) -> int:
         """One entry for an allowed job, covering every dataset it names (one decision each)."""
         reg0, dec0 = decisions[0]
-        return self.tlog.append(JobDecided(
+        return self._append(JobDecided(
             job_id=request.job_id, allowed=True, policy_version=dec0.policy_version,
             matched_rule=dec0.rule, obligations=dec0.obligations.to_dict() if dec0.obligations else {},
             operator=operator.name, license_id=operator.license, datasets=tuple(r.id for r, _ in decisions),
@@ -145,7 +170,7 @@ class BrokerAudit:
                         reason: str) -> int:
         """A job the policy allowed but the budget refused: which accounts it would have charged."""
         reg0, dec0 = decisions[0]
-        return self.tlog.append(JobDecided(
+        return self._append(JobDecided(
             job_id=request.job_id, allowed=False, policy_version=dec0.policy_version,
             matched_rule=dec0.rule, obligations=dec0.obligations.to_dict() if dec0.obligations else {},
             operator=operator.name, license_id=operator.license, datasets=tuple(r.id for r, _ in decisions),
@@ -158,7 +183,7 @@ class BrokerAudit:
     def job_cancelled(self, job: Any, reason: str) -> int:
         """A second decision on a queued job: denied before any ticket ran (e.g. license revoked)."""
         req, dec = job.request, job.decision
-        return self.tlog.append(JobDecided(
+        return self._append(JobDecided(
             job_id=job.job_id, allowed=False, policy_version=dec["policy_version"],
             matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
             operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),
@@ -170,14 +195,14 @@ class BrokerAudit:
         from yumen.audit import LicenseChanged
         from yumen.canonical import digest_of
 
-        return self.tlog.append(LicenseChanged(
+        return self._append(LicenseChanged(
             license_id=record["id"], operator=record["organization"], action=action,
             license_digest=digest_of(record), changed_by=changed_by,
             details={"license": record, "reason": reason},
         ))
 
     def job_executed(self, receipt: Receipt, payload: bytes, signature: bytes, connector: Identity) -> int:
-        return self.tlog.append(JobExecuted(
+        return self._append(JobExecuted(
             job_id=receipt.job_id, connector=connector.name, dataset_id=receipt.dataset,
             dataset_version=receipt.dataset_version or "sha256:" + "0" * 64,
             algorithm_digest=receipt.algorithm_digest, sandbox_backend=receipt.backend,
@@ -197,20 +222,23 @@ class BrokerAudit:
         ))
 
     def job_released(self, job: Any, result: dict[str, Any]) -> int:
-        return self.tlog.append(JobReleased(
+        return self._append(JobReleased(
             job_id=job.job_id, result_digest=result["result_digest"],
             bill=dict(result.get("bill", {}), operator=job.operator, license=job.license),
             details={"operator": job.operator, "epsilon_spent": result["epsilon_spent"], "loss": result.get("loss", {}),
                      "ciphertext_digest": result.get("ciphertext_digest", "")},
         ))
 
-    def scan(self) -> LogSummary:
-        """One pass over the log for everything recovery and start-up compare with the store."""
+    def scan(self, size: int | None = None) -> LogSummary:
+        """One pass over the log for everything recovery and start-up compare with the store.
+
+        ``size``: how far to read, when the caller learnt it from the storage itself (under
+        the log's write lock) rather than from this process's view of the log."""
         latest = ""
         allowed: set[str] = set()
         cancelled: set[str] = set()
         executed: set[tuple[str, str]] = set()
-        for _, entry in self.tlog.entries(0, self.tlog.size):
+        for _, entry in self.tlog.stored_entries(0, self.tlog.size if size is None else size):
             if isinstance(entry, PolicyChanged):
                 latest = entry.policy_version
             elif isinstance(entry, JobDecided) and entry.allowed:
@@ -260,7 +288,7 @@ class BrokerAudit:
                 per[ds] = {k: v for k, v in d.items() if k != "budget"}
                 per[ds].update(period=period, charges=[c.to_list() for c in charges],
                                **{k: budget.get(k, "") for k in ("namespace", "accounting", "delta", "amount")})
-            self.tlog.append(JobDecided(
+            self._append(JobDecided(
                 job_id=job.job_id, allowed=True, policy_version=dec["policy_version"],
                 matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
                 operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),

@@ -28,12 +28,16 @@ settings = "policy.toml"       # level defaults, rule obligations, pricing (empt
 [log]
 origin = "yumen.example/log"   # checkpoint origin line
 key = "state/log.key"          # Ed25519 log key; created on first start
+
+[limits]                       # what callers may hold; defaults in yumen.broker._guard.Limits
+request_bytes = 65536          # see docs/broker-state.md, "Limits", for every key
 ```
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,8 @@ from yumen.config import read_toml
 from yumen.errors import Code, YumenError
 from yumen.policy import default_policy_paths
 from yumen.rpc import TlsFiles
+
+from yumen.broker._guard import Limits
 
 __all__ = ["BrokerConfig", "load_broker_config"]
 
@@ -63,6 +69,7 @@ class BrokerConfig:
     postgres_schema: str = "public"
     postgres_max_connections: int = 16
     sweep_interval_s: float = 30.0
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     def __post_init__(self) -> None:
         if self.store not in ("sqlite", "postgres"):
@@ -88,7 +95,13 @@ def load_broker_config(path: Path) -> BrokerConfig:
     path = Path(path)
     doc, p = read_toml(path, "broker config")
 
-    b, tls, pol, lg = (_section(doc, n) for n in ("broker", "tls", "policy", "log"))
+    b, tls, pol, lg, lim = (_section(doc, n) for n in ("broker", "tls", "policy", "log", "limits"))
+    known = {f.name for f in dataclasses.fields(Limits)}
+    for key in lim:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise YumenError(Code.CONFIG, f"broker config {path}: [limits] has no key {key!r}",
+                             hint=f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}")
     for key in ("ca", "cert", "key"):
         if key not in tls:
             raise YumenError(Code.CONFIG, f"broker config {path}: [tls] {key} is required")
@@ -110,4 +123,5 @@ def load_broker_config(path: Path) -> BrokerConfig:
         postgres_schema=str(b.get("postgres_schema", "public")),
         postgres_max_connections=int(b.get("postgres_max_connections", 16)),
         sweep_interval_s=float(b.get("sweep_interval_s", 30)),
+        limits=Limits(**lim),
     )

@@ -3,16 +3,23 @@
 The broker never sees a raw row or a pre-noise value: it forwards signed tickets to the
 department's connector and receives signed receipts carrying only released values.
 
-Ordering and failure: a job and its budget reservation are written in one transaction
-(:meth:`Store.create_job`); the decision is then appended to the log. If the broker dies
-between the two, :meth:`Broker.recover` appends the missing decision at the next start,
-so the ledger and the log agree. Budget is never refunded once the department may have
-touched the data; it is given back only for a job cancelled before any ticket ran, or
-refused by the department (which refuses before it reads anything, and signs that).
+Ordering and failure: every change of the ledger, the catalog, licenses or the policy in
+force is written together with the log entry that records it, in one transaction on the
+database that holds both (:meth:`Broker.recorded`): a job, its budget reservation and its
+decision; a cancellation, its refund and its entry; a receipt, its refund (if refused) and
+its ``job_executed`` entry; a registration and its ``dataset_registered``. These
+transactions hold the log's write lock, which every broker replica on the same database
+shares, so the log lists ledger changes in exactly the order the ledger saw them and an
+auditor's replay sees the budget as the broker saw it when it decided (a refusal for budget
+is logged only after every reservation that caused it). A crash loses both halves or
+neither. Budget is never refunded once the department may have touched the data; it is
+given back only for a job cancelled before any ticket ran, or refused by the department
+(which refuses before it reads anything, and signs that).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -31,7 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from yumen.catalog import DatasetRegistration
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 from yumen.identity import Identity, Role, sign_payload, verify_payload
 from yumen.jobs import Aggregate, JobRequest, JobState, format_epsilon
 from yumen.loss import Accounting, epsilon_of_rho
@@ -55,6 +62,9 @@ from yumen.broker._store import EventRecord, JobRecord, Store, now_ms
 log = logging.getLogger(__name__)
 
 __all__ = ["Broker", "ConnectorLink", "OutgoingTicket"]
+
+# A dataset version is the content digest of the data, as the log's entries require it.
+_VERSION = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,8 +100,10 @@ class Broker:
         audit: BrokerAudit,
         signing_key: ec.EllipticCurvePrivateKey,
         ticket_ttl_s: int = 600,
+        max_queued_per_license: int = 0,
     ) -> None:
         self.id = broker_id
+        self.max_queued_per_license = max_queued_per_license  # 0: no limit
         self.store = store
         self._policy = policy
         self.audit = audit
@@ -109,27 +121,59 @@ class Broker:
     def policy(self) -> PolicyEngine:
         return self._policy
 
-    def set_policy(self, bundle: PolicyBundle, *, changed_by: str) -> PolicyEngine:
-        """Validate, store, log and swap in a new policy version atomically.
+    def set_policy(self, bundle: PolicyBundle, *, changed_by: str, replaces: str) -> PolicyEngine:
+        """Validate, store, log and swap in a new policy version: a compare-and-set on the
+        version it replaces.
 
-        A request sees the old or the new engine, never half of one: the engine is built and
-        validated completely before the single reference assignment.
+        ``replaces`` must name the version in force (in the shared state, not in this
+        process's memory), or the change is refused with ``CONFLICT``: two administrators, or
+        two replicas, changing policy at once cannot both build on the same version, so the
+        logged chain of versions never forks. A request sees the old or the new engine, never
+        half of one: the engine is built and validated completely before the swap.
         """
         engine = PolicyEngine(bundle)  # raises CONFIG with the reason when invalid
-        previous = self._policy.version if self._policy else ""
-        if engine.version == previous:
-            return engine
-        self.store.put_policy_version(engine.version, bundle.to_dict(), current=True)
-        self.audit.policy_changed(engine, previous=previous, changed_by=changed_by)
+        with self.recorded():
+            current = self.store.current_policy_version()
+            if replaces != current:
+                raise YumenError(
+                    Code.CONFLICT,
+                    f"the policy in force is {current or 'none'}, not {echo(replaces) if replaces else 'none'} "
+                    "that this change replaces; someone changed it meanwhile",
+                    hint="read it again with `yumen admin policy show` and set yours on top of it",
+                )
+            if engine.version != current:
+                self.store.put_policy_version(engine.version, bundle.to_dict(), current=True)
+                self.audit.policy_changed(engine, previous=current, changed_by=changed_by)
         self._policy = engine
         return engine
+
+    def _policy_in_force(self) -> PolicyEngine:
+        """The engine of the version the shared state names as in force (another replica may
+        have changed it); cheap when it is the one this process already has."""
+        current = self.store.current_policy_version()
+        engine = self._policy
+        if current and current != engine.version:
+            stored = self.store.policy_version(current)
+            if stored is not None:
+                engine = PolicyEngine(PolicyBundle(**stored))
+                self._policy = engine
+        return engine
+
+    @contextlib.contextmanager
+    def recorded(self) -> Iterator[Any]:
+        """One transaction for a state change and the log entries that record it (see the
+        module docstring); the log's view is refreshed after the commit."""
+        with self.store.atomic() as conn, self.audit.joined(conn):
+            yield conn
+        self.audit.tlog.refresh()
 
     def license(self, license_id: str) -> License | None:
         record = self.store.get_license(license_id)
         return License.from_dict(record) if record else None
 
-    def decide(self, identity: Identity, request: JobRequest, reg: DatasetRegistration, *, at: dt.datetime | None = None) -> Decision:
-        return self._policy.decide(
+    def decide(self, identity: Identity, request: JobRequest, reg: DatasetRegistration, *, at: dt.datetime | None = None,
+               engine: PolicyEngine | None = None) -> Decision:
+        return (engine or self._policy).decide(
             DecisionRequest(
                 license=identity.license, department=reg.department, dataset=reg.id, level=reg.level.value,
                 tier=request.tier.value, purpose=request.purpose.value, epsilon=request.epsilon,
@@ -181,7 +225,7 @@ class Broker:
         if found is None:
             raise YumenError(
                 Code.NOT_FOUND,
-                f"no dataset {dataset_id!r} in the catalog",
+                f"no dataset {echo(dataset_id)} in the catalog",
                 hint="list the catalog with `yumen catalog list`",
             )
         reg, conn = found
@@ -201,17 +245,22 @@ class Broker:
                 log.warning("connector %s offered dataset %s of department %s; refused",
                             identity.name, reg.id, reg.department)
                 continue
-            existing = self.store.get_dataset(reg.id)
-            if existing and existing[1] != identity.name:
-                log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
+            if not _VERSION.fullmatch(reg.version):
+                log.warning("connector %s offered dataset %s without a content digest as its version; refused",
+                            identity.name, reg.id)
                 continue
-            clash = self._namespace_clash(reg)
-            if clash:
-                log.warning("dataset %s of %s refused: %s", reg.id, identity.name, clash)
-                continue
-            if existing is None or existing[0].digest() != reg.digest():
-                self.store.put_dataset(reg, identity.name)
-                self.audit.dataset_registered(reg, identity)
+            with self.recorded():  # the catalog and the log change together, or neither
+                existing = self.store.get_dataset(reg.id)
+                if existing and existing[1] != identity.name:
+                    log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
+                    continue
+                clash = self._namespace_clash(reg)
+                if clash:
+                    log.warning("dataset %s of %s refused: %s", reg.id, identity.name, clash)
+                    continue
+                if existing is None or existing[0].digest() != reg.digest():
+                    self.store.put_dataset(reg, identity.name)
+                    self.audit.dataset_registered(reg, identity)
             accepted.append(reg.id)
         link = ConnectorLink(identity, certificate)
         with self._links_lock:
@@ -264,46 +313,69 @@ class Broker:
             return existing  # idempotent retry: no second decision, no second reservation
         regs = [self.dataset(d)[0] for d in request.datasets]
         self._validate_combinable(request, regs)
-        decisions: list[tuple[DatasetRegistration, Decision]] = []
         for reg in regs:
             self._validate_work(request, reg)
-            decision = self.decide(identity, request, reg)
-            if not decision.allowed:
-                self.audit.job_decided(request, identity, reg, decision)
-                raise YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
-            grouped = request.query is not None and (
-                bool(request.query.group_by) or request.query.aggregate is Aggregate.HISTOGRAM)
-            if decision.allowed and decision.obligations and decision.obligations.min_group_size \
-                    and request.he_context and grouped:
-                raise YumenError(
-                    Code.INVALID_ARGUMENT,
-                    f"dataset {reg.id} requires groups of at least {decision.obligations.min_group_size}, which the "
-                    "broker cannot check on encrypted results",
-                    hint="drop --he or the grouping",
+        # Decide, reserve and log in one transaction under the log's write lock: the decision
+        # reads the license and the policy in force as they are now, and the log records it
+        # in the order the ledger saw it (module docstring).
+        refusal: YumenError | None = None
+        created_now = False
+        with self.recorded():
+            if self.max_queued_per_license:
+                queued = self.store.count_jobs(identity.license, JobState.PENDING, JobState.RUNNING)
+                if queued >= self.max_queued_per_license:
+                    raise YumenError(
+                        Code.LIMIT_EXCEEDED,
+                        f"license {identity.license} has {queued} jobs queued or running; the limit is "
+                        f"{self.max_queued_per_license}",
+                        hint="wait for some to finish (`yumen job watch`), then submit again",
+                    )
+            engine = self._policy_in_force()
+            decisions: list[tuple[DatasetRegistration, Decision]] = []
+            for reg in regs:
+                decision = self.decide(identity, request, reg, engine=engine)
+                if not decision.allowed:
+                    self.audit.job_decided(request, identity, reg, decision)
+                    refusal = YumenError(Code.POLICY_DENIED, f"denied by policy: {decision.reason}")
+                    break
+                grouped = request.query is not None and (
+                    bool(request.query.group_by) or request.query.aggregate is Aggregate.HISTOGRAM)
+                if decision.obligations and decision.obligations.min_group_size and request.he_context and grouped:
+                    raise YumenError(
+                        Code.INVALID_ARGUMENT,
+                        f"dataset {reg.id} requires groups of at least {decision.obligations.min_group_size}, which the "
+                        "broker cannot check on encrypted results",
+                        hint="drop --he or the grouping",
+                    )
+                decisions.append((reg, decision))
+            if refusal is None:
+                created = now_ms()
+                reg0, dec0 = decisions[0]
+                reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
+                record = JobRecord(
+                    job_id=request.job_id, operator=identity.name, license=identity.license,
+                    request_digest=request.digest(), request=request.to_dict(),
+                    algorithm_source=request.algorithm.source if request.algorithm else b"",
+                    state=JobState.PENDING, message="accepted; waiting for the departments' connectors",
+                    decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": max(r.level.value for r in regs),
+                              "price": str(sum((d.price for _, d in decisions), Decimal(0))),
+                              "per_dataset": {r.id: {**d.to_dict(), "budget": budget_facts(res)}
+                                              for (r, d), res in zip(decisions, reservations)}},
+                    created_ms=created, updated_ms=created, he_context=request.he_context,
                 )
-            decisions.append((reg, decision))
-        created = now_ms()
-        reg0, dec0 = decisions[0]
-        reservations = [self._reservation(identity.license, reg, request.epsilon, dec) for reg, dec in decisions]
-        record = JobRecord(
-            job_id=request.job_id, operator=identity.name, license=identity.license,
-            request_digest=request.digest(), request=request.to_dict(),
-            algorithm_source=request.algorithm.source if request.algorithm else b"",
-            state=JobState.PENDING, message="accepted; waiting for the departments' connectors",
-            decision={**dec0.to_dict(), "price_class": reg0.price_class, "level": max(r.level.value for r in regs),
-                      "price": str(sum((d.price for _, d in decisions), Decimal(0))),
-                      "per_dataset": {r.id: {**d.to_dict(), "budget": budget_facts(res)}
-                                      for (r, d), res in zip(decisions, reservations)}},
-            created_ms=created, updated_ms=created, he_context=request.he_context,
-        )
-        try:
-            record, created_now = self.store.create_job(record, reservations)
-        except YumenError as e:
-            if e.code is Code.BUDGET_EXHAUSTED:
-                self.audit.job_over_budget(request, identity, decisions, reservations, e.message)
-            raise
+                try:
+                    record, created_now = self.store.create_job(record, reservations)
+                except YumenError as e:
+                    if e.code is not Code.BUDGET_EXHAUSTED:
+                        raise
+                    self.audit.job_over_budget(request, identity, decisions, reservations, e.message)
+                    refusal = e
+                else:
+                    if created_now:
+                        self.audit.job_allowed(request, identity, decisions, reservations)
+        if refusal is not None:
+            raise refusal
         if created_now:
-            self.audit.job_allowed(request, identity, decisions, reservations)
             self._notify()
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record
@@ -455,11 +527,12 @@ class Broker:
         move is completed by :meth:`recover`.)
         """
         with self._lock_for(job.job_id):
-            if self.store.set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}",
-                                    expect=JobState.PENDING) is None:
-                return
-            self.store.release_reservation(job.job_id)
-            self.audit.job_cancelled(job, reason)
+            with self.recorded():  # the state, the refund and the entry together
+                if self.store.set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}",
+                                        expect=JobState.PENDING) is None:
+                    return
+                self.store.release_reservation(job.job_id)
+                self.audit.job_cancelled(job, reason)
             self._notify()
 
     def _dispatch(self, job: JobRecord) -> None:
@@ -497,11 +570,6 @@ class Broker:
         for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
             self._dispatch(job)
 
-    def _set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None) -> EventRecord | None:
-        ev = self.store.set_state(job_id, state, message, result=result)
-        self._notify()
-        return ev
-
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
@@ -509,7 +577,7 @@ class Broker:
     def _own_job(self, identity: Identity, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
         if job is None or (identity.role is Role.OPERATOR and job.operator != identity.name):
-            raise YumenError(Code.NOT_FOUND, f"no job {job_id!r} of yours", hint="check the job id")
+            raise YumenError(Code.NOT_FOUND, f"no job {echo(job_id)} of yours", hint="check the job id")
         if identity.role not in (Role.OPERATOR, Role.ADMIN, Role.AUDITOR):
             raise YumenError(Code.PERMISSION_DENIED, "jobs are visible to their operator, auditors and administrators")
         return job
@@ -552,51 +620,90 @@ class Broker:
         with self._lock_for(receipt.job_id):
             job = self.store.get_job(receipt.job_id)
             if job is None or receipt.dataset not in job.request["datasets"]:
-                raise YumenError(Code.VERIFICATION_FAILED, f"receipt for unknown job/dataset {receipt.job_id}/{receipt.dataset}")
+                raise YumenError(Code.VERIFICATION_FAILED,
+                                 f"receipt for unknown job/dataset {echo(receipt.job_id)}/{echo(receipt.dataset)}")
             owner = self.store.get_dataset(receipt.dataset)
             if owner is None or owner[1] != link.identity.name:
-                raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {receipt.dataset}")
-            if receipt.dataset_version and receipt.dataset_version != owner[0].version:
-                # The department's data changed while it was connected: the new version is
-                # registered (and logged) before the execution that used it.
-                fresh = dataclasses.replace(owner[0], version=receipt.dataset_version)
-                self.store.put_dataset(fresh, link.identity.name)
-                self.audit.dataset_registered(fresh, link.identity)
-            if not self.store.put_partial(job.job_id, receipt.dataset, {
-                "payload": payload.decode(), "signature": signature.hex(),
-            }, ciphertext):
-                log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
-                return
-            index = self.audit.job_executed(receipt, payload, signature, link.identity)
-            self._advance(job, receipt, index)
+                raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {echo(receipt.dataset)}")
+            if receipt.dataset_version and not _VERSION.fullmatch(receipt.dataset_version):
+                raise YumenError(Code.VERIFICATION_FAILED, "the receipt's dataset version is not a content digest")
+            with self.recorded():  # receipt, refund and their entries together (module docstring)
+                if receipt.dataset_version and receipt.dataset_version != owner[0].version:
+                    # The department's data changed while it was connected: the new version is
+                    # registered (and logged) before the execution that used it.
+                    fresh = dataclasses.replace(owner[0], version=receipt.dataset_version)
+                    self.store.put_dataset(fresh, link.identity.name)
+                    self.audit.dataset_registered(fresh, link.identity)
+                if not self.store.put_partial(job.job_id, receipt.dataset, {
+                    "payload": payload.decode(), "signature": signature.hex(),
+                }, ciphertext):
+                    log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
+                    return
+                index = self.audit.job_executed(receipt, payload, signature, link.identity)
+                complete = self._advance(job, receipt)
+            self._notify()
+            if complete:
+                self._release(job.job_id, index)
 
-    def _advance(self, job: JobRecord, receipt: Receipt, index: int) -> None:
-        """Move a job on after one of its receipts was stored and logged."""
+    def _advance(self, job: JobRecord, receipt: Receipt) -> bool:
+        """Move a job on after one of its receipts was stored and logged (inside the same
+        transaction); True when every dataset has answered and the result can be assembled."""
         if job.state.final:
-            return
+            return False
         dept = receipt.department
         if receipt.status == "refused":
             # The connector refuses before it reads any data, so that dataset's budget is given
             # back (datasets of the same job that did run keep their charge).
             self.store.release_reservation(job.job_id, dataset=receipt.dataset)
-            self._set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
-            return
+            self.store.set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
+            return False
         if receipt.status == "failed":
-            self._set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
-            return
+            self.store.set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
+            return False
         partials = self.store.partials(job.job_id)
         if set(partials) != set(job.request["datasets"]):
-            self._set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
+            self.store.set_state(job.job_id, JobState.RUNNING, f"partial result from department {dept}")
+            return False
+        return True
+
+    def _release(self, job_id: str, index: int) -> None:
+        """Assemble the result of a job whose every dataset answered, then log its release and
+        mark it succeeded in one transaction (a compare-and-set: once, across replicas)."""
+        job = self.store.get_job(job_id)
+        if job is None or job.state.final:
             return
+        partials = self.store.partials(job_id)
         try:
             result = combine(job, [(Receipt.from_dict(json.loads(p["payload"])), p["ciphertext"])
                                    for p in partials.values()])
         except YumenError as e:
-            self._set_state(job.job_id, JobState.FAILED, f"the partial results could not be combined: {e.message}")
-            return
-        result["log_index_executed"] = index
-        result["log_index"] = self.audit.job_released(job, result)
-        self._set_state(job.job_id, JobState.SUCCEEDED, "result released", result=result)
+            result, failure = None, e
+        with self.recorded():
+            current = self.store.get_job(job_id)
+            if current is None or current.state.final:
+                return  # another replica finished it meanwhile
+            if result is None:
+                self.store.set_state(job_id, JobState.FAILED, f"the partial results could not be combined: {failure.message}")
+            else:
+                result["log_index_executed"] = index
+                result["log_index"] = self.audit.job_released(job, result)
+                self.store.set_state(job_id, JobState.SUCCEEDED, "result released", result=result)
+        self._notify()
+
+    def complete_stalled(self, *, older_than_ms: int = 30_000) -> int:
+        """Release jobs whose every dataset answered but whose result was never assembled (a
+        broker died between the two). Jobs changed in the last ``older_than_ms`` are left
+        alone: another replica may be assembling them right now."""
+        done = 0
+        for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
+            if now_ms() - job.updated_ms < older_than_ms:
+                continue
+            partials = self.store.partials(job.job_id)
+            if partials and set(partials) == set(job.request["datasets"]):
+                with self._lock_for(job.job_id):
+                    self._release(job.job_id, 0)
+                done += 1
+        return done
 
     # -- audit re-execution ------------------------------------------------------------
     def reexecute(self, identity: Identity, job_id: str, *, timeout: float = 300) -> list[dict[str, Any]]:
@@ -609,7 +716,7 @@ class Broker:
             raise YumenError(Code.PERMISSION_DENIED, "re-execution is for auditors and administrators")
         job = self.store.get_job(job_id)
         if job is None:
-            raise YumenError(Code.NOT_FOUND, f"no job {job_id!r}")
+            raise YumenError(Code.NOT_FOUND, f"no job {echo(job_id)}")
         partials = self.store.partials(job_id)
         if not partials:
             raise YumenError(Code.JOB_NOT_READY, f"job {job_id} has not been executed anywhere")
@@ -643,28 +750,68 @@ class Broker:
         return out
 
     def on_reexecuted(self, link: ConnectorLink, payload: bytes, signature: bytes) -> None:
-        report = json.loads(payload)
-        answer = self._reexecutions.get((str(report.get("job_id")), str(report.get("dataset"))))
+        """A connector's re-execution report; anything unreadable is bad input (the caller
+        logs it and the connector's stream goes on)."""
+        from yumen.canonical import parse_json
+
+        report = parse_json(payload, what="the re-execution report")
+        if not isinstance(report, dict) or not isinstance(report.get("job_id"), str) \
+                or not isinstance(report.get("dataset"), str):
+            raise YumenError(Code.INVALID_ARGUMENT, "a re-execution report names its job_id and dataset as strings")
+        answer = self._reexecutions.get((report["job_id"], report["dataset"]))
         if answer is not None:
             answer.put((payload, signature))
 
     # -- recovery ----------------------------------------------------------------
-    def recover(self) -> "LogSummary":
-        """Bring the log level with the store after a crash (see module docstring).
+    def recover(self, seed: PolicyBundle | None = None) -> "LogSummary":
+        """Bring the log level with the store at start-up (see module docstring).
 
-        Decisions the store holds but the log lacks are appended; so are receipts stored but
-        never logged (the broker died between the two), and their jobs are moved on.
+        Since every change and its entry commit together, a store written by this version
+        never lacks an entry; this repairs stores written before that, or by hand. It runs
+        under the log's write lock (one :meth:`recorded` transaction), so a replica starting
+        up never races a live one: live replicas wait, and whatever they committed before is
+        in the log it scans. Jobs whose every dataset answered but whose result was never
+        assembled are left to :meth:`complete_stalled`, which skips recent ones.
+
+        ``seed``: the policy of the configuration files, put in force if the state has none
+        yet (a first start); otherwise the version in force stays, whatever the files say.
         """
-        summary = self.audit.scan()
-        self.audit.recover(self.store, summary)
-        for job in self.store.jobs_in_state(JobState.CANCELLED):
-            self.store.release_reservation(job.job_id)  # idempotent: released rows are skipped
-        for job, receipt, index in self.audit.recover_receipts(self.store, summary):
-            with self._lock_for(job.job_id):
+        with self.recorded() as conn:
+            summary = self.audit.scan(self.audit.tlog.size_within(conn))
+            self.audit.recover(self.store, summary)
+            for job in self.store.jobs_in_state(JobState.CANCELLED):
+                self.store.release_reservation(job.job_id)  # idempotent: released rows are skipped
+            complete = []
+            for job, receipt, index in self.audit.recover_receipts(self.store, summary):
                 current = self.store.get_job(job.job_id)
-                if current is not None:
-                    self._advance(current, receipt, index)
+                if current is not None and self._advance(current, receipt):
+                    complete.append((job.job_id, index))
+            self._settle_policy(summary.latest_policy, seed)
+        for job_id, index in complete:  # logged just now, under the lock: no other replica has them
+            with self._lock_for(job_id):
+                self._release(job_id, index)
+        self.complete_stalled()
         return summary
+
+    def _settle_policy(self, logged: str, seed: PolicyBundle | None) -> None:
+        """At start-up, under the log's write lock: the version in force (or the seed on a first
+        start) is this process's engine, and the log's last ``policy_changed`` names it."""
+        current = self.store.current_policy_version()
+        stored = self.store.policy_version(current) if current else None
+        if stored is None:
+            if seed is None:
+                return
+            bundle = seed
+            self.store.put_policy_version(seed.version, seed.to_dict(), current=True)
+        else:
+            bundle = PolicyBundle(**stored)
+            if seed is not None and seed.version != current:
+                log.warning("policy files differ from the current policy version %s, which stays in force; "
+                            "change policy with `yumen admin policy set`", current)
+        engine = bundle.version == self._policy.version and self._policy or PolicyEngine(bundle)
+        if logged != engine.version:
+            self.audit.policy_changed(engine, previous=logged, changed_by=self.id)
+        self._policy = engine
 
 
 def budget_facts(r: Reservation) -> dict[str, str]:

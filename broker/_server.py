@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from yumen.errors import Code, YumenError
@@ -33,11 +34,41 @@ from yumen.broker._config import BrokerConfig
 from yumen.broker._core import Broker
 from yumen.broker._admin import Administration
 from yumen.broker._service import AdminServicer, CatalogServicer, ConnectorServicer, JobServicer
+from yumen.broker._guard import Guard
+from yumen.broker._health import HealthServicer
 from yumen.broker._store import SqliteStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerServer", "build_broker"]
+__all__ = ["BrokerServer", "build_broker", "release_free_memory"]
+
+
+class _LazyGuard(grpc.ServerInterceptor):
+    """The server is built (and its port bound) before the broker exists; calls arrive only
+    after start(), by which time the guard is there."""
+
+    def __init__(self, owner: "BrokerServer") -> None:
+        self._owner = owner
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        guard = self._owner.guard
+        if guard is None:
+            return None
+        return guard.intercept_service(continuation, details)
+
+
+def release_free_memory() -> None:
+    """Give memory that was freed back to the operating system (glibc's ``malloc_trim``).
+
+    A flood of requests leaves the allocator's arenas (one per worker thread, up to eight per
+    core) holding freed blocks; without a trim the process keeps them resident after the
+    flood. Called by the sweeper; a no-op where glibc is not the C library.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def build_broker(config: BrokerConfig) -> Broker:
@@ -61,45 +92,55 @@ def build_broker(config: BrokerConfig) -> Broker:
     # Publish the log's note verifier key beside its signing key, for auditors to pin.
     (config.log_key.parent / "log.vkey").write_text(tlog.vkey + "\n")
     seed = PolicyBundle.from_files(config.policy_model, config.policy_rules, config.policy_settings)
-    current = store.current_policy_version()
-    stored = store.policy_version(current) if current else None
-    if stored is not None and current != seed.version:
-        log.warning("policy files differ from the current policy version %s, which stays in force; "
-                    "change policy with `yumen admin policy set`", current)
-    bundle = PolicyBundle(**stored) if stored is not None else seed
-    engine = PolicyEngine(bundle)
     broker = Broker(
-        broker_id=config.id, store=store, policy=engine, audit=audit,
+        broker_id=config.id, store=store, policy=PolicyEngine(seed), audit=audit,
         signing_key=load_private_key(config.tls.key), ticket_ttl_s=config.ticket_ttl_s,
+        max_queued_per_license=config.limits.queued_jobs_per_license,
     )
-    latest = broker.recover().latest_policy
-    if stored is None or latest != engine.version:
-        store.put_policy_version(engine.version, bundle.to_dict(), current=True)
-        if latest != engine.version:
-            audit.policy_changed(engine, previous=latest, changed_by=config.id)
+    broker.recover(seed)  # under the log's write lock: never races a live replica
     return broker
 
 
 class BrokerServer:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.broker = build_broker(config)
+        limits = config.limits
+        # Bind first: a broker that cannot have its address must not touch the shared state.
+        self.guard: Guard | None = None
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(max_workers=limits.worker_threads, thread_name_prefix="rpc"),
+            interceptors=[_LazyGuard(self)],
             options=[
+                # gRPC turns SO_REUSEPORT on by default: a second broker on the same address
+                # would then share the port silently and take half the calls.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", limits.largest_request),
+                ("grpc.max_metadata_size", 16 * 1024),
+                ("grpc.max_allowed_incoming_connections", limits.connections),
+                ("grpc.max_concurrent_streams", limits.concurrent_rpcs),
+                ("grpc.server_handshake_timeout_ms", 10_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
                 ("grpc.http2.max_ping_strikes", 0),
             ],
+            maximum_concurrent_rpcs=limits.concurrent_rpcs,
         )
+        try:
+            self.port = self.server.add_secure_port(config.listen, server_credentials(config.tls))
+        except RuntimeError:
+            self.port = 0
+        if self.port == 0:
+            raise YumenError(Code.CONFIG, f"cannot listen on {config.listen}: the address is in use or not available here",
+                             hint="is another broker (or another program) listening there? choose another [broker] listen")
+        self.broker = build_broker(config)
+        self.guard = Guard(limits, self.broker.identify)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.broker), self.server)
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.broker), self.server)
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server(ConnectorServicer(self.broker), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Administration(self.broker)), self.server)
         self._add_audit_service()
-        self.health = health.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [
             catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name,
@@ -111,9 +152,6 @@ class BrokerServer:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_secure_port(config.listen, server_credentials(config.tls))
-        if self.port == 0:
-            raise YumenError(Code.CONFIG, f"cannot listen on {config.listen}", hint="is the port taken?")
 
     def _add_audit_service(self) -> None:
         """AuditService, for auditor and administrator certificates only."""
@@ -128,8 +166,10 @@ class BrokerServer:
         while not self._stopping.wait(self.config.sweep_interval_s):
             try:
                 self.broker.sweep_queued()
+                self.broker.complete_stalled()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a transient store error
                 log.exception("sweeping queued jobs failed")
+            release_free_memory()
 
     def start(self) -> None:
         self._stopping = threading.Event()

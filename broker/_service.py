@@ -11,14 +11,14 @@ import base64
 import logging
 import queue
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 from cryptography import x509
 
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 from yumen.identity import Role
-from yumen.rpc import require_role, rpc_method, rpc_stream
+from yumen.rpc import abort, require_role, rpc_method, rpc_stream
 from yumen.policy import PolicyBundle
 from yumen.v1 import (
     admin_pb2,
@@ -34,6 +34,7 @@ from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto, lic
 
 from yumen.broker._admin import Administration
 from yumen.broker._core import Broker
+from yumen.broker._guard import Malformed
 from yumen.broker._store import JobRecord
 
 log = logging.getLogger(__name__)
@@ -133,35 +134,36 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
             who = self.broker.identify(context)
             require_role(who, Role.CONNECTOR)
             first = next(request_iterator, None)
+            if isinstance(first, Malformed):
+                raise first.error()
             if first is None or first.WhichOneof("kind") != "hello":
                 raise YumenError(Code.INVALID_ARGUMENT, "a connector stream must start with Hello")
             if first.hello.connector_id != who.name:
-                raise YumenError(Code.PERMISSION_DENIED, f"Hello names {first.hello.connector_id!r} but the certificate is {who.name!r}")
-            regs = [dataset_from_proto(d) for d in first.hello.datasets]
+                raise YumenError(Code.PERMISSION_DENIED,
+                                 f"Hello names {echo(first.hello.connector_id)} but the certificate is {who.name!r}")
+            regs = []
+            for d in first.hello.datasets:  # one bad registration does not take the others down
+                try:
+                    regs.append(dataset_from_proto(d))
+                except YumenError as e:
+                    log.warning("connector %s: registration of %s refused: %s", who.name, echo(d.id), e)
             cert = x509.load_pem_x509_certificate(context.auth_context()["x509_pem_cert"][0])
             link, accepted = self.broker.connect(who, cert, regs)
         except YumenError as e:
-            from yumen.errors import grpc_status
-
-            context.abort(grpc_status(e.code), e.message)
+            abort(context, e)
             return
 
         def read_receipts() -> None:
             try:
                 for msg in request_iterator:
-                    kind = msg.WhichOneof("kind")
-                    if kind == "reexecuted":
-                        self.broker.on_reexecuted(link, msg.reexecuted.payload, msg.reexecuted.signature)
-                    elif kind == "receipt":
-                        try:
-                            self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
-                                                   msg.receipt.ciphertext)
-                        except YumenError as e:
-                            log.warning("receipt from %s rejected: %s", who.name, e)
-                        except Exception:  # noqa: BLE001 - a bad receipt must not kill the stream
-                            log.exception("receipt from %s failed", who.name)
+                    if isinstance(msg, Malformed):
+                        log.warning("unreadable message from connector %s ignored: %s", who.name, msg.reason)
+                        continue
+                    self._on_message(link, msg)
             except grpc.RpcError:
                 pass
+            except Exception:  # noqa: BLE001 - the stream ends, the broker does not
+                log.exception("the stream of connector %s failed", who.name)
             finally:
                 self.broker.disconnect(link)
 
@@ -187,6 +189,23 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
                 algorithm_source=item.algorithm_source, he_context=item.he_context,
             ))
+
+
+    def _on_message(self, link: Any, msg: connector_pb2.ConnectorMessage) -> None:
+        """One message from a connector. Whatever it carries is input: a message that cannot be
+        read or verified is logged and dropped, and the stream goes on."""
+        who = link.identity.name
+        kind = msg.WhichOneof("kind")
+        try:
+            if kind == "reexecuted":
+                self.broker.on_reexecuted(link, msg.reexecuted.payload, msg.reexecuted.signature)
+            elif kind == "receipt":
+                self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
+                                       msg.receipt.ciphertext)
+        except YumenError as e:
+            log.warning("%s from %s rejected: %s", kind, who, e)
+        except Exception:  # noqa: BLE001 - a bad message must not kill the stream
+            log.exception("%s from %s failed", kind, who)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -255,5 +274,5 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @rpc_method
     def SetPolicy(self, request: admin_pb2.Policy, context: grpc.ServicerContext) -> admin_pb2.Policy:
         bundle = PolicyBundle(model=request.model, rules=request.rules, settings=request.settings)
-        version = self.admin.set_policy(self.admin.broker.identify(context), bundle)
+        version = self.admin.set_policy(self.admin.broker.identify(context), bundle, replaces=request.replaces)
         return admin_pb2.Policy(version=version, **bundle.to_dict())

@@ -10,6 +10,7 @@ its budget reserved, or neither happened. Job ids are idempotency keys.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -73,6 +74,8 @@ class Store(Protocol):
     def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]: ...
     def get_job(self, job_id: str) -> JobRecord | None: ...
     def jobs_in_state(self, *states: JobState) -> list[JobRecord]: ...
+    def count_jobs(self, license: str, *states: JobState) -> int: ...
+    def atomic(self) -> Any: ...
     def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
                   expect: JobState | None = None) -> EventRecord | None: ...
     def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
@@ -196,18 +199,50 @@ class SqliteStore:
         return db
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection) -> None:
+        """A write transaction; inside :meth:`SqliteStore.atomic` a savepoint of the open one."""
+
+        def __init__(self, db: sqlite3.Connection, nested: bool) -> None:
             self.db = db
+            self.nested = nested
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("SAVEPOINT store_write" if self.nested else "BEGIN IMMEDIATE")
             return self.db
 
         def __exit__(self, exc_type: Any, *_: Any) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            if self.nested:
+                if exc_type:
+                    self.db.execute("ROLLBACK TO store_write")
+                self.db.execute("RELEASE store_write")
+            else:
+                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
     def _tx(self) -> "SqliteStore._Tx":
-        return SqliteStore._Tx(self._db())
+        return SqliteStore._Tx(self._db(), getattr(self._local, "atomic", False))
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Any]:
+        """One write transaction for everything this thread writes inside the block.
+
+        The store's own writes join it (each as a savepoint, so a refused reservation undoes
+        only its own rows), and the broker appends log entries on the yielded connection:
+        the log's tables live in the same database file, so a ledger change and the entry
+        that records it commit together or not at all, in the order the ledger saw them.
+        ``BEGIN IMMEDIATE`` takes SQLite's single write lock, which serializes these blocks.
+        """
+        if getattr(self._local, "atomic", False):
+            raise YumenError(Code.INTERNAL, "atomic store blocks do not nest")
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        self._local.atomic = True
+        try:
+            yield db
+        except BaseException:
+            self._local.atomic = False
+            db.execute("ROLLBACK")
+            raise
+        self._local.atomic = False
+        db.execute("COMMIT")
 
     # -- catalog -------------------------------------------------------------
     def put_dataset(self, reg: DatasetRegistration, connector: str) -> None:
@@ -396,6 +431,14 @@ class SqliteStore:
             [s.value for s in states],
         ).fetchall()
         return [self._row_to_job(r) for r in rows]
+
+    def count_jobs(self, license: str, *states: JobState) -> int:
+        """How many jobs of ``license`` are in one of ``states`` (the queued-jobs limit)."""
+        marks = ",".join("?" for _ in states)
+        (n,) = self._db().execute(
+            f"SELECT COUNT(*) FROM jobs WHERE license=? AND state IN ({marks})", [license, *(s.value for s in states)]
+        ).fetchone()
+        return int(n)
 
     def set_state(
         self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,

@@ -72,6 +72,10 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # pg_advisory_xact_lock key held while creating the tables, so replicas starting together
 # do not race on CREATE TABLE IF NOT EXISTS (which is not atomic against itself).
 _DDL_LOCK_KEY = 0x59554D454E535431  # "YUMENST1"
+# The advisory lock of the transparency log's writers in this database (see
+# yumen.audit.PostgresLogStorage); atomic() takes it so ledger changes and their log
+# entries are serialized together.
+LOG_LOCK_KEY = 0x59554D454E4C4F47  # "YUMENLOG"
 _RETRIES = 5
 _DURABLE = ("on", "local", "remote_write", "remote_apply")
 _RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
@@ -246,6 +250,7 @@ class PostgresStore:
         self._open = 0
         self._cond = threading.Condition()
         self._closed = False
+        self._local = threading.local()
         s = f'"{schema}"'
         self._t = {name: f"{s}.{name}" for name in (
             "datasets", "jobs", "job_events", "budget", "reservations", "licenses", "policy_versions",
@@ -326,6 +331,10 @@ class PostgresStore:
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
+        held = getattr(self._local, "conn", None)
+        if held is not None:  # inside atomic(): its transaction, its error handling
+            yield held
+            return
         conn = self._take()
         try:
             yield conn
@@ -348,6 +357,27 @@ class PostgresStore:
             raise
         else:
             self._give_back(conn, healthy=True)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Any]:
+        """One transaction for everything this thread writes inside the block.
+
+        It first takes the log's transaction-level advisory lock (the one every append to the
+        ``log_*`` tables of this schema takes), so these blocks are serialized across replicas,
+        and the broker appends log entries on the yielded connection: a ledger change and the
+        entry that records it commit together, in the order the ledger saw them. The store's
+        own writes join the transaction as savepoints (psycopg nests ``transaction()``).
+        Lock order: this advisory lock first, then rows, as everywhere else.
+        """
+        if getattr(self._local, "conn", None) is not None:
+            raise YumenError(Code.INTERNAL, "atomic store blocks do not nest")
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK_KEY,))
+            self._local.conn = conn
+            try:
+                yield conn
+            finally:
+                self._local.conn = None
 
     def _write(self, fn: Callable[[Any], _T]) -> _T:
         """Run ``fn(conn)`` in one transaction; retry it whole on a deadlock or serialization failure."""
@@ -556,6 +586,12 @@ class PostgresStore:
             ([s.value for s in states],),
         )
         return [_row_to_job(r) for r in rows]
+
+    def count_jobs(self, license: str, *states: JobState) -> int:
+        """How many jobs of ``license`` are in one of ``states`` (the queued-jobs limit)."""
+        row = self._row(f"SELECT COUNT(*) FROM {self._t['jobs']} WHERE license=%s AND state = ANY(%s)",
+                        (license, [s.value for s in states]))
+        return int(row[0]) if row else 0
 
     def set_state(
         self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,

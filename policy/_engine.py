@@ -193,18 +193,32 @@ class PolicyEngine:
             settings = tomllib.loads(bundle.settings)
         except tomllib.TOMLDecodeError as e:
             raise _cfg(f"the TOML file is not valid: {e}") from None
-        self._levels = self._parse_levels(settings.get("levels", {}))
-        self._rules = self._parse_rules(settings.get("rules", {}))
-        self._pricing = self._parse_pricing(settings.get("pricing", {}))
+        try:
+            self._levels = self._parse_levels(settings.get("levels", {}))
+            self._rules = self._parse_rules(settings.get("rules", {}))
+            self._pricing = self._parse_pricing(settings.get("pricing", {}))
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong shape
+            raise _cfg(f"the settings do not have the expected shape: {type(e).__name__}: {str(e)[:200]}") from None
         model = Model()
         try:
             model.load_model_from_text(bundle.model)
         except Exception as e:  # noqa: BLE001 - pycasbin raises bare exceptions on bad models
             raise _cfg(f"the Casbin model is not valid: {e}") from None
-        self._enforcer = casbin.Enforcer(model)
         self._lock = threading.Lock()  # pycasbin's enforcer is not documented as thread-safe
         self._p: list[list[str]] = []
-        for lineno, raw in enumerate(bundle.rules.splitlines(), 1):
+        try:
+            self._enforcer = casbin.Enforcer(model)
+            self._load_rules(bundle.rules)
+            # A model of another shape loads but fails on the first request: try one now.
+            self._enforcer.enforce_ex("licensed", "department", "dataset", "L1", "query", "research")
+        except YumenError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pycasbin raises bare TypeErrors, KeyErrors, ...
+            raise _cfg("the Casbin model does not fit Yumen's requests (sub, department, dataset, level, tier, "
+                       f"purpose) and 7-field p lines: {type(e).__name__}: {str(e)[:200]}") from None
+
+    def _load_rules(self, rules: str) -> None:
+        for lineno, raw in enumerate(rules.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue

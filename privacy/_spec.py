@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from yumen.catalog import Column, ColumnType, DatasetRegistration
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 from yumen.jobs import Query
 
 MAX_BINS = 1000
@@ -61,15 +61,15 @@ class Filter:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.column):
-            raise _bad(f"filter column {self.column!r} is not a plain identifier")
+            raise _bad(f"filter column {echo(self.column)} is not a plain identifier")
         if self.op is FilterOp.IN:
             if not (isinstance(self.value, tuple) and self.value and all(isinstance(v, str) for v in self.value)):
                 raise _bad("an 'in' filter takes a non-empty tuple of category names")
         elif isinstance(self.value, (int, float)) and not isinstance(self.value, bool):
             if not math.isfinite(self.value):
-                raise _bad(f"filter on {self.column!r}: the value must be finite")
+                raise _bad(f"filter on {echo(self.column)}: the value must be finite")
         elif not isinstance(self.value, str):
-            raise _bad(f"filter on {self.column!r}: the value must be a number or a category name")
+            raise _bad(f"filter on {echo(self.column)}: the value must be a number or a category name")
 
     def to_dict(self) -> dict[str, Any]:
         value = list(self.value) if isinstance(self.value, tuple) else self.value
@@ -126,7 +126,7 @@ class QuerySpec:
             try:
                 op = FilterOp(f.op)
             except ValueError:
-                raise _bad(f"filter operator {f.op!r} is unknown") from None
+                raise _bad(f"filter operator {echo(f.op)} is unknown") from None
             filters.append(Filter(column=f.column, op=op, value=f.value))
         return cls(statistic=Statistic(query.aggregate.value), column=query.column, group_by=query.group_by,
                    filters=tuple(filters), bins=query.bins, quantile=query.quantile)
@@ -154,7 +154,7 @@ def _category(registration: DatasetRegistration, name: str, role: str) -> Column
     col = registration.column(name)
     if col.type is not ColumnType.CATEGORY:
         raise _bad(
-            f"{role} column {name!r} is {col.type.value}, not a declared category column",
+            f"{role} column {echo(name)} is {col.type.value}, not a declared category column",
             "group and histogram only by category columns, whose values are public",
         )
     return col
@@ -165,37 +165,37 @@ def validate(registration: DatasetRegistration, spec: QuerySpec) -> None:
     unit = registration.privacy_unit.column
     for name in (spec.column, spec.group_by, *(f.column for f in spec.filters)):
         if name and name == unit:
-            raise _bad(f"column {name!r} identifies the privacy unit; it cannot be aggregated, grouped or filtered on")
+            raise _bad(f"column {echo(name)} identifies the privacy unit; it cannot be aggregated, grouped or filtered on")
     if spec.group_by:
         _category(registration, spec.group_by, "group_by")
     if spec.column:
         col = registration.column(spec.column)
         if spec.statistic in (Statistic.SUM, Statistic.MEAN, Statistic.VARIANCE, Statistic.QUANTILE) and not col.numeric:
-            raise _bad(f"{spec.statistic.value} needs a numeric column; {spec.column!r} is {col.type.value}")
+            raise _bad(f"{spec.statistic.value} needs a numeric column; {echo(spec.column)} is {col.type.value}")
         if spec.statistic is Statistic.HISTOGRAM:
             if col.type is ColumnType.CATEGORY and spec.bins:
                 raise _bad("a category histogram has one bin per declared category; drop bins")
             if col.numeric and not spec.bins:
                 raise _bad("a numeric histogram needs bins", "pass bins=10, say")
             if not (col.numeric or col.type is ColumnType.CATEGORY):
-                raise _bad(f"histogram needs a category or numeric column; {spec.column!r} is {col.type.value}")
+                raise _bad(f"histogram needs a category or numeric column; {echo(spec.column)} is {col.type.value}")
     for f in spec.filters:
         col = registration.column(f.column)
         if col.numeric:
             if f.op not in _NUMERIC_OPS or not isinstance(f.value, (int, float)) or isinstance(f.value, bool):
-                raise _bad(f"filter on numeric column {f.column!r} compares with a number using ==, !=, <, <=, >, >=")
+                raise _bad(f"filter on numeric column {echo(f.column)} compares with a number using ==, !=, <, <=, >, >=")
         elif col.type is ColumnType.CATEGORY:
             if f.op not in _CATEGORY_OPS:
-                raise _bad(f"filter on category column {f.column!r} uses ==, != or in")
+                raise _bad(f"filter on category column {echo(f.column)} uses ==, != or in")
             values = f.value if isinstance(f.value, tuple) else (f.value,)
             undeclared = [v for v in values if not isinstance(v, str) or v not in col.categories]
             if undeclared:
                 raise _bad(
-                    f"filter on {f.column!r} names undeclared categories",
+                    f"filter on {echo(f.column)} names undeclared categories",
                     f"declared: {', '.join(col.categories)}",
                 )
         else:
             raise _bad(
-                f"cannot filter on {col.type.value} column {f.column!r}",
+                f"cannot filter on {col.type.value} column {echo(f.column)}",
                 "filter on numeric or category columns; identifiers and free text are never filtered on",
             )

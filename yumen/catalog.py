@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
 from yumen.canonical import digest_of
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 from yumen.loss import Accounting
 
 __all__ = [
@@ -63,7 +64,10 @@ class Column:
 
     def __post_init__(self) -> None:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", self.name):
-            raise _bad("columns.name", f"{self.name!r} is not a plain identifier (letters, digits, _)")
+            raise _bad("columns.name", f"{echo(self.name)} is not a plain identifier (letters, digits, _)")
+        for bound in (self.lower, self.upper):
+            if bound is not None and not math.isfinite(bound):
+                raise _bad(f"columns.{self.name}", f"bound {bound} is not a finite number; DP clamps to finite bounds")
         if self.type in (ColumnType.INT, ColumnType.FLOAT):
             if self.lower is None or self.upper is None:
                 raise _bad(
@@ -222,18 +226,18 @@ class DatasetRegistration:
 
     def __post_init__(self) -> None:
         if not _ID.match(self.id):
-            raise _bad("id", f"{self.id!r} must be lowercase letters, digits, '.', '_' or '-' (max 64)")
+            raise _bad("id", f"{echo(self.id)} must be lowercase letters, digits, '.', '_' or '-' (max 64)")
         if not self.title:
             raise _bad("title", "is empty")
         if not _ID.match(self.department):
-            raise _bad("department", f"{self.department!r} must be a lowercase id")
+            raise _bad("department", f"{echo(self.department)} must be a lowercase id")
         if not self.columns:
             raise _bad("columns", "a dataset needs at least one column")
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise _bad("columns", "column names repeat")
         if self.privacy_unit.column and self.privacy_unit.column not in names:
-            raise _bad("privacy_unit.column", f"{self.privacy_unit.column!r} is not a declared column")
+            raise _bad("privacy_unit.column", f"{echo(self.privacy_unit.column)} is not a declared column")
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -241,7 +245,7 @@ class DatasetRegistration:
                 return c
         raise YumenError(
             Code.INVALID_ARGUMENT,
-            f"dataset {self.id!r} has no column {name!r}",
+            f"dataset {echo(self.id)} has no column {echo(name)}",
             hint=f"declared columns: {', '.join(c.name for c in self.columns)}",
         )
 

@@ -14,7 +14,7 @@ import grpc
 from yumen.catalog import DatasetRegistration
 from yumen.jobs import JobRequest
 from yumen.policy import License, PolicyBundle
-from yumen.rpc import TlsFiles, call, secure_channel
+from yumen.rpc import TlsFiles, call, error_of, secure_channel
 from yumen.v1 import catalog_pb2, catalog_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from yumen.wire import dataset_from_proto, job_to_proto
 
@@ -151,9 +151,7 @@ class YumenClient:
             for ev in stream:
                 yield JobUpdate(job_id=ev.job_id, state=ev.state, message=ev.message, at_ms=ev.at_unix_ms)
         except grpc.RpcError as e:
-            from yumen.errors import YumenError
-
-            raise YumenError.from_status(e.code(), e.details()) from None  # type: ignore[attr-defined]
+            raise error_of(e) from None
 
     def result(self, job_id: str, *, mean: bool = False) -> JobResult:
         r = call(self._jobs.GetResult, jobs_pb2.JobRef(job_id=job_id), timeout=30)
@@ -247,8 +245,13 @@ class AdminClient:
         p = call(self._admin.GetPolicy, admin_pb2.GetPolicyRequest(version=version), timeout=30)
         return p.version, PolicyBundle(model=p.model, rules=p.rules, settings=p.settings)
 
-    def set_policy(self, bundle: PolicyBundle) -> str:
+    def set_policy(self, bundle: PolicyBundle, *, replaces: str = "") -> str:
+        """Put ``bundle`` in force in place of version ``replaces`` (default: the version in
+        force when this call reads it). The broker refuses with ``CONFLICT`` when another
+        change came first, so no change is ever built on a version that was already replaced."""
         from yumen.v1 import admin_pb2
 
-        p = call(self._admin.SetPolicy, admin_pb2.Policy(**bundle.to_dict()), timeout=30)
+        if not replaces:
+            replaces, _ = self.policy()
+        p = call(self._admin.SetPolicy, admin_pb2.Policy(**bundle.to_dict(), replaces=replaces), timeout=30)
         return p.version

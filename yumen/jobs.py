@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 from yumen.canonical import digest_of, sha256_hex
-from yumen.errors import Code, YumenError
+from yumen.errors import Code, YumenError, echo
 
 __all__ = [
     "Tier",
@@ -85,7 +85,7 @@ def parse_epsilon(text: str | int | Fraction) -> Fraction:
         eps = Fraction(text)
     else:
         if not re.fullmatch(r"\d+(\.\d{1,9})?", text.strip()):
-            raise _bad(f"ε {text!r} is not a positive decimal", "write it like 0.5 (up to 9 decimals)")
+            raise _bad(f"ε {echo(text)} is not a positive decimal", "write it like 0.5 (up to 9 decimals)")
         eps = Fraction(text.strip())
     if eps <= 0:
         raise _bad(f"ε must be positive, got {text}", "ask for a positive ε such as 0.5")
@@ -112,7 +112,7 @@ class QueryFilter:
 
     def __post_init__(self) -> None:
         if self.op not in _FILTER_OPS:
-            raise _bad(f"filter operator {self.op!r} is unknown", f"use one of {' '.join(_FILTER_OPS)}")
+            raise _bad(f"filter operator {echo(self.op)} is unknown", f"use one of {' '.join(_FILTER_OPS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"column": self.column, "op": self.op,
@@ -129,7 +129,7 @@ class QueryFilter:
         """``"cost_yuan >= 100"``, ``"region == lanzhou"``, ``"age_band in 65-74,75+"``."""
         m = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(==|!=|<=|>=|<|>|\sin\s)\s*(.+?)\s*", text)
         if not m:
-            raise _bad(f"filter {text!r} is not COLUMN OP VALUE", 'e.g. "cost_yuan >= 100" or "age_band in 65-74,75+"')
+            raise _bad(f"filter {echo(text)} is not COLUMN OP VALUE", 'e.g. "cost_yuan >= 100" or "age_band in 65-74,75+"')
         col, op, raw = m.group(1), m.group(2).strip(), m.group(3)
         if op == "in":
             return cls(column=col, op=op, value=tuple(x.strip() for x in raw.split(",") if x.strip()))
@@ -200,7 +200,7 @@ class OutputRange:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.name):
-            raise _bad(f"output name {self.name!r} is not a plain identifier")
+            raise _bad(f"output name {echo(self.name)} is not a plain identifier")
         if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
             raise _bad(
                 f"output {self.name!r}: range [{self.lower}, {self.upper}] is not a finite interval with lower < upper",
@@ -272,7 +272,7 @@ class JobRequest:
             raise _bad(f"a {self.query.aggregate.value} cannot be combined across departments or encrypted",
                        "use count, sum, mean or histogram, or one dataset without --he")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}", self.job_id):
-            raise _bad(f"job id {self.job_id!r} is not valid", "use letters, digits, '.', '_' or '-' (max 80)")
+            raise _bad(f"job id {echo(self.job_id)} is not valid", "use letters, digits, '.', '_' or '-' (max 80)")
         if not self.datasets:
             raise _bad("a job must name at least one dataset")
         if len(set(self.datasets)) != len(self.datasets):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import grpc
 
-from yumen.errors import Code, YumenError, grpc_status
+from yumen.errors import MAX_MESSAGE_CHARS, Code, YumenError, grpc_status
 from yumen.identity import Identity, Role, identity_from_pem
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "rpc_method",
     "rpc_stream",
     "call",
+    "abort",
+    "error_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,9 +101,28 @@ def require_role(identity: Identity, *roles: Role) -> None:
         )
 
 
-def _abort(context: grpc.ServicerContext, err: YumenError) -> None:
-    message = f"{err.message} ({err.hint})" if err.hint else err.message
+def abort(context: grpc.ServicerContext, err: YumenError) -> None:
+    """End the call with ``err``: its status and message, and its code and hint as trailing
+    metadata so the client rebuilds exactly this error (:meth:`YumenError.from_status`)."""
+    message = err.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + f"… (message cut at {MAX_MESSAGE_CHARS} characters)"
+    context.set_trailing_metadata(err.metadata())
     context.abort(grpc_status(err.code), message)
+
+
+def _internal(context: grpc.ServicerContext) -> None:
+    abort(context, YumenError(Code.INTERNAL, "internal error; the broker's log has the details"))
+
+
+def error_of(e: grpc.RpcError) -> YumenError:
+    """The :class:`YumenError` a failed call carries (see :func:`abort`)."""
+    status = e.code()  # type: ignore[attr-defined]
+    metadata = e.trailing_metadata() if hasattr(e, "trailing_metadata") else ()  # type: ignore[attr-defined]
+    err = YumenError.from_status(status, e.details() or "", metadata)  # type: ignore[attr-defined]
+    if err.code is Code.UNAVAILABLE and not err.hint:
+        err.hint = "is the broker running, and are --broker and the certificates right?"
+    return err
 
 
 def rpc_method(fn: F) -> F:
@@ -112,12 +133,12 @@ def rpc_method(fn: F) -> F:
         try:
             return fn(self, request, context)
         except YumenError as e:
-            _abort(context, e)
+            abort(context, e)
         except Exception as e:  # noqa: BLE001 - everything else is a bug
             if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError":
                 raise
             log.exception("internal error in %s", fn.__qualname__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the broker's log has the details")
+            _internal(context)
 
     return wrapper  # type: ignore[return-value]
 
@@ -130,12 +151,12 @@ def rpc_stream(fn: F) -> F:
         try:
             yield from fn(self, request, context)
         except YumenError as e:
-            _abort(context, e)
+            abort(context, e)
         except Exception as e:  # noqa: BLE001
             if isinstance(e, grpc.RpcError) or type(e).__name__ == "_AbortError":
                 raise
             log.exception("internal error in %s", fn.__qualname__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; the broker's log has the details")
+            _internal(context)
 
     return wrapper  # type: ignore[return-value]
 
@@ -145,9 +166,4 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
-        status = e.code()  # type: ignore[attr-defined]
-        details = e.details() or ""  # type: ignore[attr-defined]
-        err = YumenError.from_status(status, details)
-        if status == grpc.StatusCode.UNAVAILABLE:
-            err.hint = "is the broker running, and are --broker and the certificates right?"
-        raise err from None
+        raise error_of(e) from None

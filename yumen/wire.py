@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from yumen.catalog import Column, ColumnType, DatasetRegistration, Level, PrivacyUnit
-from yumen.errors import Code, YumenError
+from yumen.canonical import parse_json
+from yumen.errors import Code, YumenError, echo
 from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
 from yumen.v1 import admin_pb2, catalog_pb2, jobs_pb2
 from yumen.policy import License
@@ -67,7 +68,7 @@ def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
         try:
             ctype = ColumnType(c.type)
         except ValueError:
-            raise YumenError(Code.INVALID_ARGUMENT, f"column {c.name!r} has unknown type {c.type!r}") from None
+            raise YumenError(Code.INVALID_ARGUMENT, f"column {echo(c.name)} has unknown type {echo(c.type)}") from None
         cols.append(Column(
             name=c.name, type=ctype, unit=c.unit, description=c.description,
             lower=c.lower if c.HasField("lower") else None,
@@ -77,7 +78,7 @@ def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
     try:
         level = Level(msg.level)
     except ValueError:
-        raise YumenError(Code.INVALID_ARGUMENT, f"dataset {msg.id!r} has unknown level {msg.level!r}") from None
+        raise YumenError(Code.INVALID_ARGUMENT, f"dataset {echo(msg.id)} has unknown level {echo(msg.level)}") from None
     return DatasetRegistration(
         id=msg.id, title=msg.title, description=msg.description, department=msg.department,
         level=level, columns=tuple(cols),
@@ -116,7 +117,7 @@ def _enum(kind: type, value: str, what: str) -> Any:
         return kind(value)
     except ValueError:
         raise YumenError(
-            Code.INVALID_ARGUMENT, f"unknown {what} {value!r}", hint=f"use one of: {', '.join(k.value for k in kind)}"
+            Code.INVALID_ARGUMENT, f"unknown {what} {echo(value)}", hint=f"use one of: {', '.join(k.value for k in kind)}"
         ) from None
 
 
@@ -129,20 +130,18 @@ def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
         q = msg.query
         filters = []
         for f in q.filters:
-            try:
-                value = json.loads(f.value_json)
-            except ValueError:
-                raise YumenError(Code.INVALID_ARGUMENT, f"filter value {f.value_json!r} is not JSON") from None
+            value = parse_json(f.value_json, what=f"the value of the filter on {echo(f.column)}")
+            if not (isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+                    or (isinstance(value, list) and all(isinstance(x, str) for x in value))):
+                raise YumenError(Code.INVALID_ARGUMENT,
+                                 f"the value of the filter on {echo(f.column)} must be a number, a string or a list of strings")
             filters.append(QueryFilter.from_dict({"column": f.column, "op": f.op, "value": value}))
         query = Query(aggregate=_enum(Aggregate, q.aggregate, "aggregate"), column=q.column, group_by=q.group_by,
                       filters=tuple(filters), bins=q.bins,
                       quantile=parse_epsilon(q.quantile) if q.quantile else None)
     elif kind == "algorithm":
         a = msg.algorithm
-        try:
-            params = json.loads(a.params_json) if a.params_json else {}
-        except ValueError as e:
-            raise YumenError(Code.INVALID_ARGUMENT, f"algorithm parameters are not JSON: {e}") from None
+        params = parse_json(a.params_json, what="the algorithm parameters") if a.params_json else {}
         if not isinstance(params, dict):
             raise YumenError(Code.INVALID_ARGUMENT, "algorithm parameters must be a JSON object")
         algorithm = Algorithm(

@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hint: {e.hint}", file=sys.stderr)
         return exit_code(e.code)
     except grpc.RpcError as e:  # a call the client helpers did not translate
-        err = YumenError.from_status(e.code(), e.details())
+        from yumen.rpc import error_of
+
+        err = error_of(e)
         print(f"error: {err.message}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
         return exit_code(err.code)
     except KeyboardInterrupt:
         return 130

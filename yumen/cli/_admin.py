@@ -81,7 +81,7 @@ def _policy_set(args: argparse.Namespace) -> int:
         Path(args.settings) if args.settings else settings_default,
     )
     with _admin(args) as c:
-        version = c.set_policy(bundle)
+        version = c.set_policy(bundle, replaces=args.replaces or "")
     if args.json:
         _print_json({"version": version})
     else:
@@ -186,6 +186,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--rules", help="Casbin p/g lines (default: the packaged default)")
     st.add_argument("--settings", help="TOML with level defaults, obligations, pricing (default: packaged)")
     st.add_argument("--model", help="Casbin model (default: the packaged model)")
+    st.add_argument("--replaces", metavar="VERSION",
+                    help="the version this one replaces (default: the one in force now); refused if another "
+                         "change came first")
     st.add_argument("--json", action="store_true")
     _conn_args(st)
     st.set_defaults(func=_policy_set)

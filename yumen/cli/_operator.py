@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from fractions import Fraction
@@ -46,8 +47,20 @@ def client(args: argparse.Namespace) -> Any:
     return YumenClient(*connection(args))
 
 
+def _json_safe(obj: Any) -> Any:
+    """JSON has no NaN or infinities: such floats are printed as strings, never as bare
+    ``-Infinity`` that JSON readers reject."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
+    print(json.dumps(_json_safe(obj), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False))
 
 
 # -- catalog ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14yumen/v1/admin.proto\x12\x08yumen.v1\"\x95\x01\n\x07License\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x0e\n\x06levels\x18\x05 \x03(\t\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\"P\n\rLicenseChange\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ListLicensesRequest\";\n\x14ListLicensesResponse\x12#\n\x08licenses\x18\x01 \x03(\x0b\x32\x11.yumen.v1.License\"I\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x01(\t\x12\x10\n\x08settings\x18\x04 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x14\n\x12GetAccountsRequest\"Z\n\tLedgerRow\x12\x0f\n\x07license\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x0c\n\x04runs\x18\x05 \x01(\x05\"M\n\tBillTotal\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\"S\n\x08\x41\x63\x63ounts\x12#\n\x06ledger\x18\x01 \x03(\x0b\x32\x13.yumen.v1.LedgerRow\x12\"\n\x05\x62ills\x18\x02 \x03(\x0b\x32\x13.yumen.v1.BillTotal\"\"\n\x10ReexecuteRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcf\x01\n\x12\x44\x61tasetReexecution\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x19\n\x11logged_commitment\x18\x04 \x01(\t\x12\x1d\n\x15recomputed_commitment\x18\x05 \x01(\t\x12\x0f\n\x07matches\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0e\n\x06report\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"S\n\x11ReexecutionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.yumen.v1.DatasetReexecution\"M\n\x18RevokeCertificateRequest\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"o\n\x12RevokedCertificate\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_by\x18\x04 \x01(\t\x12\x12\n\nat_unix_ms\x18\x05 \x01(\x03\"\x14\n\x12ListRevokedRequest\"I\n\x13ListRevokedResponse\x12\x32\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x1c.yumen.v1.RevokedCertificate2\xe9\x04\n\x0c\x41\x64minService\x12U\n\x11RevokeCertificate\x12\".yumen.v1.RevokeCertificateRequest\x1a\x1c.yumen.v1.RevokedCertificate\x12J\n\x0bListRevoked\x12\x1c.yumen.v1.ListRevokedRequest\x1a\x1d.yumen.v1.ListRevokedResponse\x12G\n\x0cReexecuteJob\x12\x1a.yumen.v1.ReexecuteRequest\x1a\x1b.yumen.v1.ReexecutionReport\x12?\n\x0bGetAccounts\x12\x1c.yumen.v1.GetAccountsRequest\x1a\x12.yumen.v1.Accounts\x12\x34\n\x0cIssueLicense\x12\x11.yumen.v1.License\x1a\x11.yumen.v1.License\x12;\n\rChangeLicense\x12\x17.yumen.v1.LicenseChange\x1a\x11.yumen.v1.License\x12M\n\x0cListLicenses\x12\x1d.yumen.v1.ListLicensesRequest\x1a\x1e.yumen.v1.ListLicensesResponse\x12\x39\n\tGetPolicy\x12\x1a.yumen.v1.GetPolicyRequest\x1a\x10.yumen.v1.Policy\x12/\n\tSetPolicy\x12\x10.yumen.v1.Policy\x1a\x10.yumen.v1.Policyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14yumen/v1/admin.proto\x12\x08yumen.v1\"\x95\x01\n\x07License\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\r\n\x05group\x18\x03 \x01(\t\x12\x10\n\x08purposes\x18\x04 \x03(\t\x12\x0e\n\x06levels\x18\x05 \x03(\t\x12\x12\n\nvalid_from\x18\x06 \x01(\t\x12\x13\n\x0bvalid_until\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\"P\n\rLicenseChange\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x15\n\x13ListLicensesRequest\";\n\x14ListLicensesResponse\x12#\n\x08licenses\x18\x01 \x03(\x0b\x32\x11.yumen.v1.License\"[\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05rules\x18\x03 \x01(\t\x12\x10\n\x08settings\x18\x04 \x01(\t\x12\x10\n\x08replaces\x18\x05 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x14\n\x12GetAccountsRequest\"Z\n\tLedgerRow\x12\x0f\n\x07license\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12\r\n\x05spent\x18\x04 \x01(\t\x12\x0c\n\x04runs\x18\x05 \x01(\x05\"M\n\tBillTotal\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x0c\n\x04jobs\x18\x04 \x01(\x05\"S\n\x08\x41\x63\x63ounts\x12#\n\x06ledger\x18\x01 \x03(\x0b\x32\x13.yumen.v1.LedgerRow\x12\"\n\x05\x62ills\x18\x02 \x03(\x0b\x32\x13.yumen.v1.BillTotal\"\"\n\x10ReexecuteRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xcf\x01\n\x12\x44\x61tasetReexecution\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\t\x12\x19\n\x11logged_commitment\x18\x04 \x01(\t\x12\x1d\n\x15recomputed_commitment\x18\x05 \x01(\t\x12\x0f\n\x07matches\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x0e\n\x06report\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\x0c\"S\n\x11ReexecutionReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.yumen.v1.DatasetReexecution\"M\n\x18RevokeCertificateRequest\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"o\n\x12RevokedCertificate\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrevoked_by\x18\x04 \x01(\t\x12\x12\n\nat_unix_ms\x18\x05 \x01(\x03\"\x14\n\x12ListRevokedRequest\"I\n\x13ListRevokedResponse\x12\x32\n\x0c\x63\x65rtificates\x18\x01 \x03(\x0b\x32\x1c.yumen.v1.RevokedCertificate2\xe9\x04\n\x0c\x41\x64minService\x12U\n\x11RevokeCertificate\x12\".yumen.v1.RevokeCertificateRequest\x1a\x1c.yumen.v1.RevokedCertificate\x12J\n\x0bListRevoked\x12\x1c.yumen.v1.ListRevokedRequest\x1a\x1d.yumen.v1.ListRevokedResponse\x12G\n\x0cReexecuteJob\x12\x1a.yumen.v1.ReexecuteRequest\x1a\x1b.yumen.v1.ReexecutionReport\x12?\n\x0bGetAccounts\x12\x1c.yumen.v1.GetAccountsRequest\x1a\x12.yumen.v1.Accounts\x12\x34\n\x0cIssueLicense\x12\x11.yumen.v1.License\x1a\x11.yumen.v1.License\x12;\n\rChangeLicense\x12\x17.yumen.v1.LicenseChange\x1a\x11.yumen.v1.License\x12M\n\x0cListLicenses\x12\x1d.yumen.v1.ListLicensesRequest\x1a\x1e.yumen.v1.ListLicensesResponse\x12\x39\n\tGetPolicy\x12\x1a.yumen.v1.GetPolicyRequest\x1a\x10.yumen.v1.Policy\x12/\n\tSetPolicy\x12\x10.yumen.v1.Policy\x1a\x10.yumen.v1.Policyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTLICENSESRESPONSE']._serialized_start=291
   _globals['_LISTLICENSESRESPONSE']._serialized_end=350
   _globals['_POLICY']._serialized_start=352
-  _globals['_POLICY']._serialized_end=425
-  _globals['_GETPOLICYREQUEST']._serialized_start=427
-  _globals['_GETPOLICYREQUEST']._serialized_end=462
-  _globals['_GETACCOUNTSREQUEST']._serialized_start=464
-  _globals['_GETACCOUNTSREQUEST']._serialized_end=484
-  _globals['_LEDGERROW']._serialized_start=486
-  _globals['_LEDGERROW']._serialized_end=576
-  _globals['_BILLTOTAL']._serialized_start=578
-  _globals['_BILLTOTAL']._serialized_end=655
-  _globals['_ACCOUNTS']._serialized_start=657
-  _globals['_ACCOUNTS']._serialized_end=740
-  _globals['_REEXECUTEREQUEST']._serialized_start=742
-  _globals['_REEXECUTEREQUEST']._serialized_end=776
-  _globals['_DATASETREEXECUTION']._serialized_start=779
-  _globals['_DATASETREEXECUTION']._serialized_end=986
-  _globals['_REEXECUTIONREPORT']._serialized_start=988
-  _globals['_REEXECUTIONREPORT']._serialized_end=1071
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=1073
-  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1150
-  _globals['_REVOKEDCERTIFICATE']._serialized_start=1152
-  _globals['_REVOKEDCERTIFICATE']._serialized_end=1263
-  _globals['_LISTREVOKEDREQUEST']._serialized_start=1265
-  _globals['_LISTREVOKEDREQUEST']._serialized_end=1285
-  _globals['_LISTREVOKEDRESPONSE']._serialized_start=1287
-  _globals['_LISTREVOKEDRESPONSE']._serialized_end=1360
-  _globals['_ADMINSERVICE']._serialized_start=1363
-  _globals['_ADMINSERVICE']._serialized_end=1980
+  _globals['_POLICY']._serialized_end=443
+  _globals['_GETPOLICYREQUEST']._serialized_start=445
+  _globals['_GETPOLICYREQUEST']._serialized_end=480
+  _globals['_GETACCOUNTSREQUEST']._serialized_start=482
+  _globals['_GETACCOUNTSREQUEST']._serialized_end=502
+  _globals['_LEDGERROW']._serialized_start=504
+  _globals['_LEDGERROW']._serialized_end=594
+  _globals['_BILLTOTAL']._serialized_start=596
+  _globals['_BILLTOTAL']._serialized_end=673
+  _globals['_ACCOUNTS']._serialized_start=675
+  _globals['_ACCOUNTS']._serialized_end=758
+  _globals['_REEXECUTEREQUEST']._serialized_start=760
+  _globals['_REEXECUTEREQUEST']._serialized_end=794
+  _globals['_DATASETREEXECUTION']._serialized_start=797
+  _globals['_DATASETREEXECUTION']._serialized_end=1004
+  _globals['_REEXECUTIONREPORT']._serialized_start=1006
+  _globals['_REEXECUTIONREPORT']._serialized_end=1089
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=1091
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=1168
+  _globals['_REVOKEDCERTIFICATE']._serialized_start=1170
+  _globals['_REVOKEDCERTIFICATE']._serialized_end=1281
+  _globals['_LISTREVOKEDREQUEST']._serialized_start=1283
+  _globals['_LISTREVOKEDREQUEST']._serialized_end=1303
+  _globals['_LISTREVOKEDRESPONSE']._serialized_start=1305
+  _globals['_LISTREVOKEDRESPONSE']._serialized_end=1378
+  _globals['_ADMINSERVICE']._serialized_start=1381
+  _globals['_ADMINSERVICE']._serialized_end=1998
 # @@protoc_insertion_point(module_scope)

@@ -49,16 +49,18 @@ class ListLicensesResponse(_message.Message):
     def __init__(self, licenses: _Optional[_Iterable[_Union[License, _Mapping]]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "model", "rules", "settings")
+    __slots__ = ("version", "model", "rules", "settings", "replaces")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     version: str
     model: str
     rules: str
     settings: str
-    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., rules: _Optional[str] = ..., settings: _Optional[str] = ...) -> None: ...
+    replaces: str
+    def __init__(self, version: _Optional[str] = ..., model: _Optional[str] = ..., rules: _Optional[str] = ..., settings: _Optional[str] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("version",)
