@@ -1,0 +1,141 @@
+"""Every exit code of docs/cli.md is what the CLI returns, with the error coming across the wire
+from a real broker wherever the broker is where it arises.
+
+Several Yumen codes share a gRPC status (JOB_NOT_READY and CONFIG are both
+FAILED_PRECONDITION; POLICY_DENIED and PERMISSION_DENIED both PERMISSION_DENIED), so the
+broker sends the code and the hint as trailing metadata and the client rebuilds the exact
+error. Before that, ``yumen job result`` of an unfinished job exited 2 instead of 7.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from yumen.localspace import Department, LocalSpace
+
+pytestmark = pytest.mark.e2e
+
+DATASET = "weather-daily"
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    s = LocalSpace(tmp_path_factory.mktemp("exits"),
+                   departments=(Department(id="weather-bureau", datasets=((DATASET, 3_650),)),))
+    s.setup()
+    settings = s.root / "policy.toml"  # a small cap, so a second job of ε 1 overruns it
+    settings.write_text(settings.read_text().replace('[rules.open-data]\nmax_epsilon = "2"                # per job\n'
+                                                     'epsilon_cap = "10"', '[rules.open-data]\nmax_epsilon = "2"\n'
+                                                     'epsilon_cap = "1.5"'))
+    assert 'epsilon_cap = "1.5"' in settings.read_text()
+    try:
+        s.start(timeout=90)
+        yield s
+    finally:
+        s.stop()
+
+
+def _yumen(space: LocalSpace, who: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    e = dict(space.cli_env(who), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "yumen", *args], env=e, text=True, capture_output=True, timeout=300)
+
+
+def _query(*extra: str) -> list[str]:
+    return ["submit", "query", "--dataset", DATASET, "--aggregate", "count", "--purpose", "research", *extra]
+
+
+def test_exit_0_on_success(space):
+    proc = _yumen(space, "operator-1", "catalog", "list")
+    assert proc.returncode == 0 and DATASET in proc.stdout
+
+
+def test_exit_1_for_an_internal_error_of_the_broker_with_a_sanitized_message(space):
+    db = sqlite3.connect(space.root / "broker-state" / "broker.db", timeout=30)
+    with db:  # a job row the broker cannot read: a bug or a damaged database, never the caller's fault
+        db.execute("INSERT INTO jobs(job_id, operator, license, request_digest, request, algorithm_source, state, "
+                   "message, decision, created_ms, updated_ms) VALUES ('damaged', 'operator-1', 'L', 'd', "
+                   "'{not json', x'', 'pending', '', '{}', 0, 0)")
+    db.close()
+    proc = _yumen(space, "admin-1", "job", "status", "damaged")
+    assert proc.returncode == 1, proc.stderr
+    assert "internal error" in proc.stderr and "not json" not in proc.stderr
+
+
+def test_exit_2_for_an_invalid_argument_from_the_broker(space):
+    proc = _yumen(space, "operator-1", "submit", "query", "--dataset", DATASET, "--aggregate", "sum", "--column",
+                  "no_such_column", "--epsilon", "0.1", "--purpose", "research")
+    assert proc.returncode == 2, proc.stderr
+    assert "no_such_column" in proc.stderr and "hint: declared columns" in proc.stderr
+
+
+def test_exit_2_for_a_policy_change_on_a_replaced_version(space):
+    proc = _yumen(space, "admin-1", "admin", "policy", "set", "--rules", str(space.root / "policy.csv"), "--settings",
+                  str(space.root / "policy.toml"), "--replaces", "sha256:" + "0" * 64)
+    assert proc.returncode == 2, proc.stderr
+    assert "changed it meanwhile" in proc.stderr and "hint: read it again" in proc.stderr
+
+
+def test_exit_3_when_the_broker_has_no_such_job(space):
+    proc = _yumen(space, "operator-1", "job", "status", "no-such-job")
+    assert proc.returncode == 3 and "no job 'no-such-job'" in proc.stderr and "hint: check the job id" in proc.stderr
+
+
+def test_exit_4_for_a_certificate_of_the_wrong_role(space):
+    proc = _yumen(space, "auditor-1", *_query("--epsilon", "0.1"))
+    assert proc.returncode == 4 and "operator certificates" in proc.stderr
+
+
+def test_exit_4_when_the_department_refuses_the_job_and_its_budget_comes_back(space):
+    # ε 1.2 is within policy (2 per job, cap 1.5) but above the department's own limit (1 per job)
+    proc = _yumen(space, "operator-1", *_query("--epsilon", "1.2", "--job-id", "refused-1"))
+    assert proc.returncode == 4, proc.stderr
+    assert "refused by department weather-bureau" in proc.stderr
+
+
+def test_exit_5_when_the_budget_is_exhausted_with_what_is_left(space):
+    first = _yumen(space, "operator-1", *_query("--epsilon", "1", "--job-id", "budget-1"))
+    assert first.returncode == 0, first.stderr
+    second = _yumen(space, "operator-1", *_query("--epsilon", "1", "--job-id", "budget-2"))
+    assert second.returncode == 5, second.stderr
+    assert "budget exhausted: 0.5 of 1.5 ε left" in second.stderr and "hint: ask for ε ≤ 0.5" in second.stderr
+
+
+def test_exit_6_when_no_broker_answers(space):
+    proc = _yumen(space, "operator-1", "catalog", "list", env={"YUMEN_BROKER": "127.0.0.1:1"})
+    assert proc.returncode == 6 and "hint: is the broker running" in proc.stderr
+
+
+def test_exit_7_when_the_result_is_not_ready_not_2(space):
+    space.stop_process("weather-bureau")  # no connector: the job waits
+    try:
+        sub = _yumen(space, "operator-1", *_query("--epsilon", "0.01", "--job-id", "waiting-1", "--no-wait"))
+        assert sub.returncode == 0, sub.stderr
+        proc = _yumen(space, "operator-1", "job", "result", "waiting-1")
+        assert proc.returncode == 7, proc.stderr
+        assert "is pending" in proc.stderr and "hint: wait with `yumen job watch`" in proc.stderr
+    finally:
+        space.start_connector("weather-bureau")
+        space.wait_online([DATASET])
+
+
+def test_exit_8_when_the_sandbox_backend_is_unavailable(space, tmp_path):
+    algo = tmp_path / "a.py"
+    algo.write_text("print(1)\n")
+    proc = _yumen(space, "operator-1", "sandbox", "run", str(algo), "--backend", "docker",
+                  env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"})
+    assert proc.returncode == 8, proc.stderr
+
+
+def test_exit_9_when_the_broker_log_does_not_verify_against_the_pinned_key(space, tmp_path):
+    from yumen.audit import generate_log_key
+    from yumen.audit._note import NoteSigner
+
+    key = generate_log_key()
+    wrong = tmp_path / "wrong.vkey"
+    wrong.write_text(NoteSigner("yumen.local/log", key).verifier.vkey + "\n")
+    proc = _yumen(space, "auditor-1", "audit", "verify", "--vkey", str(wrong))
+    assert proc.returncode == 9, proc.stdout + proc.stderr
