@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/yumen/v1/*.proto)
 
-.PHONY: demo test bench protos venv system-deps clean
+.PHONY: demo test test-stress bench protos venv system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(VPY) -m pytest -q
+
+# Long load and fuzzing runs (tests marked "stress").
+test-stress: venv system-deps
+	$(VPY) -m pytest -q -m stress
 
 bench: venv system-deps
 	$(VPY) -m bench.run

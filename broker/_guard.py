@@ -84,6 +84,9 @@ class MethodRule:
     roles: frozenset[Role]
     max_bytes: int
     stream: str = ""  # non-empty: a long-lived server stream, counted under this name
+    # For request streams: the servicer reads Malformed messages itself (a connector's stream
+    # goes on past one bad message); otherwise the first one ends the call.
+    reads_malformed: bool = False
 
 
 ANYONE = frozenset(Role)
@@ -106,7 +109,8 @@ def method_rules(limits: Limits) -> dict[str, MethodRule]:
         "/yumen.v1.JobService/GetResult": MethodRule(roles=_JOB_READERS, max_bytes=small),
         "/yumen.v1.JobService/WatchJob": MethodRule(roles=_JOB_READERS, max_bytes=small, stream="watch"),
         "/yumen.v1.ConnectorService/Connect": MethodRule(roles=frozenset({Role.CONNECTOR}),
-                                                         max_bytes=limits.connector_message_bytes, stream="connector"),
+                                                         max_bytes=limits.connector_message_bytes, stream="connector",
+                                                         reads_malformed=True),
         "/yumen.v1.AdminService/IssueLicense": MethodRule(roles=_ADMIN, max_bytes=small),
         "/yumen.v1.AdminService/ChangeLicense": MethodRule(roles=_ADMIN, max_bytes=small),
         "/yumen.v1.AdminService/ListLicenses": MethodRule(roles=_OVERSEERS, max_bytes=small),
@@ -266,6 +270,8 @@ class Guard(grpc.ServerInterceptor):
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             slot = self._enter(request, context, rule)
             try:
+                if hasattr(request, "__next__") and not rule.reads_malformed:  # a request stream
+                    request = _well_formed(request, context)
                 return inner(request, context)
             finally:
                 slot.release()
@@ -276,8 +282,18 @@ class Guard(grpc.ServerInterceptor):
         def behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             slot = self._enter(request, context, rule)
             try:
+                if hasattr(request, "__next__") and not rule.reads_malformed:
+                    request = _well_formed(request, context)
                 yield from inner(request, context)
             finally:
                 slot.release()
 
         return behavior
+
+
+def _well_formed(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    """A request stream that ends the call at its first message that does not parse."""
+    for item in requests:
+        if isinstance(item, Malformed):
+            abort(context, item.error())
+        yield item

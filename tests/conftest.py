@@ -45,3 +45,16 @@ def postgres_dsn() -> str:
     if under_ci():
         pytest.fail(message)
     pytest.skip(message)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``stress`` run only when asked for (``make test-stress``, ``-m stress``):
+    without a marker expression they are deselected, not skipped."""
+    if config.getoption("markexpr", ""):
+        return
+    keep, dropped = [], []
+    for item in items:
+        (dropped if item.get_closest_marker("stress") else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
