@@ -53,7 +53,7 @@ class Limits:
     job_request_bytes: int = 4 * MiB           # SubmitJob, ExplainJob: HE public context (≤ 2 MiB) + algorithm (≤ 256 KiB)
     connector_message_bytes: int = 4 * MiB     # each message of a connector's stream: receipt + ciphertext (≤ 1 MiB)
     policy_bytes: int = 1 * MiB                # SetPolicy: model, rules and settings texts
-    calls_per_identity: int = 16               # unary calls in flight per certificate
+    calls_per_identity: int = 32               # unary calls in flight per certificate (half the worker threads)
     streams_per_identity: int = 8              # long-lived streams (job watches, log pages, health watches) per certificate
     health_watches_per_identity: int = 2       # grpc.health.v1.Health/Watch streams per certificate
     streams_total: int = 40                    # long-lived streams of all callers together

@@ -64,6 +64,10 @@ def test_concurrent_whole_budget_jobs_across_replicas_exactly_one_runs(replicas)
     from yumen.client import YumenClient
 
     space, second = replicas
+    # The department refuses the winner (its own limit is 1 per job) and the budget comes
+    # back; with the connector online that refund could land while the race still runs and
+    # let a second job in, legitimately. Offline, every job waits and exactly one fits.
+    space.stop_process("weather-bureau")
     clients = [YumenClient(space.address, space.tls("operator-1")), YumenClient(second, space.tls("operator-1"))]
     wins, refusals, errors = [], [], []
     gate = threading.Barrier(40)
@@ -83,6 +87,7 @@ def test_concurrent_whole_budget_jobs_across_replicas_exactly_one_runs(replicas)
         t.join()
     assert not errors, errors[:3]
     assert len(wins) == 1 and len(refusals) == 39
+    space.start_connector("weather-bureau")
     # The department's own limit (1 per job) refuses the winner; the budget comes back.
     final = [e.state for e in clients[0].watch(f"r-{100 + wins[0]}", timeout=60)][-1]
     for c in clients:
