@@ -234,9 +234,13 @@ class Broker:
 
     # -- connectors --------------------------------------------------------------
     def connect(
-        self, identity: Identity, certificate: x509.Certificate, registrations: list[DatasetRegistration]
+        self, identity: Identity, certificate: x509.Certificate, registrations: list[DatasetRegistration],
+        refused: list[tuple[str, str]] | None = None,
     ) -> tuple[ConnectorLink, list[str]]:
-        """Register a connector's datasets and open its ticket queue."""
+        """Register a connector's datasets and open its ticket queue. Datasets that cannot be
+        registered are refused one by one (``refused`` collects their ids and why); the others
+        are served."""
+        refused = refused if refused is not None else []
         if identity.role is not Role.CONNECTOR:
             raise YumenError(Code.PERMISSION_DENIED, "only connector certificates may open a connector stream")
         accepted: list[str] = []
@@ -244,15 +248,18 @@ class Broker:
             if reg.department != identity.department:
                 log.warning("connector %s offered dataset %s of department %s; refused",
                             identity.name, reg.id, reg.department)
+                refused.append((reg.id, f"it belongs to department {reg.department}, not {identity.department}"))
                 continue
             if not _VERSION.fullmatch(reg.version):
                 log.warning("connector %s offered dataset %s without a content digest as its version; refused",
                             identity.name, reg.id)
+                refused.append((reg.id, "its version is not a content digest (sha256:…)"))
                 continue
             with self.recorded():  # the catalog and the log change together, or neither
                 existing = self.store.get_dataset(reg.id)
                 if existing and existing[1] != identity.name:
                     log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
+                    refused.append((reg.id, "another connector serves a dataset of that id"))
                     continue
                 clash = self._namespace_clash(reg)
                 if clash:

@@ -141,14 +141,15 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
             if first.hello.connector_id != who.name:
                 raise YumenError(Code.PERMISSION_DENIED,
                                  f"Hello names {echo(first.hello.connector_id)} but the certificate is {who.name!r}")
-            regs = []
+            regs, refused = [], []
             for d in first.hello.datasets:  # one bad registration does not take the others down
                 try:
                     regs.append(dataset_from_proto(d))
                 except YumenError as e:
                     log.warning("connector %s: registration of %s refused: %s", who.name, echo(d.id), e)
+                    refused.append((d.id[:200], e.message))
             cert = x509.load_pem_x509_certificate(context.auth_context()["x509_pem_cert"][0])
-            link, accepted = self.broker.connect(who, cert, regs)
+            link, accepted = self.broker.connect(who, cert, regs, refused)
         except YumenError as e:
             abort(context, e)
             return
@@ -170,7 +171,9 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
         reader = threading.Thread(target=read_receipts, name=f"receipts-{who.name}", daemon=True)
         reader.start()
         context.add_callback(lambda: self.broker.disconnect(link))
-        yield connector_pb2.BrokerMessage(welcome=connector_pb2.Welcome(broker_id=self.broker.id, accepted_datasets=accepted))
+        yield connector_pb2.BrokerMessage(welcome=connector_pb2.Welcome(
+            broker_id=self.broker.id, accepted_datasets=accepted,
+            refused_datasets=[connector_pb2.DatasetRefusal(dataset=d, reason=r) for d, r in refused]))
         while not link.closed.is_set():
             try:
                 item = link.outbox.get(timeout=15)

@@ -124,6 +124,10 @@ class ConnectorAgent:
                     log.info("connected to broker %s; serving %s", msg.welcome.broker_id, ", ".join(msg.welcome.accepted_datasets))
                     print(f"connector {self.config.id} connected to broker {msg.welcome.broker_id}; "
                           f"serving {', '.join(msg.welcome.accepted_datasets) or 'no datasets'}", flush=True)
+                    for refusal in msg.welcome.refused_datasets:
+                        log.error("the broker refused dataset %s: %s", refusal.dataset, refusal.reason)
+                        print(f"connector {self.config.id}: the broker refused dataset {refusal.dataset}: "
+                              f"{refusal.reason}", flush=True)
                 elif kind == "ticket":
                     self._pool_for(msg.ticket).submit(self._run_ticket, outbox, msg.ticket)
                 elif kind == "reexecute":

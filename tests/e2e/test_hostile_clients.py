@@ -251,6 +251,8 @@ def test_infinite_bounds_and_empty_versions_are_refused_before_anything_is_store
     try:
         welcome = next(responses).welcome
         assert list(welcome.accepted_datasets) == ["fine-one"]
+        reasons = {r.dataset: r.reason for r in welcome.refused_datasets}
+        assert "not a finite number" in reasons["infinite-bounds"] and "content digest" in reasons["no-version"]
     finally:
         done.set()
         ch.close()

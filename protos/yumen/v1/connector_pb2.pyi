@@ -70,12 +70,22 @@ class ConnectorMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("broker_id", "accepted_datasets")
+    __slots__ = ("broker_id", "accepted_datasets", "refused_datasets")
     BROKER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_DATASETS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_DATASETS_FIELD_NUMBER: _ClassVar[int]
     broker_id: str
     accepted_datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, broker_id: _Optional[str] = ..., accepted_datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+    refused_datasets: _containers.RepeatedCompositeFieldContainer[DatasetRefusal]
+    def __init__(self, broker_id: _Optional[str] = ..., accepted_datasets: _Optional[_Iterable[str]] = ..., refused_datasets: _Optional[_Iterable[_Union[DatasetRefusal, _Mapping]]] = ...) -> None: ...
+
+class DatasetRefusal(_message.Message):
+    __slots__ = ("dataset", "reason")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    reason: str
+    def __init__(self, dataset: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
     __slots__ = ("welcome", "ticket", "heartbeat", "reexecute")
