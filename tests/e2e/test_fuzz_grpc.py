@@ -245,6 +245,7 @@ def _check(space: LocalSpace, tmp_path, result: dict, baseline: float, *, max_gr
     assert replay.returncode == 0, replay.stdout + replay.stderr
     time.sleep(3)  # one or two sweeps: freed memory goes back to the system
     after = _rss_mb(space.procs["broker"].pid)
+    print(f"fuzz: {result['sent']} calls, codes {result['codes']}, broker RSS {baseline:.0f} -> {after:.0f} MB")
     assert after - baseline < max_growth_mb, f"RSS {baseline:.0f} MB before, {after:.0f} MB after {result['sent']} calls"
 
 
