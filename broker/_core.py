@@ -264,6 +264,7 @@ class Broker:
                 clash = self._namespace_clash(reg)
                 if clash:
                     log.warning("dataset %s of %s refused: %s", reg.id, identity.name, clash)
+                    refused.append((reg.id, clash))
                     continue
                 if existing is None or existing[0].digest() != reg.digest():
                     self.store.put_dataset(reg, identity.name)

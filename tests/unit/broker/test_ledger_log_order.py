@@ -28,7 +28,7 @@ from yumen.connectors import demo_registration
 from yumen.errors import Code, YumenError
 from yumen.identity import Identity, Role, init_ca, issue, load_private_key
 from yumen.jobs import Aggregate, JobRequest, JobState, Purpose, Query, Tier
-from yumen.policy import License, PolicyBundle, PolicyEngine
+from yumen.policy import License, PolicyBundle, PolicyEngine, period_of
 
 NOW = dt.datetime.now(dt.timezone.utc)
 WHO = Identity(role=Role.OPERATOR, name="op", license="LIC-R")
@@ -124,7 +124,7 @@ def test_one_broker_logs_reservations_refusals_and_refunds_in_ledger_order(tmp_p
     wins, refusals = _race([b])
     assert wins and refusals
     ledger = _replays(b)
-    period = Broker.period_of(30)
+    period = period_of(30, dt.datetime.now(dt.timezone.utc))
     assert ledger.spent("LIC-R", "weather-daily", period) == b.store.spent("LIC-R", "weather-daily", period) <= 10
 
 
