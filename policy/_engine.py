@@ -59,6 +59,13 @@ _SANDBOXES = ("bwrap", "docker", "gvisor")
 _SANDBOX_STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
 
+# One lock for every engine in the process. pycasbin's enforcer is not documented as
+# thread-safe, and it compiles matchers with Python's ast module, whose compiler in CPython
+# 3.11 fails ("AST constructor recursion depth mismatch") when two threads compile at once:
+# two policy versions built concurrently (racing `policy set` calls) did exactly that.
+_CASBIN_LOCK = threading.RLock()
+
+
 def default_policy_paths() -> tuple[Path, Path, Path]:
     base = resources.files("yumen.policy")
     return Path(str(base / "model.conf")), Path(str(base / "default.csv")), Path(str(base / "default.toml"))
@@ -199,13 +206,17 @@ class PolicyEngine:
             self._pricing = self._parse_pricing(settings.get("pricing", {}))
         except (TypeError, ValueError, AttributeError, KeyError) as e:  # a value of the wrong shape
             raise _cfg(f"the settings do not have the expected shape: {type(e).__name__}: {str(e)[:200]}") from None
+        self._lock = _CASBIN_LOCK
+        self._p: list[list[str]] = []
+        with self._lock:
+            self._build(bundle)
+
+    def _build(self, bundle: PolicyBundle) -> None:
         model = Model()
         try:
             model.load_model_from_text(bundle.model)
         except Exception as e:  # noqa: BLE001 - pycasbin raises bare exceptions on bad models
             raise _cfg(f"the Casbin model is not valid: {e}") from None
-        self._lock = threading.Lock()  # pycasbin's enforcer is not documented as thread-safe
-        self._p: list[list[str]] = []
         try:
             self._enforcer = casbin.Enforcer(model)
             self._load_rules(bundle.rules)
