@@ -98,18 +98,24 @@ def _vkey_text(path: str | None) -> str | None:
     return _read(path, "vkey").decode("utf-8").strip()
 
 
+def _ca_pem(args: argparse.Namespace) -> bytes | None:
+    """The data space CA (``--ca``/``YUMEN_CA``): logged connector certificates must be issued by it."""
+    return _read(args.ca, "CA certificate") if getattr(args, "ca", None) else None
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     vkey = _vkey_text(args.vkey)
     if args.from_dir:
         from ._verify import verify_export
 
-        report = verify_export(args.from_dir, vkey, args.state)
+        report = verify_export(args.from_dir, vkey, args.state, ca_pem=_ca_pem(args))
     else:
         from ._client import AuditClient, verify_online
 
         with secure_channel(args) as channel:
             report = verify_online(
-                AuditClient(channel), vkey, args.state, full=not args.light, source=f"broker {args.broker}"
+                AuditClient(channel), vkey, args.state, full=not args.light, source=f"broker {args.broker}",
+                ca_pem=_ca_pem(args),
             )
     print(report.summary())
     if not report.key_pinned:
@@ -125,7 +131,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from ._replay import replay
     from ._verify import verify_export
 
-    report = verify_export(args.from_dir, _vkey_text(args.vkey), args.state)
+    report = verify_export(args.from_dir, _vkey_text(args.vkey), args.state, ca_pem=_ca_pem(args))
     print(report.summary())
     ledger, bills = Ledger(), Bills()
     result = replay(

@@ -22,6 +22,7 @@ from yumen.errors import YumenError
 from yumen.v1 import audit_pb2_grpc
 
 from . import _convert as cv
+from ._statements import Certificates, check_statements, collect_certificate
 from ._entries import decode_entry
 from ._merkle import leaf_hash, verify_inclusion
 from ._note import Checkpoint, NoteVerifier
@@ -96,6 +97,7 @@ def verify_online(
     *,
     full: bool = True,
     source: str = "broker",
+    ca_pem: bytes | None = None,
 ) -> VerificationReport:
     """Verify the log a broker serves; raises ``VERIFICATION_FAILED`` saying where."""
     state = VerifierState(state_dir) if state_dir is not None else None
@@ -125,11 +127,16 @@ def verify_online(
     hashes = bytearray()
     types: Counter = Counter()
     expected = 0
+    certs = Certificates(ca_pem)  # connector certificates, in log order: each before what it signed
     for index, leaf in client.leaves(0, cp.size):
         if index != expected:
             raise _fail(f"server: sent entry {index} where {expected} was expected")
         try:
-            types[decode_entry(leaf).TYPE] += 1
+            entry = decode_entry(leaf)
+            d = entry.to_dict()
+            collect_certificate(entry.TYPE, d, index, certs)
+            check_statements(entry.TYPE, d, index, certs)  # receipt signatures, destruction: as offline
+            types[entry.TYPE] += 1
         except YumenError as e:
             raise _fail(f"entry {index}: {e.message}") from None
         hashes += leaf_hash(leaf)

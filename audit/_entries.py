@@ -38,6 +38,7 @@ __all__ = [
     "JobDecided",
     "JobExecuted",
     "JobReleased",
+    "StewardshipRecorded",
     "ENTRY_TYPES",
     "encode_entry",
     "decode_entry",
@@ -291,9 +292,36 @@ class JobReleased(Entry):
     details: dict[str, Any] = _f(_MAP, default_factory=dict)
 
 
+_STEWARDSHIP_KINDS = ("verification", "version_destroyed", "quality_report")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StewardshipRecorded(Entry):
+    """A department's signed statement outside a job: a verification answer, the destruction of
+    an expired retained version, or (kind ``quality_report``) the digest of a version's quality
+    report that reached the broker after the version was logged (``details.quality``). ``statement`` is the signed payload, decoded; the leaf keeps it
+    exactly (no floats: statements carry ids, digests, integers and text)."""
+
+    TYPE: ClassVar[str] = "stewardship"
+
+    kind: str = _f(_ID)
+    dataset_id: str = _f(_ID)
+    dataset_version: str = _f(_OPT_DIGEST, default="")
+    department: str = _f(_ID)
+    connector: str = _f(_ID)
+    statement: dict[str, Any] = _f(_MAP, default_factory=dict)
+    statement_signature: str = _f(_B64)
+    details: dict[str, Any] = _f(_MAP, default_factory=dict)
+
+    def _validate(self) -> None:
+        if self.kind not in _STEWARDSHIP_KINDS:
+            raise _bad(f"stewardship.kind {self.kind!r} is not one of {', '.join(_STEWARDSHIP_KINDS)}")
+
+
 ENTRY_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
-    for cls in (DatasetRegistered, PolicyChanged, LicenseChanged, JobDecided, JobExecuted, JobReleased)
+    for cls in (DatasetRegistered, PolicyChanged, LicenseChanged, JobDecided, JobExecuted, JobReleased,
+                StewardshipRecorded)
 }
 _SPECS: dict[type[Entry], tuple[tuple[str, str], ...]] = {
     cls: tuple((f.name, f.metadata["kind"]) for f in dataclasses.fields(cls)) for cls in ENTRY_TYPES.values()
@@ -306,6 +334,7 @@ _FIELD_NAMES: dict[type[Entry], frozenset[str]] = {cls: frozenset(n for n, _ in 
 _FAST_RULES: dict[str, str] = {
     "job_decided": '(d["allowed"] or d["reason"] != "")',
     "license_changed": 'd["action"] in _LICENSE_ACTIONS',
+    "stewardship": 'd["kind"] in _STEWARDSHIP_KINDS',
 }
 
 _FAST_EXPR = {
@@ -346,6 +375,7 @@ def _compile_validator(cls: type[Entry]) -> Any:
         "_time": _TIME.match,
         "_b64": _BASE64.match,
         "_LICENSE_ACTIONS": _LICENSE_ACTIONS,
+        "_STEWARDSHIP_KINDS": _STEWARDSHIP_KINDS,
     }
     exec(compile(source, f"<validator {cls.TYPE}>", "exec"), namespace)  # noqa: S102 - source built from the field table above
     return namespace["valid"]

@@ -27,7 +27,16 @@ from typing import Any, Protocol
 
 from yumen.errors import Code, YumenError
 
-from ._entries import DatasetRegistered, Entry, JobDecided, JobExecuted, JobReleased, LicenseChanged, PolicyChanged
+from ._entries import (
+    DatasetRegistered,
+    Entry,
+    JobDecided,
+    JobExecuted,
+    JobReleased,
+    LicenseChanged,
+    PolicyChanged,
+    StewardshipRecorded,
+)
 
 __all__ = ["ReplayContext", "Accumulator", "BudgetLedger", "BillTotals", "ReplayReport", "replay"]
 
@@ -46,6 +55,10 @@ class ReplayContext:
     executions: dict[str, list[JobExecuted]] = dataclasses.field(default_factory=dict)
     released: set[str] = dataclasses.field(default_factory=set)
     cancelled: set[str] = dataclasses.field(default_factory=set)
+    # versions whose retained snapshot the department confirmed destroyed: no job may run on them after
+    destroyed: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    # answered verifications per (cap key, day): checked against the caps each answer names
+    verifications: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 class Accumulator(Protocol):
@@ -143,6 +156,9 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
             f"job {entry.job_id} ran on version {entry.dataset_version} of {entry.dataset_id}, never registered",
         )
         _check(entry.job_id not in ctx.released, f"job {entry.job_id} executed after its release")
+        _check(entry.dataset_version not in ctx.destroyed.get(entry.dataset_id, ()),
+               f"job {entry.job_id} ran on version {entry.dataset_version} of {entry.dataset_id} after the department "
+               "confirmed it destroyed")
         _check(
             Fraction(entry.epsilon_charged) <= Fraction(decision.epsilon),
             f"job {entry.job_id} charged ε {entry.epsilon_charged} above the ε {decision.epsilon} decided",
@@ -155,10 +171,40 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
                 f"job {entry.job_id} charged ρ {rho} on {entry.dataset_id}, above the ρ reserved for it",
             )
         ctx.executions.setdefault(entry.job_id, []).append(entry)
+    elif isinstance(entry, StewardshipRecorded):
+        _step_stewardship(entry, ctx)
     elif isinstance(entry, JobReleased):
         _check(entry.job_id in ctx.executions, f"job {entry.job_id} released a result it never executed")
         _check(entry.job_id not in ctx.released, f"job {entry.job_id} released twice")
         ctx.released.add(entry.job_id)
+
+
+def _step_stewardship(entry: StewardshipRecorded, ctx: ReplayContext) -> None:
+    """A verification answer stays within the caps it names; a destroyed version was registered."""
+    st = entry.statement
+    if entry.kind == "version_destroyed":
+        _check(entry.dataset_version in ctx.dataset_versions.get(entry.dataset_id, ()),
+               f"version {entry.dataset_version} of {entry.dataset_id} was destroyed but never registered")
+        ctx.destroyed.setdefault(entry.dataset_id, set()).add(entry.dataset_version)
+        return
+    if entry.kind == "quality_report":
+        _check(entry.dataset_version in ctx.dataset_versions.get(entry.dataset_id, ()),
+               f"a quality report on version {entry.dataset_version} of {entry.dataset_id}, never registered")
+        return
+    _check(entry.dataset_id in ctx.dataset_versions, f"a verification on {entry.dataset_id}, never registered")
+    _check(st.get("answer") in ("yes", "no", "refused"), f"verification {st.get('request_id')}: unknown answer")
+    if st.get("answer") == "refused":
+        return
+    _check(entry.dataset_version in ctx.dataset_versions.get(entry.dataset_id, ()),
+           f"verification {st.get('request_id')} answered on version {entry.dataset_version}, never registered")
+    limits = st.get("limits") or {}
+    day = str(int(st.get("at_ms", 0)) // 86_400_000)
+    for key, cap in ((f"license:{st.get('license')}:{entry.dataset_id}", limits.get("per_license_per_day")),
+                     (f"subject:{entry.dataset_id}:{st.get('subject')}", limits.get("per_subject_per_day"))):
+        count = ctx.verifications.get((key, day), 0) + 1
+        ctx.verifications[(key, day)] = count
+        _check(isinstance(cap, int) and count <= cap,
+               f"verification {st.get('request_id')} exceeds the department's cap ({key.split(':')[0]}: {count} > {cap})")
 
 
 def replay(

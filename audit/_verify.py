@@ -42,8 +42,11 @@ from typing import Any, Protocol
 from yumen.errors import Code, YumenError
 
 from ._entries import _canonical_str, _entry_type_of, _reject_float
+from ._statements import Certificates, check_statements, collect_certificate
 from ._merkle import EMPTY_ROOT, MerkleTree, leaf_hash, verify_consistency
 from ._note import Checkpoint, NoteVerifier
+
+_STATEMENT_TYPES = frozenset({"job_executed", "stewardship"})
 
 __all__ = [
     "ENTRIES_FILE",
@@ -327,7 +330,8 @@ _LINE_HEAD = b'{"entry":'
 _LEAF_KEY = b',"leaf":"'
 
 
-def _check_lines(lines: Iterable[tuple[int, bytes]], first_index: int | None) -> tuple[int, int, bytes, Counter]:
+def _check_lines(lines: Iterable[tuple[int, bytes]], first_index: int | None,
+                 certs: Certificates) -> tuple[int, int, bytes, Counter]:
     """Check export lines; returns (first index, count, concatenated leaf hashes, type counts).
 
     ``lines`` yields ``(line number, raw line)``. Continuity is checked within the lines,
@@ -384,6 +388,8 @@ def _check_lines(lines: Iterable[tuple[int, bytes]], first_index: int | None) ->
             entry_type = _entry_type_of(d)
             if _canonical_str(d) != text:
                 raise _fail("the leaf is not in canonical encoding (sorted keys, no spaces, UTF-8)")
+            if entry_type in _STATEMENT_TYPES:
+                check_statements(entry_type, d, index, certs)  # signatures, destruction: see _statements
         except (UnicodeDecodeError, ValueError) as e:
             raise _fail(f"{ENTRIES_FILE} line {lineno} (entry {index}): the leaf is not UTF-8 JSON: {e}") from None
         except YumenError as e:
@@ -420,7 +426,7 @@ def _general_line(lineno: int, raw: bytes) -> tuple[int, bytes]:
     return index, leaf
 
 
-def _chunk_worker(path: str, begin: int, end: int, first_lineno: int) -> tuple[Any, ...]:
+def _chunk_worker(path: str, begin: int, end: int, first_lineno: int, certs: Certificates) -> tuple[Any, ...]:
     """One process's share; a failure comes back as data (YumenError does not pickle)."""
     def numbered() -> Iterator[tuple[int, bytes]]:
         with open(path, "rb") as f:
@@ -434,7 +440,7 @@ def _chunk_worker(path: str, begin: int, end: int, first_lineno: int) -> tuple[A
                 lineno += 1
 
     try:
-        return ("ok", *_check_lines(numbered(), None))
+        return ("ok", *_check_lines(numbered(), None, certs))
     except YumenError as e:
         return ("failed", e.message, e.hint)
 
@@ -460,8 +466,38 @@ def _line_chunks(path: Path, parts: int) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def _check_file(path: Path, workers: int | None) -> tuple[int, bytes, Counter]:
+def _certificates(path: Path, ca_pem: bytes | None) -> Certificates:
+    """The connector certificates the export carries, found by a byte search (few lines hold one)."""
+    import mmap
+
+    certs = Certificates(ca_pem)
+    decode = json.JSONDecoder(parse_float=_reject_float, parse_constant=_reject_float).decode
+    if path.stat().st_size == 0:
+        return certs
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos = 0
+        while True:
+            hit = mm.find(b"BEGIN CERTIFICATE", pos)
+            if hit < 0:
+                return certs
+            start = mm.rfind(b"\n", 0, hit) + 1
+            end = mm.find(b"\n", hit)
+            end = len(mm) if end < 0 else end + 1
+            lineno = mm[:start].count(b"\n") + 1
+            try:
+                index, leaf = _general_line(lineno, mm[start:end])
+                d = decode(leaf.decode("utf-8"))
+                collect_certificate(_entry_type_of(d), d, index, certs)
+            except (UnicodeDecodeError, ValueError):
+                pass  # reported with its line by the full check
+            except YumenError as e:
+                raise _fail(f"{ENTRIES_FILE} line {lineno}: {e.message}") from None
+            pos = end
+
+
+def _check_file(path: Path, workers: int | None, ca_pem: bytes | None = None) -> tuple[int, bytes, Counter]:
     """All lines of an export file: (count, leaf hashes, type counts); continuity from index 0."""
+    certs = _certificates(path, ca_pem)
     size = path.stat().st_size
     workers = workers if workers is not None else (os.cpu_count() or 1)
     # Processes are forked, and only from a single-threaded caller (the CLI): forking a
@@ -474,7 +510,7 @@ def _check_file(path: Path, workers: int | None) -> tuple[int, bytes, Counter]:
     if workers > 1 and size >= _PARALLEL_BYTES and can_fork:
         chunks = _line_chunks(path, workers)
         with ProcessPoolExecutor(max_workers=len(chunks), mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(_chunk_worker, [str(path)] * len(chunks), *zip(*chunks)))
+            results = list(pool.map(_chunk_worker, [str(path)] * len(chunks), *zip(*chunks), [certs] * len(chunks)))
         expected = 0
         parts = []
         types: Counter = Counter()
@@ -494,7 +530,7 @@ def _check_file(path: Path, workers: int | None) -> tuple[int, bytes, Counter]:
         with open(path, "rb") as f:
             yield from enumerate(f, start=1)
 
-    _start, count, hashes, types = _check_lines(numbered(), 0)
+    _start, count, hashes, types = _check_lines(numbered(), 0, certs)
     return count, hashes, types
 
 
@@ -560,6 +596,7 @@ def verify_export(
     state_dir: str | Path | None = None,
     *,
     workers: int | None = None,
+    ca_pem: bytes | None = None,
 ) -> VerificationReport:
     """Verify an export directory; raises ``VERIFICATION_FAILED`` saying where, else returns a report.
 
@@ -578,7 +615,7 @@ def verify_export(
         Checkpoint.open(note, verifier)  # fail early on a bad signature, before reading entries
     except YumenError as e:
         raise _fail(f"checkpoint: {e.message}", e.hint) from None
-    count, hashes, types = _check_file(d / ENTRIES_FILE, workers)
+    count, hashes, types = _check_file(d / ENTRIES_FILE, workers, ca_pem)
     return verify_leaves(
         source=str(d),
         note=note,

@@ -26,8 +26,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from yumen.audit import (
+    DatasetRegistered,
     JobDecided,
     JobExecuted,
     JobReleased,
@@ -45,7 +47,46 @@ _T = "2026-11-27T03:30:00.000000Z"
 _JOB = "job-0000000"
 
 
-def _templates() -> list[bytes]:
+_RECEIPT_SLOT = "R" * 16  # replaced per job by its signed receipt (base64)
+_SIGNATURE_SLOT = "S" * 16  # and by its signature
+
+
+def _connector() -> tuple[Any, str, str]:
+    """A connector key and certificate, as the log carries it (every receipt is signed and checked)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "conn-cma")])
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=3650))
+            .sign(key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.PEM).decode(), cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _signed_receipts(key: Any, jobs: int) -> list[tuple[bytes, bytes]]:
+    """Each job's receipt (with its destruction confirmation) and signature, base64, as the broker logs them."""
+    import base64
+
+    from yumen.canonical import canonical_json
+    from yumen.destruction import confirmation
+    from yumen.identity import sign_payload
+
+    out = []
+    for j in range(jobs):
+        payload = canonical_json({"job_id": "job-%07d" % j, "dataset": "weather-2025", "connector": "conn-cma",
+                                  "status": "ok", "at_ms": 1, "metering": {"wall_ms": 3},
+                                  "destruction": confirmation("query", 0, at_ms=1, verified=True)})
+        out.append((base64.b64encode(payload), base64.b64encode(sign_payload(key, "receipt", payload))))
+    return out
+
+
+def _templates(fingerprint: str) -> list[bytes]:
     decided = JobDecided(
         time=_T, job_id=_JOB, allowed=True, policy_version=_D, matched_rule="p, operator, L2, query, research",
         obligations={"mechanism": "laplace", "epsilon_max": "1", "min_group": 20}, operator="op-17",
@@ -55,15 +96,23 @@ def _templates() -> list[bytes]:
     executed = JobExecuted(
         time=_T, job_id=_JOB, connector="conn-cma", dataset_id="weather-2025", dataset_version=_D,
         mechanism="laplace", mechanism_params={"scale": "4", "sensitivity": "1"}, epsilon_charged="0.25",
-        output_commitment=_D, metering={"rows": 50000, "cpu_ms": 31}, receipt_signature="A" * 88,
+        output_commitment=_D, metering={"rows": 50000, "cpu_ms": 31}, receipt_signature=_SIGNATURE_SLOT,
+        details={"status": "ok", "receipt": _RECEIPT_SLOT, "connector_certificate": fingerprint},
     )
     released = JobReleased(time=_T, job_id=_JOB, result_digest=_D, bill={"amount": "1.50", "currency": "CNY"})
     return [encode_entry(e) for e in (decided, executed, released)]
 
 
-def _leaves(start: int, count: int, templates: list[bytes]) -> list[bytes]:
+def _leaves(start: int, count: int, templates: list[bytes], receipts: list[tuple[bytes, bytes]]) -> list[bytes]:
     job = _JOB.encode()
-    return [templates[i % 3].replace(job, b"job-%07d" % (i // 3)) for i in range(start, start + count)]
+    out = []
+    for i in range(start, start + count):
+        leaf = templates[i % 3].replace(job, b"job-%07d" % (i // 3))
+        if i % 3 == 1:
+            receipt, signature = receipts[i // 3]
+            leaf = leaf.replace(_RECEIPT_SLOT.encode(), receipt).replace(_SIGNATURE_SLOT.encode(), signature)
+        out.append(leaf)
+    return out
 
 
 def _entries(n: int) -> list:
@@ -106,11 +155,18 @@ def _bench_appends(tmp: Path, results: dict) -> None:
 
 def _bench_million(tmp: Path, results: dict, n: int = 1_000_000) -> None:
     log = TransparencyLog(SQLiteLogStorage(tmp / "million.db"), origin=ORIGIN, signing_key=generate_log_key())
-    templates = _templates()
+    key, pem, fingerprint = _connector()
+    templates = _templates(fingerprint)
+    receipts = _signed_receipts(key, n // 3 + 1)  # before the clock: signing is the departments' work
+    log.append(DatasetRegistered(time=_T, dataset_id="weather-2025", version=_D, department="cma",
+                                 registration_digest=_D, level="L2",
+                                 details={"connector": "conn-cma", "connector_certificate": fingerprint,
+                                          "connector_certificate_pem": pem}))
+    jobs_leaves = n - 1  # after the registration that carries the connector's certificate
     t = time.perf_counter()
-    for start in range(0, n, 100_000):
+    for start in range(0, jobs_leaves, 100_000):
         # bulk path: the leaves are canonical by construction (templates), so skip re-decoding
-        log._append_encoded(_leaves(start, min(100_000, n - start), templates))
+        log._append_encoded(_leaves(start, min(100_000, jobs_leaves - start), templates, receipts))
     results["log_build_1m.s"] = round(time.perf_counter() - t, 2)
 
     rng = random.Random(7)

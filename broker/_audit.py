@@ -87,6 +87,8 @@ class BrokerAudit:
         self.tlog = tlog
         self.broker_id = broker_id
         self._local = threading.local()
+        # (dataset, version) -> the version's quality report as logged (digest, loss, verdict); see _stewardship
+        self.quality_of: Any = None
 
     @contextlib.contextmanager
     def joined(self, conn: Any) -> Iterator[None]:
@@ -102,13 +104,23 @@ class BrokerAudit:
             return self.tlog.append_within(conn, [entry])[0]
         return self.tlog.append(entry)
 
-    def dataset_registered(self, reg: DatasetRegistration, connector: Identity) -> int:
+    def dataset_registered(self, reg: DatasetRegistration, connector: Identity, *, certificate_pem: str = "") -> int:
+        """Log a version's registration; ``certificate_pem`` carries the connector's certificate the
+        first time the log meets it, so auditors check its signatures offline (audit/_statements)."""
+        details: dict[str, Any] = {"connector": connector.name, "title": reg.title,
+                                   "privacy_unit": reg.privacy_unit.to_dict()}
+        if certificate_pem:
+            details["connector_certificate_pem"] = certificate_pem
+            details["connector_certificate"] = connector.fingerprint
+        quality = self.quality_of(reg.id, reg.version) if self.quality_of is not None else {}
+        if quality:
+            details["quality"] = quality
         return self._append(DatasetRegistered(
             dataset_id=reg.id, version=reg.version, department=reg.department,
             registration_digest=reg.digest(), level=reg.level.value,
             # the privacy unit says whose budget the dataset spends (namespace, accounting):
             # the auditor's replay needs it to rebuild the ledger
-            details={"connector": connector.name, "title": reg.title, "privacy_unit": reg.privacy_unit.to_dict()},
+            details=details,
         ))
 
     def policy_changed(self, engine: PolicyEngine, *, previous: str = "", changed_by: str = "broker") -> int:

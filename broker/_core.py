@@ -35,6 +35,7 @@ from fractions import Fraction
 from typing import Any, Iterator
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from yumen.catalog import DatasetRegistration
@@ -115,6 +116,7 @@ class Broker:
         self._job_locks: dict[str, threading.Lock] = {}
         self._job_locks_guard = threading.Lock()
         self._reexecutions: dict[tuple[str, str], "queue.Queue[tuple[bytes, bytes]]"] = {}
+        self.steward: Any = None  # yumen.broker._stewardship.BrokerStewardship, set by build_broker
 
     # -- policy and licenses (see also yumen.broker._admin) -------------------------
     @property
@@ -244,6 +246,12 @@ class Broker:
         if identity.role is not Role.CONNECTOR:
             raise YumenError(Code.PERMISSION_DENIED, "only connector certificates may open a connector stream")
         accepted: list[str] = []
+        # the connector's certificate goes into the log once, with the first registration this
+        # connection logs (or a re-registration of its current version when none changed), so
+        # every receipt and statement it signs can be checked offline
+        pem = ""
+        if self.steward is not None and not self.steward.store.certificate_logged(identity.fingerprint):
+            pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
         for reg in registrations:
             if reg.department != identity.department:
                 log.warning("connector %s offered dataset %s of department %s; refused",
@@ -255,6 +263,7 @@ class Broker:
                             identity.name, reg.id)
                 refused.append((reg.id, "its version is not a content digest (sha256:…)"))
                 continue
+            logged_pem = False
             with self.recorded():  # the catalog and the log change together, or neither
                 existing = self.store.get_dataset(reg.id)
                 if existing and existing[1] != identity.name:
@@ -268,8 +277,17 @@ class Broker:
                     continue
                 if existing is None or existing[0].digest() != reg.digest():
                     self.store.put_dataset(reg, identity.name)
-                    self.audit.dataset_registered(reg, identity)
+                    self.audit.dataset_registered(reg, identity, certificate_pem=pem)
+                    logged_pem = bool(pem)
+            if logged_pem:  # only once the entry carrying it is committed
+                pem = self._certificate_logged(identity, pem)
             accepted.append(reg.id)
+        if pem and accepted:
+            current = self.store.get_dataset(accepted[0])
+            if current is not None:
+                with self.recorded():
+                    self.audit.dataset_registered(current[0], identity, certificate_pem=pem)
+                self._certificate_logged(identity, pem)
         link = ConnectorLink(identity, certificate)
         with self._links_lock:
             old = self._links.get(identity.name)
@@ -277,8 +295,17 @@ class Broker:
         if old is not None:
             old.close()
         log.info("connector %s connected with %d datasets", identity.name, len(accepted))
+        if self.steward is not None:
+            self.steward.on_connect(identity.name)  # quality feedback that waited for it
         self._dispatch_waiting(identity.name)
         return link, accepted
+
+    def _certificate_logged(self, identity: Identity, pem: str) -> str:
+        """Remember that the log carries ``identity``'s certificate (after the append: a crash in
+        between logs it twice, never not at all); returns "" (nothing left to log)."""
+        if pem:
+            self.steward.store.mark_certificate_logged(identity.fingerprint, identity.name)
+        return ""
 
     def _namespace_clash(self, reg: DatasetRegistration) -> str:
         """Why ``reg`` cannot join its shared privacy-unit namespace, or "".

@@ -89,6 +89,10 @@ def build_broker(config: BrokerConfig) -> Broker:
         store, log_storage = SqliteStore(config.db_path), config.db_path
     tlog = open_log(log_storage, key_path=config.log_key, origin=config.log_origin)
     audit = BrokerAudit(tlog, config.id)
+    from yumen.broker._steward_store import steward_store_for
+
+    steward_store = steward_store_for(store, dsn=dsn if config.store == "postgres" else "",
+                                      schema=config.postgres_schema)
     # Publish the log's note verifier key beside its signing key, for auditors to pin.
     (config.log_key.parent / "log.vkey").write_text(tlog.vkey + "\n")
     seed = PolicyBundle.from_files(config.policy_model, config.policy_rules, config.policy_settings)
@@ -97,6 +101,10 @@ def build_broker(config: BrokerConfig) -> Broker:
         signing_key=load_private_key(config.tls.key), ticket_ttl_s=config.ticket_ttl_s,
         max_queued_per_license=config.limits.queued_jobs_per_license,
     )
+    from yumen.broker._stewardship import BrokerStewardship
+
+    broker.steward = BrokerStewardship(broker, steward_store)
+    audit.quality_of = broker.steward.quality_of
     broker.recover(seed)  # under the log's write lock: never races a live replica
     return broker
 
@@ -139,6 +147,10 @@ class BrokerServer:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self.broker), self.server)
         connector_pb2_grpc.add_ConnectorServiceServicer_to_server(ConnectorServicer(self.broker), self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(Administration(self.broker)), self.server)
+        from yumen.broker._steward_service import StewardshipServicer
+        from yumen.v1 import stewardship_pb2, stewardship_pb2_grpc
+
+        stewardship_pb2_grpc.add_StewardshipServiceServicer_to_server(StewardshipServicer(self.broker), self.server)
         self._add_audit_service()
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -147,6 +159,7 @@ class BrokerServer:
             jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
             connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            stewardship_pb2.DESCRIPTOR.services_by_name["StewardshipService"].full_name,
             "yumen.v1.AuditService",
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,

@@ -35,6 +35,7 @@ from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto, lic
 from yumen.broker._admin import Administration
 from yumen.broker._core import Broker
 from yumen.broker._guard import Malformed
+from yumen.broker._stewardship import OutgoingStewardship
 from yumen.broker._store import JobRecord
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                     log.warning("connector %s: registration of %s refused: %s", who.name, echo(d.id), e)
                     refused.append((d.id[:200], e.message))
             cert = x509.load_pem_x509_certificate(context.auth_context()["x509_pem_cert"][0])
+            if self.broker.steward is not None:  # reports first: the registrations' log entries name them
+                self.broker.steward.accept_hello(
+                    who, cert, {r.id for r in regs}, [(q.payload, q.signature) for q in first.hello.quality],
+                    [(o.payload, o.signature) for o in first.hello.verification_offers])
             link, accepted = self.broker.connect(who, cert, regs, refused)
         except YumenError as e:
             abort(context, e)
@@ -182,6 +187,13 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 continue
             if item is None:
                 break
+            if isinstance(item, OutgoingStewardship):
+                signed = connector_pb2.Signed(payload=item.payload, signature=item.signature)
+                if item.kind == "verify":
+                    yield connector_pb2.BrokerMessage(verify=connector_pb2.VerificationOrder(order=signed, sealed=item.sealed))
+                else:
+                    yield connector_pb2.BrokerMessage(feedback=signed)
+                continue
             if item.reexecution:
                 yield connector_pb2.BrokerMessage(reexecute=connector_pb2.Reexecution(
                     ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
@@ -205,10 +217,21 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
             elif kind == "receipt":
                 self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
                                        msg.receipt.ciphertext)
+            elif kind in ("quality", "verified", "destroyed") and self.broker.steward is not None:
+                self._stewardship_message(link, kind, getattr(msg, kind))
         except YumenError as e:
             log.warning("%s from %s rejected: %s", kind, who, e)
         except Exception:  # noqa: BLE001 - a bad message must not kill the stream
             log.exception("%s from %s failed", kind, who)
+
+    def _stewardship_message(self, link: Any, kind: str, signed: connector_pb2.Signed) -> None:
+        steward = self.broker.steward
+        if kind == "quality":
+            steward.accept_quality(link.identity, link.certificate, signed.payload, signed.signature)
+        elif kind == "verified":
+            steward.on_verified(link, signed.payload, signed.signature)
+        else:
+            steward.on_destroyed(link, signed.payload, signed.signature)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):

@@ -26,6 +26,8 @@ from yumen.rpc import secure_channel
 from yumen.v1 import connector_pb2, connector_pb2_grpc
 from yumen.wire import dataset_to_proto
 
+from yumen.errors import YumenError
+
 from yumen.connectors._config import ConnectorConfig
 from yumen.connectors._executor import Executor
 
@@ -61,10 +63,27 @@ class ConnectorAgent:
         self._stop.set()
 
     def _messages(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]") -> Iterator[connector_pb2.ConnectorMessage]:
-        regs = [d.refresh() for d in self.executor.datasets.values()]
+        regs = []
+        for d in self.executor.datasets.values():
+            try:
+                regs.append(d.refresh())
+            except YumenError as e:  # withheld by the department's quality thresholds
+                log.warning("dataset %s not offered: %s", d.base.id, e.message)
+        steward = self.executor.steward
+        # statements made from now on (reports finished off the job path, destructions) go
+        # out as soon as they are ready; any made before travel in the Hello or just after it
+        steward.listener = lambda: self._announce(outbox)
+        steward.drain()  # the reports of the versions offered now travel in the Hello itself
+        reports = [steward.published_report(r.id, r.version) for r in regs]
+        offers = steward.verifier(self.executor.datasets).offers()
         yield connector_pb2.ConnectorMessage(hello=connector_pb2.Hello(
             connector_id=self.config.id, datasets=[dataset_to_proto(r) for r in regs], software_version=__version__,
+            quality=[connector_pb2.Signed(payload=p, signature=s) for p, s in filter(None, reports)],
+            verification_offers=[connector_pb2.Signed(payload=p, signature=s) for p, s in offers],
         ))
+        for ident, payload, signature in steward.state.unsent_destructions():
+            yield connector_pb2.ConnectorMessage(destroyed=connector_pb2.Signed(payload=payload, signature=signature))
+            steward.state.mark_sent(ident)
         while not self._stop.is_set():
             try:
                 msg = outbox.get(timeout=15)
@@ -81,6 +100,7 @@ class ConnectorAgent:
         except Exception:  # noqa: BLE001
             log.exception("ticket handling failed")
             return
+        self._announce(outbox)  # a new version's quality report goes before the receipt that names it
         if out is not None:
             payload, sig, ciphertext = out
             outbox.put(connector_pb2.ConnectorMessage(
@@ -96,6 +116,36 @@ class ConnectorAgent:
         except (ValueError, AttributeError):
             tier = None
         return self._pool if tier == "query" else self._held
+
+    def _announce(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]") -> None:
+        steward = self.executor.steward
+        for kind, payload, signature in steward.drain():
+            signed = connector_pb2.Signed(payload=payload, signature=signature)
+            outbox.put(connector_pb2.ConnectorMessage(**{kind: signed}))
+            if kind == "destroyed":
+                import json
+
+                body = json.loads(payload)
+                steward.state.mark_sent(f"{body['dataset']}/{body['version']}")
+
+    def _run_verification(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", v: connector_pb2.VerificationOrder) -> None:
+        try:
+            verifier = self.executor.steward.verifier(self.executor.datasets)
+            payload, signature = verifier.answer(v.order.payload, v.order.signature, v.sealed, self.executor._broker_cert)
+        except YumenError as e:
+            log.warning("verification order rejected: %s", e.message)
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("verification failed")
+            return
+        self._announce(outbox)
+        outbox.put(connector_pb2.ConnectorMessage(verified=connector_pb2.Signed(payload=payload, signature=signature)))
+
+    def _take_feedback(self, f: connector_pb2.Signed) -> None:
+        try:
+            self.executor.steward.on_feedback(f.payload, f.signature, self.executor._broker_cert)
+        except YumenError as e:
+            log.warning("feedback rejected: %s", e.message)
 
     def _run_reexecution(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", r: connector_pb2.Reexecution) -> None:
         try:
@@ -132,6 +182,10 @@ class ConnectorAgent:
                     self._pool_for(msg.ticket).submit(self._run_ticket, outbox, msg.ticket)
                 elif kind == "reexecute":
                     self._held.submit(self._run_reexecution, outbox, msg.reexecute)
+                elif kind == "verify":
+                    self._pool.submit(self._run_verification, outbox, msg.verify)
+                elif kind == "feedback":
+                    self._take_feedback(msg.feedback)
         finally:
             self.connected.clear()
             self.executor.metrics.connected.set(0)

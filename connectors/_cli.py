@@ -1,4 +1,4 @@
-"""``yumen connector serve|check --config FILE``."""
+"""``yumen connector serve|check|quality|feedback --config FILE`` and ``yumen approvals …``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,68 @@ def register(sub: argparse._SubParsersAction) -> None:
     check = csub.add_parser("check", help="validate the config, certificates, sources and sandbox")
     check.add_argument("--config", required=True, help="connector TOML config")
     check.set_defaults(func=_check)
+    quality = csub.add_parser("quality", help="this department's quality report of each data version (published or withheld)")
+    feedback = csub.add_parser("feedback", help="quality problems operators flagged on this department's datasets")
+    for q, fn in ((quality, _quality), (feedback, _feedback)):
+        q.add_argument("--config", required=True, help="connector TOML config")
+        q.add_argument("--dataset", help="only this dataset")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=fn)
     register_approvals(sub)
+
+
+# -- stewardship: the department's own view, local to the connector's state -------------
+def _steward_state(args: argparse.Namespace):  # noqa: ANN202
+    from yumen.connectors._config import load_connector_config
+    from yumen.connectors._steward_state import StewardState
+    from yumen.errors import Code, YumenError
+
+    config = load_connector_config(Path(args.config))
+    if args.dataset and args.dataset not in {d.registration.id for d in config.datasets}:
+        raise YumenError(Code.NOT_FOUND, f"this connector serves no dataset {args.dataset!r}",
+                         hint="its datasets: " + ", ".join(d.registration.id for d in config.datasets))
+    return StewardState(config.state_dir / "steward.db")
+
+
+def _quality(args: argparse.Namespace) -> int:
+    import json
+
+    from yumen.canonical import digest_of
+
+    rows = _steward_state(args).reports(args.dataset or "")
+    if args.json:
+        print(json.dumps({"reports": [dict(r, digest=digest_of(r["report"])) for r in rows]}, indent=2,
+                         sort_keys=True, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no quality reports yet (one is made for each new data version)")
+        return 0
+    for r in rows:
+        report = r["report"]
+        state = "published" if r["published"] else "WITHHELD"
+        verdict = "passes" if report["passed"] else "fails: " + "; ".join(report["failures"])
+        print(f"{r['dataset']:<24} {r['version'][:19]}…  {state:<9} {digest_of(report)[:19]}…  {verdict}")
+    return 0
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    rows = _steward_state(args).feedback(args.dataset or "")
+    if args.json:
+        print(json.dumps({"feedback": rows, "count": len(rows)}, indent=2, sort_keys=True, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no feedback from operators")
+        return 0
+    for f in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(f["received_ms"] / 1000))
+        print(f"{when}Z  {f['id']}  {f['dataset']}  {f.get('category', '?'):<10} {f.get('operator', '?')} "
+              f"(license {f.get('license', '?')}) on {str(f.get('version', ''))[:19]}…")
+        print(f"    {f.get('message', '')}")
+    print(f"{len(rows)} item(s)")
+    return 0
 
 
 # -- approvals: the department's review of algorithms, local to the connector's state ----

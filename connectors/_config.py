@@ -30,12 +30,20 @@ purposes = ["public-interest", "research", "commercial"]
 dataset_epsilon_cap = "100"      # the department's own ledger: per dataset per period
 period_days = 30
 
+[quality]                        # each new data version's quality report (docs/quality.md)
+epsilon = "0.1"                  # its privacy loss, once per version, from the department's own ledger
+refuse = false                   # true: do not publish a version that fails a threshold below
+max_null_rate = "0.2"            # shares from 0 to 1, judged on the released (noisy) figures
+max_psi = "0.25"                 # drift against the previous published version
+
 [[datasets]]                     # registration fields (see docs/catalog.md) and a source
 id = "weather-daily"
 title = "Daily readings of weather stations"
 level = "L1"
 columns = [ { name = "temp_mean_c", type = "float", unit = "°C", lower = -40, upper = 45 } ]
 source = { kind = "parquet", path = "data/weather-daily.parquet" }
+# verification = { subject = "station_id", fields = ["region"], purposes = ["public-interest"],
+#                  per_license_per_day = 1000, per_subject_per_day = 3, reveal_mismatches = false }
 ```
 """
 
@@ -44,8 +52,10 @@ from __future__ import annotations
 import dataclasses
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from yumen.catalog import DatasetRegistration
+from yumen.connectors._quality import QualityConfig, parse_quality_config
 from yumen.connectors._sources import SourceSpec
 from yumen.connectors._timing import Timing
 from yumen.config import read_toml
@@ -81,6 +91,7 @@ class LocalPolicy:
 class DatasetConfig:
     registration: DatasetRegistration  # version is empty here; the connector fills it from the source
     source: SourceSpec
+    verification: Any = None  # yumen.connectors._verification.VerificationPolicy, or None: not verifiable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -100,6 +111,8 @@ class ConnectorConfig:
     allow_reexecution: bool = True
     metrics_listen: str = ""
     timing: Timing = Timing()
+    quality: QualityConfig = QualityConfig()
+    scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
 
 
 def _err(path: Path, what: str, hint: str = "") -> YumenError:
@@ -150,6 +163,7 @@ def load_connector_config(path: Path) -> ConnectorConfig:
     for i, d in enumerate(raw):
         d = dict(d)
         src = d.pop("source", None)
+        verification = d.pop("verification", None)
         if not isinstance(src, dict):
             raise _err(path, f"datasets[{i}] ({d.get('id', '?')}) has no source table", 'add source = { kind = "parquet", path = "…" }')
         d.setdefault("department", c["department"])
@@ -158,12 +172,21 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         try:
             reg = DatasetRegistration.from_dict(d)
             spec = SourceSpec.from_dict(src, base_dir=base)
+            policy = None
+            if verification is not None:
+                from yumen.connectors._verification import VerificationPolicy
+
+                policy = VerificationPolicy.from_config(verification, reg)
         except YumenError as e:
             raise _err(path, f"datasets[{i}] ({d.get('id', '?')}): {e.message}", e.hint) from None
-        datasets.append(DatasetConfig(registration=reg, source=spec))
+        datasets.append(DatasetConfig(registration=reg, source=spec, verification=policy))
     ids = [d.registration.id for d in datasets]
     if len(set(ids)) != len(ids):
         raise _err(path, "a dataset id appears twice")
+    try:
+        quality = parse_quality_config(doc.get("quality"))
+    except YumenError as e:
+        raise _err(path, e.message, e.hint) from None
     sandbox = str(c.get("sandbox", "bwrap"))
     if sandbox not in ("bwrap", "docker", "gvisor"):
         raise _err(path, f"sandbox {sandbox!r} is unknown", "use bwrap, docker or gvisor")
@@ -178,4 +201,6 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         allow_reexecution=bool(c.get("allow_reexecution", True)),
         metrics_listen=str(c.get("metrics", "")),
         timing=timing,
+        quality=quality,
+        scratch_dir=p(str(c["scratch_dir"])) if c.get("scratch_dir") else None,
     )

@@ -123,13 +123,18 @@ class ServedDataset:
     """A configured dataset with its source and the version currently pinned."""
 
     def __init__(self, registration: DatasetRegistration, source: DataSource, snapshots: Path,
-                 retention_days: float = 90.0) -> None:
+                 retention_days: float = 90.0, gate: Any = None) -> None:
         self.base = registration
         self.source = source
         self.snapshots = snapshots
         self.retention_days = retention_days
+        # the department's quality gate (yumen.connectors._stewardship.QualityGate): reports each
+        # new version and may withhold it; None publishes every version unmeasured
+        self.gate = gate
         self._lock = threading.Lock()
         self._pinned: Pinned | None = None
+        self._withheld: set[str] = set()
+        self._checked = float("-inf")  # time.monotonic() of the last check of the source's version
 
     @property
     def registration(self) -> DatasetRegistration:
@@ -140,17 +145,47 @@ class ServedDataset:
         """Pin the source's current version (snapshotting it when it is new) and return it."""
         return self.pin().registration
 
+    def pin_recent(self, max_age_s: float = 1.0) -> Pinned:
+        """The pinned version, checked against the source at most every ``max_age_s`` seconds.
+
+        For many small reads (verification lookups): re-checking the source's version costs
+        file-system calls on every read, more than the lookup itself.
+        """
+        with self._lock:
+            if self._pinned is not None and time.monotonic() - self._checked < max_age_s:
+                return self._pinned
+        return self.pin()
+
     def pin(self) -> Pinned:
         version = self.source.version()
         with self._lock:
+            self._checked = time.monotonic()
             if self._pinned is not None and self._pinned.registration.version == version:
                 return self._pinned
+            if version in self._withheld:
+                return self._still_pinned(version)
         path = self.source.snapshot(self.snapshots)
         pinned = Pinned(registration=dataclasses.replace(self.base, version=version), snapshot=path)
+        if self.gate is not None and not self.gate.admit(pinned):
+            with self._lock:
+                self._withheld.add(version)
+                kept = self._pinned
+            if kept is None or kept.snapshot != path:
+                self.gate.discard_snapshot(path)
+            return self._still_pinned(version)
         with self._lock:
             self._pinned = pinned
         self._prune(keep=path)
         return pinned
+
+    def _still_pinned(self, withheld: str) -> Pinned:
+        """The version served while ``withheld`` is refused by the department's quality thresholds."""
+        with self._lock:
+            if self._pinned is not None:
+                return self._pinned
+        raise YumenError(Code.DEPARTMENT_REFUSED,
+                         f"the department withholds version {withheld[:19]}… of dataset {self.base.id}: it fails the "
+                         "department's quality thresholds, and no earlier version is published")
 
     def snapshot_of(self, version: str) -> Path | None:
         """The retained snapshot of ``version``, for an audit re-execution."""
@@ -162,13 +197,17 @@ class ServedDataset:
         cutoff = time.time() - self.retention_days * 86400
         for p in self.snapshots.glob("*.parquet"):
             if p != keep and p.stat().st_mtime < cutoff:
-                p.unlink(missing_ok=True)
+                if self.gate is not None:
+                    self.gate.expire_snapshot(self.base.id, p)  # destroyed, checked, confirmed and signed
+                else:
+                    p.unlink(missing_ok=True)
                 log.info("snapshot %s pruned (older than %s days)", p.name, self.retention_days)
 
 
 def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
+    block_dir: Path | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
     # ``timeout_s`` is each block's own limit (the job's limit shared out over its waves)
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
@@ -187,7 +226,8 @@ def run_blocks(
 
     blocks = partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)
     workers = parallel or max(1, min(4, os.cpu_count() or 1))
-    with tempfile.TemporaryDirectory(prefix="yumen-blocks-") as tmp:
+    # block files go to the job's scratch (destroyed and checked after the job), or a temporary folder
+    with tempfile.TemporaryDirectory(prefix="yumen-blocks-") if block_dir is None else _existing(block_dir) as tmp:
         paths = []
         for i, block in enumerate(blocks):
             path = Path(tmp) / f"block-{i}.parquet"
@@ -212,6 +252,19 @@ def run_blocks(
     return outputs, statuses, cpu_ms, last.backend, last.runtime_digest, reports
 
 
+class _existing:
+    """A directory as a context manager that leaves it in place (its owner destroys it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> str:
+        return str(self.path)
+
+    def __exit__(self, *_: Any) -> None:
+        return None
+
+
 def _commitment(salt: bytes, exact: Any) -> str:
     return "sha256:" + hashlib.sha256(salt + canonical_json(exact)).hexdigest()
 
@@ -222,9 +275,15 @@ class Executor:
         self._key = key
         self._broker_cert = broker_cert
         self.state = ConnectorState(config.state_dir / "connector.db")
+        from yumen.connectors._destruction import default_scratch_root
+        from yumen.connectors._stewardship import Stewardship
+
+        # every file a job puts on the host lives under here, and is destroyed after it
+        self.scratch_root = config.scratch_dir or default_scratch_root(config.id)
+        self.steward = Stewardship(config, key, ledger=self.state)
         self.datasets: dict[str, ServedDataset] = {
             d.registration.id: ServedDataset(d.registration, open_source(d.source), config.state_dir / "snapshots",
-                                             config.snapshot_retention_days)
+                                             config.snapshot_retention_days, gate=self.steward.gate)
             for d in config.datasets
         }
         self._running: set[tuple[str, str]] = set()
@@ -283,8 +342,9 @@ class Executor:
             schedule = self._schedule_or_none(ticket)
             fields: dict[str, Any] = {"status": "failed", "error": public_failure("interrupted", algorithm=schedule is not None),
                                       **self._charged(*self._loss_or_pure(ticket))}
+            left = self._scratch(ticket).destroy()  # whatever the dead process staged
             return self._finish(ticket, self._receipt(ticket, digest, **fields), None, started=started,
-                                schedule=schedule)
+                                schedule=schedule, destroyed=not left)
         try:
             return self._execute(ticket, digest, algorithm_source, he_context)
         finally:
@@ -362,7 +422,15 @@ class Executor:
         if "query" in ticket.work:
             fields = self._run_query(pinned, ticket, salt)
         else:
-            fields = self._run_algorithm(pinned, ticket, source, salt, self._schedule_or_none(ticket))
+            from yumen.connectors._destruction import JobScratch
+
+            scratch = JobScratch(self.scratch_root, ticket.job_id + "/reexecution", ticket.dataset).create()
+            try:
+                fields = self._run_algorithm(pinned, ticket, source, salt, self._schedule_or_none(ticket), scratch=scratch)
+            finally:
+                left = scratch.destroy(engine=self._engine_of(ticket))
+                if left:
+                    log.error("re-execution of %s: scratch not destroyed: %s", ticket.job_id, ", ".join(left[:20]))
         recomputed = str(fields.get("commitment", ""))
         return {"dataset_version": receipt.dataset_version, "logged_commitment": receipt.commitment,
                 "recomputed_commitment": recomputed, "matches": recomputed == receipt.commitment}
@@ -376,7 +444,8 @@ class Executor:
         )
 
     def _finish(self, ticket: Ticket, receipt: Receipt, salt: bytes | None, ciphertext: bytes = b"", *,
-                started: float = 0.0, schedule: Schedule | None = None) -> tuple[bytes, bytes, bytes]:
+                started: float = 0.0, schedule: Schedule | None = None,
+                destroyed: bool | None = None) -> tuple[bytes, bytes, bytes]:
         """Sign, store and (for held tiers) wait for the release time before returning.
 
         A held receipt carries the release time as its time, so it says nothing about when the
@@ -392,6 +461,13 @@ class Executor:
                             release - started - schedule.duration_s)
                 self.metrics.overruns.inc()
             receipt = dataclasses.replace(receipt, at_ms=int(release * 1000))
+        if destroyed is not None:
+            # fixed by the job's shape, timed at the receipt's (release) time: see _destruction
+            from yumen.connectors._destruction import confirmation
+
+            algo = ticket.work.get("algorithm") or {}
+            receipt = dataclasses.replace(receipt, destruction=confirmation(
+                ticket.tier, int(algo.get("blocks", 10)), at_ms=receipt.at_ms, verified=destroyed))
         payload, sig = receipt.sign(self._key)
         self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext, release_ms=int(release * 1000))
         self._hold_until(release)
@@ -517,10 +593,11 @@ class Executor:
         salt = os.urandom(32)
         ciphertext = b""
         is_algorithm = "algorithm" in ticket.work
+        scratch = self._scratch(ticket)
         try:
             pinned = served.pin()
             if is_algorithm:
-                fields = self._run_algorithm(pinned, ticket, algorithm_source, salt, schedule)
+                fields = self._run_algorithm(pinned, ticket, algorithm_source, salt, schedule, scratch=scratch.create())
             else:
                 fields = self._run_query(pinned, ticket, salt)
             if he_digest and fields.get("status") == "ok":
@@ -536,6 +613,10 @@ class Executor:
                                       algorithm_digest=str((ticket.work.get("algorithm") or {}).get("digest", "")))
             fields = {**failure.fields, "status": "failed", **self._charged(*self._loss(ticket)),
                       "error": public_failure(failure.kind, algorithm=is_algorithm)}
+        left = scratch.destroy(engine=self._engine_of(ticket))
+        if left:
+            log.error("job %s on %s: scratch not destroyed, still present: %s", ticket.job_id, ticket.dataset,
+                      ", ".join(left[:20]))
         elapsed = time.time() - started
         self.metrics.record(dataset=ticket.dataset, tier=ticket.tier, outcome=str(fields.get("status")), seconds=elapsed)
         metering = dict(fields.pop("metering", {}))
@@ -547,7 +628,31 @@ class Executor:
             metering["held_ms"] = int(schedule.duration_s * 1000)
         log.info("job %s on %s took %d ms", ticket.job_id, ticket.dataset, int(elapsed * 1000))
         receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
-        return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule)
+        return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule, destroyed=not left)
+
+    def _scratch(self, ticket: Ticket) -> Any:
+        from yumen.connectors._destruction import JobScratch
+
+        return JobScratch(self.scratch_root, ticket.job_id, ticket.dataset)
+
+    def _engine_of(self, ticket: Ticket) -> Any:
+        """The Docker client to ask for leftover containers, when the job ran under Docker or gVisor."""
+        if "algorithm" not in ticket.work:
+            return None
+        for name in ("docker", "gvisor"):
+            backend = self._sandboxes.get(name)
+            if backend is not None and (self.config.sandbox == name or ticket.obligations.get("sandbox") == name):
+                return getattr(backend, "client", None)
+        return None
+
+    def _job_backend(self, backend: Any, scratch: Any) -> Any:
+        """The backend for one job, staging whatever it stages in the job's scratch."""
+        from yumen.sandbox import BACKENDS, get_backend
+
+        name = getattr(backend, "name", "")
+        if scratch is None or name not in BACKENDS:
+            return backend
+        return get_backend(name, staging_dir=scratch.sandbox)
 
     @staticmethod
     def _encrypt(fields: dict[str, Any], he_context: bytes) -> tuple[dict[str, Any], bytes]:
@@ -612,7 +717,7 @@ class Executor:
                                    ci95=float(release.count_accuracy)) for key, value in release.counts.items())
 
     def _run_algorithm(self, pinned: Pinned, ticket: Ticket, source: bytes, salt: bytes,
-                       schedule: Schedule | None = None) -> dict[str, Any]:
+                       schedule: Schedule | None = None, *, scratch: Any = None) -> dict[str, Any]:
         """Approved code runs once on the whole dataset; custom code runs sample-and-aggregate.
 
         ``schedule`` gives each sandbox run its time limit (the job's, shared out over the waves
@@ -625,8 +730,10 @@ class Executor:
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
-        backend = self.sandbox(str(ticket.obligations.get("sandbox", "")))
+        backend = self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch)
         reg, snapshot = pinned.registration, pinned.snapshot
+        if scratch is not None:
+            snapshot = scratch.stage_input(snapshot)  # the sandbox reads this, inside the job's scratch
         run_timeout = schedule.run_timeout_s if schedule is not None else float(algo.get("timeout_s", 60))
         accounting, loss = self._loss(ticket)
         memory_mb = int(algo.get("memory_mb", 512))
@@ -653,6 +760,7 @@ class Executor:
         outputs, statuses, cpu_ms, backend_name, runtime, reports = run_blocks(
             backend, source, reg, snapshot, k, seed, params=algo.get("params", {}), timeout_s=run_timeout,
             memory_mb=memory_mb, parallel=self.config.timing.parallel,
+            block_dir=scratch.blocks if scratch is not None else None,
         )
         for i, block_report in enumerate(reports):
             self._keep_logs(ticket, block_report, f"block-{i}")

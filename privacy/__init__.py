@@ -17,6 +17,7 @@ from ._he import (
     he_sum,
 )
 from ._outputs import aggregate_blocks, release_outputs
+from ._counts import release_counts
 from ._partition import partition_blocks
 from ._aggregate import MAX_ROWS
 from ._bounding import BoundedFrame, bound_contributions
@@ -53,6 +54,7 @@ __all__ = [
     "he_keygen",
     "he_sum",
     "partition_blocks",
+    "release_counts",
     "release_outputs",
     "validate_query",
 ]

@@ -61,8 +61,13 @@ class Column:
     lower: float | None = None
     upper: float | None = None
     categories: tuple[str, ...] = ()
+    # The department declares the column's values public (e.g. a station name or a calendar
+    # date): its quality figures are released exact, without noise. Never about people.
+    public: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.public, bool):
+            raise _bad(f"columns.{self.name}.public", "must be true or false")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", self.name):
             raise _bad("columns.name", f"{echo(self.name)} is not a plain identifier (letters, digits, _)")
         for bound in (self.lower, self.upper):
@@ -98,6 +103,8 @@ class Column:
             d["upper"] = self.upper
         if self.categories:
             d["categories"] = list(self.categories)
+        if self.public:  # written only when set, so existing registrations keep their digests
+            d["public"] = True
         return d
 
     @classmethod
@@ -117,6 +124,7 @@ class Column:
             lower=None if d.get("lower") is None else float(d["lower"]),
             upper=None if d.get("upper") is None else float(d["upper"]),
             categories=tuple(str(c) for c in d.get("categories", ())),
+            public=d.get("public", False),
         )
 
 

@@ -104,9 +104,13 @@ def _info(s: jobs_pb2.JobStatus) -> JobInfo:
 
 class YumenClient:
     def __init__(self, target: str, tls: TlsFiles) -> None:
+        from yumen.v1 import stewardship_pb2_grpc
+
         self.channel = secure_channel(target, tls)
+        self._tls = tls
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(self.channel)
         self._jobs = jobs_pb2_grpc.JobServiceStub(self.channel)
+        self._steward = stewardship_pb2_grpc.StewardshipServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -164,6 +168,115 @@ class YumenClient:
             log_index=r.log_index, bill=dict(r.bill), ciphertext=r.ciphertext, mean=mean,
             suppressed_groups=tuple(r.suppressed_groups), loss=dict(r.loss),
         )
+
+    # -- stewardship: quality reports, feedback, verification -------------------------------
+    def stewardship(self, dataset_id: str) -> dict[str, Any]:
+        """A dataset's quality report (its version's, checked against the department's certificate and
+        the data space CA), its digest, the feedback count, and what may be verified on it."""
+        import json
+
+        from yumen.verification import check_offer
+
+        reg, _online = self.dataset(dataset_id)
+        s = call(self._steward.GetStewardship, _stewardship_pb2().GetStewardshipRequest(dataset=dataset_id), timeout=30)
+        ca = self._tls.ca.read_bytes()
+        out: dict[str, Any] = {"dataset": dataset_id, "version": reg.version, "feedback_count": s.feedback_count,
+                               "quality": None, "quality_digest": "", "quality_versions": s.quality_version_count,
+                               "verification": None}
+        if s.quality:
+            _check_signed(s.quality, s.quality_signature, s.quality_certificate, ca=ca, department=reg.department,
+                          purpose="quality-report")
+            report = json.loads(s.quality)
+            if report.get("dataset") != dataset_id or report.get("version") != reg.version:
+                from yumen.errors import Code, YumenError
+
+                raise YumenError(Code.VERIFICATION_FAILED, f"the quality report is not for {dataset_id} {reg.version}")
+            from yumen.canonical import digest_of
+
+            out["quality"] = report
+            out["quality_digest"] = digest_of(report)
+        if s.verification_offer:
+            offer = check_offer(s.verification_offer, s.verification_signature, s.connector_certificate, ca_pem=ca,
+                                dataset=dataset_id, department=reg.department)
+            out["verification"] = dict(offer["policy"], policy_digest=offer.get("policy_digest", ""))
+        return out
+
+    def feedback(self, dataset_id: str, message: str, *, category: str = "other", version: str = "") -> dict[str, Any]:
+        """Flag a quality problem on a dataset; the broker counts it and forwards it to the department."""
+        ack = call(self._steward.SubmitFeedback, _stewardship_pb2().Feedback(
+            dataset=dataset_id, version=version, category=category, message=message), timeout=30)
+        return {"id": ack.id, "count": ack.count, "delivered": ack.delivered}
+
+    def verify(self, dataset_id: str, *, subject: str, claims: dict[str, Any], purpose: str, license: str = "",
+               which: bool = False, request_id: str = "") -> dict[str, Any]:
+        """Ask whether a record matches the department's data; yes, no, or refused.
+
+        The subject and claims are sealed here to the department's key, from an offer whose
+        signature is checked against the data space CA: the broker relays bytes it cannot open.
+        The answer's signature is checked against the same certificate.
+        """
+        import json
+        import uuid
+
+        from yumen.verification import check_offer, seal_request
+
+        reg, _online = self.dataset(dataset_id)
+        s = call(self._steward.GetStewardship, _stewardship_pb2().GetStewardshipRequest(dataset=dataset_id), timeout=30)
+        if not s.verification_offer:
+            from yumen.errors import Code, YumenError
+
+            raise YumenError(Code.POLICY_DENIED, f"dataset {dataset_id} is not open to verification",
+                             hint="`yumen catalog show` says whether a dataset can be verified")
+        offer = check_offer(s.verification_offer, s.verification_signature, s.connector_certificate,
+                            ca_pem=self._tls.ca.read_bytes(), dataset=dataset_id, department=reg.department)
+        if not license:  # the request is sealed to the license the broker will read off this certificate
+            from yumen.identity import identity_from_pem
+
+            license = identity_from_pem(self._tls.cert.read_bytes()).license
+        request_id = request_id or "v-" + uuid.uuid4().hex[:20]
+        sealed = seal_request(offer, request_id=request_id, license=license, purpose=purpose, subject=subject,
+                              claims=claims)
+        a = call(self._steward.Verify, _stewardship_pb2().VerificationRequest(
+            request_id=request_id, dataset=dataset_id, purpose=purpose, fields=sorted(claims), sealed=sealed,
+            want_mismatches=which), timeout=60)
+        _check_signed(a.statement, a.signature, s.connector_certificate, ca=self._tls.ca.read_bytes(),
+                      department=reg.department, purpose="verification-answer")
+        statement = json.loads(a.statement)
+        if statement.get("request_id") != request_id or statement.get("answer") != a.answer:
+            from yumen.errors import Code, YumenError
+
+            raise YumenError(Code.VERIFICATION_FAILED, "the signed answer does not match the answer relayed")
+        return {"request_id": request_id, "dataset": dataset_id, "answer": a.answer, "mismatched": list(a.mismatched),
+                "message": a.message, "log_index": a.log_index, "subject_hash": statement.get("subject", ""),
+                "version": statement.get("version", "")}
+
+
+def _stewardship_pb2() -> Any:
+    from yumen.v1 import stewardship_pb2
+
+    return stewardship_pb2
+
+
+def _check_signed(payload: bytes, signature: bytes, certificate_pem: bytes, *, ca: bytes, department: str,
+                  purpose: str) -> None:
+    """Raise VERIFICATION_FAILED unless ``payload`` is signed by a connector certificate of ``department``
+    issued by the data space CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from yumen.errors import Code, YumenError
+    from yumen.identity import Role, identity_from_pem, verify_payload
+
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+        x509.load_pem_x509_certificate(ca).public_key().verify(  # type: ignore[call-arg]
+            cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - any failure means the certificate is not the CA's
+        raise YumenError(Code.VERIFICATION_FAILED, f"the {purpose} is not signed by a certificate of the data space CA") from None
+    who = identity_from_pem(certificate_pem)
+    if who.role is not Role.CONNECTOR or who.department != department:
+        raise YumenError(Code.VERIFICATION_FAILED, f"the {purpose} is not signed by a connector of department {department}")
+    verify_payload(cert, purpose, payload, signature)
 
 
 class AdminClient:

@@ -41,8 +41,11 @@ class Department:
     id: str
     datasets: tuple[tuple[Any, ...], ...]
     local_policy: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # registration fields to change, by registered dataset id (privacy_unit is merged key by key)
+    # registration fields to change, by registered dataset id (privacy_unit is merged key by key;
+    # a ``verification`` table opens the dataset to verification queries, docs/verification.md)
     registration: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # the connector's [quality] table (docs/quality.md)
+    quality: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def dataset_ids(self) -> list[str]:
         return [d[2] if len(d) > 2 else d[0] for d in self.datasets]
@@ -142,6 +145,10 @@ class LocalSpace:
             if dep.local_policy:
                 lines.append("[local_policy]")
                 lines += [f"{k} = {_toml_value(v)}" for k, v in dep.local_policy.items()]
+                lines.append("")
+            if dep.quality:
+                lines.append("[quality]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in dep.quality.items()]
                 lines.append("")
             for n, (ds, rows, *alias) in enumerate(dep.datasets):
                 dataset_id = alias[0] if alias else ds

@@ -170,6 +170,10 @@ class Receipt:
     # With homomorphic delivery: the values' ``value`` fields are 0 and the encrypted values
     # travel beside the receipt; this is their SHA-256.
     ciphertext_digest: str = ""
+    # What the connector destroyed after the job (its scratch, staged input, block files), by
+    # which mechanism, at the receipt's own time, and whether it checked them gone. Its content
+    # is fixed by the job's shape (yumen.connectors._destruction). Empty for a refusal.
+    destruction: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in ("ok", "failed", "refused"):
@@ -183,6 +187,8 @@ class Receipt:
         else:
             del d["rho_charged"]
         d["values"] = [v.to_dict() for v in self.values]
+        if not self.destruction:
+            del d["destruction"]
         d["v"] = _VERSION
         return d
 
@@ -204,6 +210,7 @@ class Receipt:
             values=tuple(ReleasedValue.from_dict(v) for v in d.get("values", ())),
             commitment=str(d.get("commitment", "")), metering=dict(d.get("metering", {})),
             at_ms=int(d.get("at_ms", 0)), ciphertext_digest=str(d.get("ciphertext_digest", "")),
+            destruction=dict(d.get("destruction") or {}),
         )
 
     def payload(self) -> bytes:

@@ -52,7 +52,7 @@ def dataset_to_proto(reg: DatasetRegistration, *, online: bool = False) -> catal
         columns=[
             catalog_pb2.Column(
                 name=c.name, type=c.type.value, unit=c.unit, description=c.description,
-                lower=c.lower, upper=c.upper, categories=list(c.categories),
+                lower=c.lower, upper=c.upper, categories=list(c.categories), public=c.public,
             )
             for c in reg.columns
         ],
@@ -73,7 +73,7 @@ def dataset_from_proto(msg: catalog_pb2.Dataset) -> DatasetRegistration:
             name=c.name, type=ctype, unit=c.unit, description=c.description,
             lower=c.lower if c.HasField("lower") else None,
             upper=c.upper if c.HasField("upper") else None,
-            categories=tuple(c.categories),
+            categories=tuple(c.categories), public=c.public,
         ))
     try:
         level = Level(msg.level)

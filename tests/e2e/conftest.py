@@ -18,6 +18,10 @@ ALGOS = ROOT / "tests" / "e2e" / "algorithms"
 # share a privacy-unit namespace, so the ledger adds up what jobs spend on either.
 PATIENTS = {"privacy_unit": {"namespace": "gansu-patients", "shared": True}}
 
+FARM_VERIFICATION = {"subject": "farm_id", "fields": ["county", "irrigation"],
+                     "purposes": ["public-interest", "research"], "per_license_per_day": 50, "per_subject_per_day": 1,
+                     "reveal_mismatches": True}
+
 DEPARTMENTS = (
     Department(id="weather-bureau", datasets=(("weather-daily", 7_300),)),
     Department(id="health-commission", datasets=(("outpatient-visits", 20_000),),
@@ -29,8 +33,15 @@ DEPARTMENTS = (
     Department(id="health-tianshui", datasets=(("outpatient-visits", 10_000, "outpatient-visits-tianshui"),),
                registration={"outpatient-visits-tianshui": PATIENTS}),
     # Farms account their budget in zero-concentrated DP: Gaussian noise, ρ in the ledger.
+    # Operators may verify a farm's county and water regime (one question a day about a farm).
     Department(id="agriculture-dept", datasets=(("farm-yields", 5_000),),
-               registration={"farm-yields": {"privacy_unit": {"accounting": "zcdp", "delta": "0.000000001"}}}),
+               registration={"farm-yields": {"privacy_unit": {"accounting": "zcdp", "delta": "0.000000001"},
+                                             "verification": FARM_VERIFICATION}}),
+    # A statistics bureau that refuses to publish a version whose released null rates pass 30 %.
+    # (Its report's noise: sensitivity 6 · (3 + 1 + 2·5) = 84 counts per ε; at ε 4 on 20,000
+    # rows a released share is off by about 0.001, far from the threshold either way.)
+    Department(id="statistics-bureau", datasets=(("scenic-visits", 20_000, "scenic-visits-audited"),),
+               quality={"refuse": True, "max_null_rate": "0.3", "epsilon": "4"}),
 )
 
 

@@ -82,8 +82,10 @@ def _catalog_list(args: argparse.Namespace) -> int:
 def _catalog_show(args: argparse.Namespace) -> int:
     with client(args) as c:
         reg, online = c.dataset(args.dataset)
+        steward = c.stewardship(args.dataset)
     if args.json:
-        _print_json(dict(reg.to_dict(), online=online))
+        _print_json(dict(reg.to_dict(), online=online, quality=steward["quality"], quality_digest=steward["quality_digest"],
+                         feedback_count=steward["feedback_count"], verification=steward["verification"]))
         return 0
     print(f"{reg.id}: {reg.title}")
     if reg.description:
@@ -100,8 +102,98 @@ def _catalog_show(args: argparse.Namespace) -> int:
         elif col.categories:
             extra = f" one of {', '.join(col.categories)}"
         unit = f" ({col.unit})" if col.unit else ""
-        print(f"    {col.name:<20} {col.type.value:<8}{unit}{extra}")
+        public = " [public]" if col.public else ""
+        print(f"    {col.name:<20} {col.type.value:<8}{unit}{extra}{public}")
+    _print_quality(steward)
+    v = steward["verification"]
+    if v:
+        print(f"  verification: {', '.join(v['fields'])} by {v['subject']} for {', '.join(v['purposes'])}; "
+              f"{v['per_license_per_day']} a day per license, {v['per_subject_per_day']} a day per person"
+              + ("; says which fields mismatch" if v["reveal_mismatches"] else ""))
     return 0
+
+
+def _share(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _print_quality(steward: dict[str, Any]) -> None:
+    print(f"  quality feedback from operators: {steward['feedback_count']}")
+    q = steward["quality"]
+    if not q:
+        print("  quality report: none yet for this version")
+        return
+    verdict = "passes the department's thresholds" if q["passed"] else "fails: " + "; ".join(q["failures"])
+    loss = q.get("loss", {})
+    spent = loss.get("epsilon") or loss.get("rho") or "0"
+    print(f"  quality report {steward['quality_digest']}")
+    print(f"    {verdict}; released with {loss.get('accounting', 'pure')} noise ({'ε' if 'epsilon' in loss else 'ρ'} "
+          f"{_fraction_text(spent)}); schema {'conforms' if q['schema']['conforms'] else 'does not conform'}")
+    t = q["table"]
+    rows = "n/a" if t.get("rows") is None else f"{t['rows']:.0f}"
+    print(f"    rows ≈ {rows}, without a privacy-unit id {_share(t.get('without_unit'))}, "
+          f"duplicates {_share(t.get('duplicates'))}")
+    f = q.get("freshness", {})
+    if f.get("days_since_previous") is not None:
+        print(f"    {f['days_since_previous']} days after the previous version"
+              + (" (late for " + f["update_frequency"] + ")" if f.get("late") else ""))
+    for name, col in q["columns"].items():
+        parts = [f"null {_share(col.get('null_rate'))}"]
+        if "out_of_bounds" in col:
+            parts.append(f"out of bounds {_share(col.get('out_of_bounds'))}")
+        if "undeclared" in col:
+            parts.append(f"undeclared {_share(col.get('undeclared'))}")
+        if col.get("psi") is not None:
+            parts.append(f"PSI {col['psi']:.3f}")
+        print(f"    {name:<20} " + ", ".join(parts) + (" (exact: public)" if col.get("public") else ""))
+
+
+def _fraction_text(text: str) -> str:
+    try:
+        return f"{float(Fraction(text)):.4g}"
+    except (ValueError, ZeroDivisionError):
+        return text
+
+
+def _catalog_feedback(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        ack = c.feedback(args.dataset, args.message, category=args.category, version=args.version or "")
+    if args.json:
+        _print_json(dict(ack, dataset=args.dataset))
+        return 0
+    where = "delivered to the department" if ack["delivered"] else "the department gets it when its connector reconnects"
+    print(f"feedback {ack['id']} on {args.dataset} recorded ({where}); {ack['count']} so far on this dataset")
+    return 0
+
+
+# -- verification ------------------------------------------------------------------------
+VERIFY_NO = 16  # exit code of `yumen verify` when the department answers no (docs/cli.md)
+
+
+def _parse_claim(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise YumenError(Code.INVALID_ARGUMENT, f"claim {text!r} is not FIELD=VALUE", hint="e.g. --claim region=north")
+    return key, value
+
+
+def _verify(args: argparse.Namespace) -> int:
+    claims = dict(_parse_claim(c) for c in args.claim or [])
+    if len(claims) != len(args.claim or []):
+        raise YumenError(Code.INVALID_ARGUMENT, "a field is claimed twice", hint="give each --claim FIELD once")
+    with client(args) as c:
+        answer = c.verify(args.dataset, subject=args.subject, claims=claims, purpose=args.purpose, which=args.which,
+                          request_id=args.request_id or "")
+    if args.json:
+        _print_json(answer)
+    elif answer["answer"] == "refused":
+        print(f"refused: {answer['message']} (logged as entry {answer['log_index']})", file=sys.stderr)
+    else:
+        tail = f"; mismatched: {', '.join(answer['mismatched'])}" if answer["mismatched"] else ""
+        print(f"{answer['answer']}{tail} (request {answer['request_id']}, logged as entry {answer['log_index']})")
+    if answer["answer"] == "refused":
+        return 4
+    return 0 if answer["answer"] == "yes" else VERIFY_NO
 
 
 # -- submit -------------------------------------------------------------------------
@@ -330,6 +422,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true")
     _conn_args(show)
     show.set_defaults(func=_catalog_show)
+    fb = csub.add_parser("feedback", help="flag a quality problem on a dataset (the department receives it)")
+    fb.add_argument("dataset")
+    fb.add_argument("--message", required=True, help="what you saw, e.g. \"region is null in most rows since 2026-11\"")
+    fb.add_argument("--category", default="other",
+                    choices=["nulls", "bounds", "categories", "duplicates", "freshness", "drift", "schema", "other"])
+    fb.add_argument("--version", help="the version you saw it on (default: the current one)")
+    fb.add_argument("--json", action="store_true")
+    _conn_args(fb)
+    fb.set_defaults(func=_catalog_feedback)
+
+    v = sub.add_parser("verify", help="does a record you hold match the department's data? yes or no (docs/verification.md)")
+    v.add_argument("--dataset", required=True)
+    v.add_argument("--subject", required=True, help="the subject's identifier (sealed to the department; the broker never sees it)")
+    v.add_argument("--claim", action="append", required=True, help="FIELD=VALUE you hold (repeatable)")
+    v.add_argument("--purpose", required=True, choices=[x.value for x in Purpose])
+    v.add_argument("--which", action="store_true", help="ask which fields mismatch (when the department allows it)")
+    v.add_argument("--request-id", help="idempotency key (default: generated); a retry gets the same answer, counted once")
+    v.add_argument("--json", action="store_true")
+    _conn_args(v)
+    v.set_defaults(func=_verify)
 
     s = sub.add_parser("submit", help="submit a job and print its released result")
     ssub = s.add_subparsers(dest="submit_command", metavar="TIER", required=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16yumen/v1/catalog.proto\x12\x08yumen.v1\"\x97\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\x05lower\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\ncategories\x18\x07 \x03(\tB\x08\n\x06_lowerB\x08\n\x06_upper\"\x98\x01\n\x0bPrivacyUnit\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x19\n\x11max_contributions\x18\x02 \x01(\x05\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0e\n\x06shared\x18\x04 \x01(\x08\x12\x12\n\naccounting\x18\x05 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\t\x12\x18\n\x10lifetime_epsilon\x18\x07 \x01(\t\"\x93\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\t\x12!\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x10.yumen.v1.Column\x12+\n\x0cprivacy_unit\x18\x07 \x01(\x0b\x32\x15.yumen.v1.PrivacyUnit\x12\x18\n\x10update_frequency\x18\x08 \x01(\t\x12\x15\n\rsource_system\x18\t \x01(\t\x12\x13\n\x0bprice_class\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x0e\n\x06online\x18\x0c \x01(\x08\"I\n\x13ListDatasetsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07keyword\x18\x03 \x01(\t\";\n\x14ListDatasetsResponse\x12#\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x11.yumen.v1.Dataset\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x9d\x01\n\x0e\x43\x61talogService\x12M\n\x0cListDatasets\x12\x1d.yumen.v1.ListDatasetsRequest\x1a\x1e.yumen.v1.ListDatasetsResponse\x12<\n\nGetDataset\x12\x1b.yumen.v1.GetDatasetRequest\x1a\x11.yumen.v1.Datasetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16yumen/v1/catalog.proto\x12\x08yumen.v1\"\xa7\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\x05lower\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x0e\n\x06public\x18\x08 \x01(\x08\x42\x08\n\x06_lowerB\x08\n\x06_upper\"\x98\x01\n\x0bPrivacyUnit\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x19\n\x11max_contributions\x18\x02 \x01(\x05\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0e\n\x06shared\x18\x04 \x01(\x08\x12\x12\n\naccounting\x18\x05 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\t\x12\x18\n\x10lifetime_epsilon\x18\x07 \x01(\t\"\x93\x02\n\x07\x44\x61taset\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\r\n\x05level\x18\x05 \x01(\t\x12!\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x10.yumen.v1.Column\x12+\n\x0cprivacy_unit\x18\x07 \x01(\x0b\x32\x15.yumen.v1.PrivacyUnit\x12\x18\n\x10update_frequency\x18\x08 \x01(\t\x12\x15\n\rsource_system\x18\t \x01(\t\x12\x13\n\x0bprice_class\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\t\x12\x0e\n\x06online\x18\x0c \x01(\x08\"I\n\x13ListDatasetsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0f\n\x07keyword\x18\x03 \x01(\t\";\n\x14ListDatasetsResponse\x12#\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x11.yumen.v1.Dataset\"\x1f\n\x11GetDatasetRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x9d\x01\n\x0e\x43\x61talogService\x12M\n\x0cListDatasets\x12\x1d.yumen.v1.ListDatasetsRequest\x1a\x1e.yumen.v1.ListDatasetsResponse\x12<\n\nGetDataset\x12\x1b.yumen.v1.GetDatasetRequest\x1a\x11.yumen.v1.Datasetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'yumen.v1.catalog_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COLUMN']._serialized_start=37
-  _globals['_COLUMN']._serialized_end=188
-  _globals['_PRIVACYUNIT']._serialized_start=191
-  _globals['_PRIVACYUNIT']._serialized_end=343
-  _globals['_DATASET']._serialized_start=346
-  _globals['_DATASET']._serialized_end=621
-  _globals['_LISTDATASETSREQUEST']._serialized_start=623
-  _globals['_LISTDATASETSREQUEST']._serialized_end=696
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=698
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=757
-  _globals['_GETDATASETREQUEST']._serialized_start=759
-  _globals['_GETDATASETREQUEST']._serialized_end=790
-  _globals['_CATALOGSERVICE']._serialized_start=793
-  _globals['_CATALOGSERVICE']._serialized_end=950
+  _globals['_COLUMN']._serialized_end=204
+  _globals['_PRIVACYUNIT']._serialized_start=207
+  _globals['_PRIVACYUNIT']._serialized_end=359
+  _globals['_DATASET']._serialized_start=362
+  _globals['_DATASET']._serialized_end=637
+  _globals['_LISTDATASETSREQUEST']._serialized_start=639
+  _globals['_LISTDATASETSREQUEST']._serialized_end=712
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=714
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=773
+  _globals['_GETDATASETREQUEST']._serialized_start=775
+  _globals['_GETDATASETREQUEST']._serialized_end=806
+  _globals['_CATALOGSERVICE']._serialized_start=809
+  _globals['_CATALOGSERVICE']._serialized_end=966
 # @@protoc_insertion_point(module_scope)

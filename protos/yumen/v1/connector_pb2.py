@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from yumen.v1 import catalog_pb2 as yumen_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yumen/v1/connector.proto\x12\x08yumen.v1\x1a\x16yumen/v1/catalog.proto\",\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\\\n\x05Hello\x12\x14\n\x0c\x63onnector_id\x18\x01 \x01(\t\x12#\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x11.yumen.v1.Dataset\x12\x18\n\x10software_version\x18\x03 \x01(\t\"[\n\tJobTicket\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\x12\x12\n\nhe_context\x18\x03 \x01(\x0c\"@\n\x07Receipt\x12!\n\x07receipt\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x1f\n\tHeartbeat\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\"I\n\x0bReexecution\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\"\xb4\x01\n\x10\x43onnectorMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.yumen.v1.HelloH\x00\x12$\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.yumen.v1.ReceiptH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12&\n\nreexecuted\x18\x04 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x42\x06\n\x04kind\"k\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65pted_datasets\x18\x02 \x03(\t\x12\x32\n\x10refused_datasets\x18\x03 \x03(\x0b\x32\x18.yumen.v1.DatasetRefusal\"1\n\x0e\x44\x61tasetRefusal\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xba\x01\n\rBrokerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.yumen.v1.WelcomeH\x00\x12%\n\x06ticket\x18\x02 \x01(\x0b\x32\x13.yumen.v1.JobTicketH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12*\n\treexecute\x18\x04 \x01(\x0b\x32\x15.yumen.v1.ReexecutionH\x00\x42\x06\n\x04kind2V\n\x10\x43onnectorService\x12\x42\n\x07\x43onnect\x12\x1a.yumen.v1.ConnectorMessage\x1a\x17.yumen.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yumen/v1/connector.proto\x12\x08yumen.v1\x1a\x16yumen/v1/catalog.proto\",\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xae\x01\n\x05Hello\x12\x14\n\x0c\x63onnector_id\x18\x01 \x01(\t\x12#\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x11.yumen.v1.Dataset\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12!\n\x07quality\x18\x04 \x03(\x0b\x32\x10.yumen.v1.Signed\x12-\n\x13verification_offers\x18\x05 \x03(\x0b\x32\x10.yumen.v1.Signed\"[\n\tJobTicket\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\x12\x12\n\nhe_context\x18\x03 \x01(\x0c\"@\n\x07Receipt\x12!\n\x07receipt\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x1f\n\tHeartbeat\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\"I\n\x0bReexecution\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\"\xa6\x02\n\x10\x43onnectorMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.yumen.v1.HelloH\x00\x12$\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.yumen.v1.ReceiptH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12&\n\nreexecuted\x18\x04 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12#\n\x07quality\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12$\n\x08verified\x18\x06 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12%\n\tdestroyed\x18\x07 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x42\x06\n\x04kind\"k\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65pted_datasets\x18\x02 \x03(\t\x12\x32\n\x10refused_datasets\x18\x03 \x03(\x0b\x32\x18.yumen.v1.DatasetRefusal\"1\n\x0e\x44\x61tasetRefusal\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x11VerificationOrder\x12\x1f\n\x05order\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\"\x8f\x02\n\rBrokerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.yumen.v1.WelcomeH\x00\x12%\n\x06ticket\x18\x02 \x01(\x0b\x32\x13.yumen.v1.JobTicketH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12*\n\treexecute\x18\x04 \x01(\x0b\x32\x15.yumen.v1.ReexecutionH\x00\x12$\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12-\n\x06verify\x18\x06 \x01(\x0b\x32\x1b.yumen.v1.VerificationOrderH\x00\x42\x06\n\x04kind2V\n\x10\x43onnectorService\x12\x42\n\x07\x43onnect\x12\x1a.yumen.v1.ConnectorMessage\x1a\x17.yumen.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SIGNED']._serialized_start=62
   _globals['_SIGNED']._serialized_end=106
-  _globals['_HELLO']._serialized_start=108
-  _globals['_HELLO']._serialized_end=200
-  _globals['_JOBTICKET']._serialized_start=202
-  _globals['_JOBTICKET']._serialized_end=293
-  _globals['_RECEIPT']._serialized_start=295
-  _globals['_RECEIPT']._serialized_end=359
-  _globals['_HEARTBEAT']._serialized_start=361
-  _globals['_HEARTBEAT']._serialized_end=392
-  _globals['_REEXECUTION']._serialized_start=394
-  _globals['_REEXECUTION']._serialized_end=467
-  _globals['_CONNECTORMESSAGE']._serialized_start=470
-  _globals['_CONNECTORMESSAGE']._serialized_end=650
-  _globals['_WELCOME']._serialized_start=652
-  _globals['_WELCOME']._serialized_end=759
-  _globals['_DATASETREFUSAL']._serialized_start=761
-  _globals['_DATASETREFUSAL']._serialized_end=810
-  _globals['_BROKERMESSAGE']._serialized_start=813
-  _globals['_BROKERMESSAGE']._serialized_end=999
-  _globals['_CONNECTORSERVICE']._serialized_start=1001
-  _globals['_CONNECTORSERVICE']._serialized_end=1087
+  _globals['_HELLO']._serialized_start=109
+  _globals['_HELLO']._serialized_end=283
+  _globals['_JOBTICKET']._serialized_start=285
+  _globals['_JOBTICKET']._serialized_end=376
+  _globals['_RECEIPT']._serialized_start=378
+  _globals['_RECEIPT']._serialized_end=442
+  _globals['_HEARTBEAT']._serialized_start=444
+  _globals['_HEARTBEAT']._serialized_end=475
+  _globals['_REEXECUTION']._serialized_start=477
+  _globals['_REEXECUTION']._serialized_end=550
+  _globals['_CONNECTORMESSAGE']._serialized_start=553
+  _globals['_CONNECTORMESSAGE']._serialized_end=847
+  _globals['_WELCOME']._serialized_start=849
+  _globals['_WELCOME']._serialized_end=956
+  _globals['_DATASETREFUSAL']._serialized_start=958
+  _globals['_DATASETREFUSAL']._serialized_end=1007
+  _globals['_VERIFICATIONORDER']._serialized_start=1009
+  _globals['_VERIFICATIONORDER']._serialized_end=1077
+  _globals['_BROKERMESSAGE']._serialized_start=1080
+  _globals['_BROKERMESSAGE']._serialized_end=1351
+  _globals['_CONNECTORSERVICE']._serialized_start=1353
+  _globals['_CONNECTORSERVICE']._serialized_end=1439
 # @@protoc_insertion_point(module_scope)

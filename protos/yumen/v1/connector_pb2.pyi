@@ -16,14 +16,18 @@ class Signed(_message.Message):
     def __init__(self, payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("connector_id", "datasets", "software_version")
+    __slots__ = ("connector_id", "datasets", "software_version", "quality", "verification_offers")
     CONNECTOR_ID_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_OFFERS_FIELD_NUMBER: _ClassVar[int]
     connector_id: str
     datasets: _containers.RepeatedCompositeFieldContainer[_catalog_pb2.Dataset]
     software_version: str
-    def __init__(self, connector_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[_catalog_pb2.Dataset, _Mapping]]] = ..., software_version: _Optional[str] = ...) -> None: ...
+    quality: _containers.RepeatedCompositeFieldContainer[Signed]
+    verification_offers: _containers.RepeatedCompositeFieldContainer[Signed]
+    def __init__(self, connector_id: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[_catalog_pb2.Dataset, _Mapping]]] = ..., software_version: _Optional[str] = ..., quality: _Optional[_Iterable[_Union[Signed, _Mapping]]] = ..., verification_offers: _Optional[_Iterable[_Union[Signed, _Mapping]]] = ...) -> None: ...
 
 class JobTicket(_message.Message):
     __slots__ = ("ticket", "algorithm_source", "he_context")
@@ -58,16 +62,22 @@ class Reexecution(_message.Message):
     def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ...) -> None: ...
 
 class ConnectorMessage(_message.Message):
-    __slots__ = ("hello", "receipt", "heartbeat", "reexecuted")
+    __slots__ = ("hello", "receipt", "heartbeat", "reexecuted", "quality", "verified", "destroyed")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REEXECUTED_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    DESTROYED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     receipt: Receipt
     heartbeat: Heartbeat
     reexecuted: Signed
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
+    quality: Signed
+    verified: Signed
+    destroyed: Signed
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ..., quality: _Optional[_Union[Signed, _Mapping]] = ..., verified: _Optional[_Union[Signed, _Mapping]] = ..., destroyed: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("broker_id", "accepted_datasets", "refused_datasets")
@@ -87,14 +97,26 @@ class DatasetRefusal(_message.Message):
     reason: str
     def __init__(self, dataset: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class VerificationOrder(_message.Message):
+    __slots__ = ("order", "sealed")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    order: Signed
+    sealed: bytes
+    def __init__(self, order: _Optional[_Union[Signed, _Mapping]] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
 class BrokerMessage(_message.Message):
-    __slots__ = ("welcome", "ticket", "heartbeat", "reexecute")
+    __slots__ = ("welcome", "ticket", "heartbeat", "reexecute", "feedback", "verify")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REEXECUTE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ticket: JobTicket
     heartbeat: Heartbeat
     reexecute: Reexecution
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecute: _Optional[_Union[Reexecution, _Mapping]] = ...) -> None: ...
+    feedback: Signed
+    verify: VerificationOrder
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecute: _Optional[_Union[Reexecution, _Mapping]] = ..., feedback: _Optional[_Union[Signed, _Mapping]] = ..., verify: _Optional[_Union[VerificationOrder, _Mapping]] = ...) -> None: ...

@@ -31,7 +31,10 @@ def mtls_broker(tmp_path, log):
     broker_crt, broker_key = issue(pki, role=Role.BROKER, name="broker-1")
     auditor = issue(pki, role=Role.AUDITOR, name="auditor-1")
     operator = issue(pki, role=Role.OPERATOR, name="operator-1", license="LIC-7")
-    log.append_many(sample_entries(2))
+    conn_crt, conn_key = issue(pki, role=Role.CONNECTOR, name="conn-cma", department="cma")
+    from yumen.identity import load_private_key
+
+    log.append_many(sample_entries(2, connector=(load_private_key(conn_key), conn_crt.read_text())))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     add_audit_service(server, log, lambda ctx: require_role(caller(ctx), Role.AUDITOR, Role.ADMIN))
     port = server.add_secure_port("127.0.0.1:0", server_credentials(TlsFiles(ca=ca, cert=broker_crt, key=broker_key)))

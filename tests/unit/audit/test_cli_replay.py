@@ -21,7 +21,7 @@ from yumen.audit import (
 from yumen.audit._cli import register
 from yumen.errors import Code, YumenError, exit_code
 
-from audit_samples import ORIGIN, T, digest, sample_entries
+from audit_samples import ORIGIN, T, digest, receipt_details, sample_entries
 
 
 def _run(argv):
@@ -91,7 +91,7 @@ def test_replay_reports_where_the_story_breaks():
     entries = sample_entries(2)
     overspent = JobExecuted(time=T, job_id="job-1", connector="conn-cma", dataset_id="weather-2025",
                             dataset_version=digest("ds1"), mechanism="laplace", epsilon_charged="0.3",
-                            output_commitment=digest("c"), receipt_signature="c2ln")
+                            output_commitment=digest("c"), receipt_signature="c2ln", details=receipt_details("job-1"))
     broken = entries[:7] + [overspent] + entries[8:]
     with pytest.raises(YumenError, match=r"entry 7 \(job_executed\).*above the ε 0.25") as e:
         replay(enumerate(broken))

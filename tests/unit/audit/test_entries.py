@@ -10,12 +10,12 @@ from yumen.audit import ENTRY_TYPES, JobDecided, decode_entry, encode_entry, ent
 from yumen.canonical import canonical_json
 from yumen.errors import Code, YumenError
 
-from audit_samples import T, digest, sample_entries
+from audit_samples import T, destroyed_entry, digest, sample_entries, verification_entry
 
 
 def test_every_type_round_trips_through_its_leaf():
     seen = set()
-    for entry in sample_entries(1):
+    for entry in [*sample_entries(1), verification_entry("v-1"), destroyed_entry(digest("ds1"))]:
         leaf = encode_entry(entry)
         assert leaf == canonical_json(entry.to_dict())
         assert decode_entry(leaf) == entry
