@@ -69,14 +69,16 @@ class _SqlStewardStore:
     def __init__(self, prefix: str) -> None:
         self._p = prefix
 
-    def _conn(self) -> Any:  # a context manager yielding a connection in a transaction
+    def _conn(self, write: bool = True) -> Any:  # a context manager yielding a connection in a transaction
         raise YumenError(Code.INTERNAL, "_SqlStewardStore._conn is not implemented")
 
     def _q(self, sql: str) -> str:
         return sql.replace("{p}", self._p).replace("?", self._mark)
 
     def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
-        with self._conn() as db:
+        # a read never waits for the write lock: the broker reads reports while a registration's
+        # transaction (which holds it on SQLite) is open
+        with self._conn(write=False) as db:
             return db.execute(self._q(sql), args).fetchone()
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> int:
@@ -124,7 +126,7 @@ class _SqlStewardStore:
         return ident, self.feedback_count(dataset)
 
     def undelivered_feedback(self, connector: str) -> list[tuple[str, str]]:
-        with self._conn() as db:
+        with self._conn(write=False) as db:
             rows = db.execute(self._q("SELECT id, payload FROM {p}steward_feedback WHERE connector=? AND delivered=0 "
                                       "ORDER BY at_ms"), (connector,)).fetchall()
         return [(r[0], r[1]) for r in rows]
@@ -185,13 +187,13 @@ class SqliteStewardStore(_SqlStewardStore):
             self._local.db = db
         return db
 
-    def _conn(self) -> Any:
+    def _conn(self, write: bool = True) -> Any:
         store = self
 
         class _Tx:
             def __enter__(self) -> sqlite3.Connection:
                 db = store._db()
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
                 self.db = db
                 return db
 
@@ -215,7 +217,7 @@ class PostgresStewardStore(_SqlStewardStore):
                 if stmt.strip():
                     db.execute(stmt)
 
-    def _conn(self) -> Any:
+    def _conn(self, write: bool = True) -> Any:
         import contextlib
 
         import psycopg
