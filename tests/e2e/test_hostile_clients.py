@@ -7,6 +7,7 @@ disturb the shared one.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -402,4 +403,46 @@ def test_a_second_broker_on_the_same_address_refuses_to_start(hostile, tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"cannot listen on {hostile.address}" in proc.stderr and "in use" in proc.stderr
     assert not (tmp_path / "second" / "broker.db").exists(), "it refused before touching any state"
+    assert _catalog_answers(hostile)
+
+
+# -- connections --------------------------------------------------------------------------------
+def test_connections_past_the_limit_are_shut_and_the_broker_serves_again_when_they_go(hostile):
+    """Anyone who can reach the port can open TCP connections without a certificate. The broker
+    holds at most ``[limits] connections`` of them (512 by default): past that gRPC shuts new ones
+    at once, so descriptors and memory stay bounded; a connection that never finishes its TLS
+    handshake is dropped after 10 s; and once the flood goes, certificate holders are served."""
+    import socket
+
+    from yumen.broker._guard import Limits
+
+    limit = Limits().connections
+    pid = hostile.procs["broker"].pid
+    host, port = hostile.address.rsplit(":", 1)
+
+    def descriptors() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    baseline = descriptors()
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(limit + 200):
+            flood.append(socket.create_connection((host, int(port)), timeout=10))
+        peak = baseline
+        for _ in range(20):  # let the broker accept what is queued
+            time.sleep(0.25)
+            peak = max(peak, descriptors())
+        assert peak - baseline <= limit + 16, f"{peak - baseline} descriptors over a limit of {limit} connections"
+    finally:
+        for s in flood:
+            s.close()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert _health(hostile) == health_pb2.HealthCheckResponse.SERVING
+            break
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     assert _catalog_answers(hostile)
