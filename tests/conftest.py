@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,35 @@ def postgres_dsn() -> str:
     if under_ci():
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def quiet_postgres_dsn(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN on a PostgreSQL cluster of this test session's own, on a free port. Tests of what
+    depends on the cluster-wide WAL position (a source's version cache) need a cluster nothing
+    else writes to: on the shared server another test process may move it at any moment."""
+    import socket
+    import uuid
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # as root the server runs as the user 'postgres', which cannot enter pytest's 0700 tmp dirs
+    base = Path("/var/lib/yumen") if os.geteuid() == 0 else tmp_path_factory.mktemp("pg")
+    data = base / f"pg-quiet-{uuid.uuid4().hex[:8]}"
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "setup_postgres.sh"), "--dir", str(data), "--port", str(port),
+                          "--db", "quiet"], capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        pytest.fail(f"cannot start a private PostgreSQL cluster: {out.stderr.strip()[-500:]}")
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        ctl = next(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), None) or Path("/usr/local/bin/pg_ctl")
+        stop = [str(ctl), "-D", str(data), "-m", "immediate", "stop"]
+        subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []) + stop,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+        Path(f"{data}.password").unlink(missing_ok=True)
 
 
 def pytest_collection_modifyitems(config, items):
