@@ -29,7 +29,6 @@ import queue
 import re
 import threading
 import time
-import uuid
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterator
@@ -859,7 +858,3 @@ def budget_facts(r: Reservation) -> dict[str, str]:
 def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:
     """The registration as it was when the receipt's job ran (its logged data version)."""
     return dataclasses.replace(reg, version=receipt.dataset_version or reg.version)
-
-
-def new_job_id() -> str:
-    return "job-" + time.strftime("%Y%m%d") + "-" + uuid.uuid4().hex[:12]

@@ -25,7 +25,7 @@ from yumen.policy._engine import (
     PolicyEngine,
     default_policy_paths,
 )
-from yumen.policy._licenses import License, LicenseStatus, format_time, parse_time
+from yumen.licenses import License, LicenseStatus, format_time, parse_time
 
 __all__ = [
     "LIFETIME",

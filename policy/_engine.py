@@ -40,7 +40,7 @@ from yumen.canonical import sha256_hex
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 
-from yumen.policy._licenses import License, format_time, parse_time
+from yumen.licenses import License, format_time, parse_time
 
 __all__ = [
     "Decision",

@@ -10,6 +10,8 @@ import dataclasses
 import enum
 import math
 import re
+import time
+import uuid
 from fractions import Fraction
 from typing import Any
 
@@ -313,3 +315,8 @@ class JobRequest:
 
     def digest(self) -> str:
         return digest_of(self.to_dict())
+
+
+def new_job_id() -> str:
+    """A fresh job id: the day it was made and 48 random bits (``job-20261202-1a2b3c4d5e6f``)."""
+    return "job-" + time.strftime("%Y%m%d") + "-" + uuid.uuid4().hex[:12]

@@ -112,7 +112,7 @@ class LocalSpace:
 
     # -- setup ----------------------------------------------------------------------
     def setup(self) -> None:
-        from yumen.connectors._demodata import demo_registration, generate
+        from yumen.connectors import demo_registration, generate_demo as generate
 
         if self.root.exists():
             shutil.rmtree(self.root)

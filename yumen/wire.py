@@ -15,7 +15,7 @@ from yumen.canonical import parse_json
 from yumen.errors import Code, YumenError, echo
 from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
 from yumen.v1 import admin_pb2, catalog_pb2, jobs_pb2
-from yumen.policy import License
+from yumen.licenses import License
 
 __all__ = [
     "dataset_to_proto",

@@ -198,7 +198,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 # -- submit -------------------------------------------------------------------------
 def _job_id(args: argparse.Namespace) -> str:
-    from yumen.broker._core import new_job_id
+    from yumen.jobs import new_job_id
 
     return args.job_id or new_job_id()
 
