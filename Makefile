@@ -5,7 +5,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 PROTOS := $(wildcard protos/yumen/v1/*.proto)
 
-.PHONY: demo test test-stress bench protos venv system-deps clean
+.PHONY: demo test test-stress infra bench protos venv system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -22,12 +22,22 @@ system-deps:
 demo: venv system-deps
 	$(VENV)/bin/yumen demo
 
-test: venv system-deps
-	$(VPY) -m pytest -q
+# Everything the test suite needs, installed and started when missing (as root on Debian 12):
+# bubblewrap, debootstrap, Docker with gVisor (runsc), the sandbox runtime and its image,
+# PostgreSQL. Quick when everything is already up. See scripts/setup_infra.sh.
+infra: venv
+	@bash scripts/setup_infra.sh >/dev/null
 
-# Long load and fuzzing runs (tests marked "stress").
-test-stress: venv system-deps
-	$(VPY) -m pytest -q -m stress
+# The whole suite; the PostgreSQL DSN from setup_infra.sh reaches pytest in the environment.
+test: venv
+	@dsn="$$(bash scripts/setup_infra.sh)" && \
+	  YUMEN_TEST_POSTGRES_DSN="$$dsn" $(VPY) -m pytest -q
+
+# The e2e and sandbox suites plus the tests marked "stress" (long load and fuzzing runs),
+# while scripts/load.py keeps every core busy (started and stopped by tests/conftest.py).
+test-stress: venv
+	@dsn="$$(bash scripts/setup_infra.sh)" && \
+	  YUMEN_TEST_POSTGRES_DSN="$$dsn" $(VPY) -m pytest -q --stress
 
 bench: venv system-deps
 	$(VPY) -m bench.run

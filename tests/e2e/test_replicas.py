@@ -60,7 +60,21 @@ def test_a_job_accepted_by_one_replica_runs_on_a_connector_of_the_other(replicas
         assert c.result("r-0").values[0]["name"] == "count"
 
 
-def test_concurrent_whole_budget_jobs_across_replicas_exactly_one_runs(replicas):
+def _export(space, broker: str, out) -> list:
+    """The log as an auditor exports it from ``broker``: (index, entry) in log order."""
+    import subprocess
+    import sys
+
+    from yumen.audit._reconcile import entries_from_export
+
+    env = dict(space.cli_env("auditor-1"), YUMEN_BROKER=broker)
+    proc = subprocess.run([sys.executable, "-m", "yumen", "audit", "export", "--out", str(out)], env=env, text=True,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return entries_from_export(str(out))
+
+
+def test_concurrent_whole_budget_jobs_across_replicas_exactly_one_runs(replicas, tmp_path):
     from yumen.client import YumenClient
 
     space, second = replicas
@@ -93,6 +107,20 @@ def test_concurrent_whole_budget_jobs_across_replicas_exactly_one_runs(replicas)
     for c in clients:
         c.close()
     assert final == "refused"
+
+    # The decisions, the ledger and the log agree, in the order the ledger saw them: the log
+    # (exported from the replica that lost most races) holds exactly one allowed decision for
+    # these 40 jobs, for the job the replicas let in, and it comes before every refusal for
+    # budget, since each refusal saw the budget that reservation had taken.
+    racing = {f"r-{100 + i}" for i in range(40)}
+    decided = [(i, e) for i, e in _export(space, second, tmp_path / "export")
+               if e.TYPE == "job_decided" and e.job_id in racing and not e.details.get("cancelled")]
+    assert len(decided) == 40 and len({e.job_id for _, e in decided}) == 40
+    allowed = [e for _, e in decided if e.allowed]
+    assert [e.job_id for e in allowed] == [f"r-{100 + wins[0]}"]
+    assert decided[0][1].allowed, f"a refusal for budget was logged before the reservation that caused it: {decided[0]}"
+    assert all(e.details.get("gate") == "budget" for _, e in decided[1:])
+    assert [i for i, _ in decided] == sorted(i for i, _ in decided)
 
 
 def test_both_replicas_append_to_one_log_that_verifies_and_replays(replicas, tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -18,31 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from audit_samples import ORIGIN  # noqa: E402
 
 
-ROOT = Path(__file__).resolve().parents[3]
-DSN_ENV = "YUMEN_TEST_POSTGRES_DSN"
-
-
-@pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    """``YUMEN_TEST_POSTGRES_DSN``, else a local server from scripts/setup_postgres.sh.
-
-    Skipped when neither works, except under CI (``CI`` set), which must provide one.
-    """
-    dsn = os.environ.get(DSN_ENV, "")
-    if dsn:
-        return dsn
-    reason = ""
-    try:
-        out = subprocess.run(["bash", str(ROOT / "scripts" / "setup_postgres.sh")], capture_output=True, text=True, timeout=180)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip().splitlines()[-1]
-        reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        reason = str(exc)
-    message = f"{DSN_ENV} is unset and scripts/setup_postgres.sh could not start a server: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+# postgres_dsn: the fixture of tests/conftest.py (skipped without a server, a failure under CI).
 
 
 def _sqlite(request, tmp_path):
