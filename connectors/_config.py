@@ -9,7 +9,7 @@ state_dir = "state"              # local ledger, receipts, snapshots
 sandbox = "bwrap"                # bwrap | docker | gvisor
 max_parallel_jobs = 2
 snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
-allow_reexecution = true         # the department consents to auditors re-running logged jobs
+allow_reexecution = false        # true: the department consents to auditors re-running logged jobs
 metrics = "127.0.0.1:9464"       # Prometheus /metrics (empty: off)
 
 [tls]
@@ -36,7 +36,7 @@ refuse = false                   # true: do not publish a version that fails a t
 max_null_rate = "0.2"            # shares from 0 to 1, judged on the released (noisy) figures
 max_psi = "0.25"                 # drift against the previous published version
 
-[[datasets]]                     # registration fields (see docs/catalog.md) and a source
+[[datasets]]                     # registration fields (docs/configuration.md) and a source
 id = "weather-daily"
 title = "Daily readings of weather stations"
 level = "L1"
@@ -50,6 +50,7 @@ source = { kind = "parquet", path = "data/weather-daily.parquet" }
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from yumen.catalog import DatasetRegistration
 from yumen.connectors._quality import QualityConfig, parse_quality_config
 from yumen.connectors._sources import SourceSpec
 from yumen.connectors._timing import Timing
-from yumen.config import read_toml
+from yumen.config import Table, read_toml, unknown_key_error
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 from yumen.rpc import TlsFiles
@@ -96,90 +97,159 @@ class DatasetConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ConnectorConfig:
+    """The connector's settings. The defaults here (and in LocalPolicy, Timing, QualityConfig)
+    are the only ones (docs/configuration.md)."""
+
     id: str
     department: str
     broker: str
-    state_dir: Path
-    sandbox: str
-    max_parallel_jobs: int
+    state_dir: Path  # default: "state" next to the config file
     tls: TlsFiles
     broker_certificate: Path
-    local_policy: LocalPolicy
     datasets: tuple[DatasetConfig, ...]
     path: Path
+    sandbox: str = "bwrap"
+    max_parallel_jobs: int = 2
+    local_policy: LocalPolicy = LocalPolicy()
     snapshot_retention_days: float = 90.0
-    allow_reexecution: bool = True
+    # Auditors may ask a department to re-run a logged job on the same data version; that
+    # touches the data again, so it happens only when the department says so.
+    allow_reexecution: bool = False
     metrics_listen: str = ""
     timing: Timing = Timing()
     quality: QualityConfig = QualityConfig()
     scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
+
+    def __post_init__(self) -> None:
+        if self.sandbox not in SANDBOXES:
+            raise YumenError(Code.CONFIG, f"[connector] sandbox {self.sandbox!r} is unknown",
+                             hint=f"use {', '.join(SANDBOXES)}")
+        if not 1 <= self.max_parallel_jobs <= 256:
+            raise YumenError(Code.CONFIG, "[connector] max_parallel_jobs must be from 1 to 256")
+        if not self.snapshot_retention_days >= 0:
+            raise YumenError(Code.CONFIG, "[connector] snapshot_retention_days must not be negative")
+
+
+SANDBOXES = ("bwrap", "docker", "gvisor")
+
+# The keys of each table. [[datasets]] entries take the registration's fields (yumen.catalog)
+# plus their source and verification; every other key is an error naming the closest one.
+_TOP = ("connector", "tls", "timing", "local_policy", "quality", "datasets")
+_CONNECTOR = {"id": "str", "department": "str", "broker": "str", "state_dir": "str", "sandbox": "str",
+              "max_parallel_jobs": "int", "snapshot_retention_days": "number", "allow_reexecution": "bool",
+              "metrics": "str", "scratch_dir": "str"}
+_TLS = ("ca", "cert", "key", "broker_certificate")
+_LOCAL_POLICY = {"max_epsilon_per_job": "decimal", "tiers": "list", "purposes": "list",
+                 "dataset_epsilon_cap": "decimal", "period_days": "int"}
+_TIMING = {"allowance_s": "number", "wave_slack_s": "number", "block_parallelism": "int"}
+_DATASET = {"id": "str", "title": "str", "description": "str", "department": "str", "level": "str",
+            "columns": None, "privacy_unit": None, "update_frequency": "str", "source_system": "str",
+            "price_class": "str", "source": None, "verification": None}
+_COLUMN = {"name": "str", "type": "str", "unit": "str", "description": "str", "lower": "number",
+           "upper": "number", "categories": "list", "public": "bool"}
+_PRIVACY_UNIT = {"column": "str", "max_contributions": "int", "namespace": "str", "shared": "bool",
+                 "accounting": "str", "delta": "decimal", "lifetime_epsilon": "decimal"}
 
 
 def _err(path: Path, what: str, hint: str = "") -> YumenError:
     return YumenError(Code.CONFIG, f"connector config {path}: {what}", hint=hint)
 
 
+def _checked(table: Table, kinds: dict[str, Any]) -> dict[str, Any]:
+    """The table's keys and values, each value checked against its kind (None: checked later)."""
+    return {k: (table.get(k, kinds[k]) if kinds[k] else v) for k, v in table.raw.items()}
+
+
+def _local_policy(t: Table) -> LocalPolicy:
+    kw: dict[str, Any] = {}
+    v = _checked(t, _LOCAL_POLICY)
+    try:
+        for key in ("max_epsilon_per_job", "dataset_epsilon_cap"):
+            if key in v:
+                kw[key] = parse_epsilon(str(v[key]))
+    except YumenError as e:
+        raise t.error(e.message) from None
+    for key, known in (("tiers", [x.value for x in Tier]), ("purposes", [x.value for x in Purpose])):
+        if key in v:
+            for item in v[key]:
+                if item not in known:
+                    close = difflib.get_close_matches(item, known, n=1)
+                    raise t.error(f"{key}: {item!r} is not one of {', '.join(known)}"
+                                  + (f" (did you mean {close[0]!r}?)" if close else ""))
+            kw[key] = frozenset(v[key])
+    if "period_days" in v:
+        if v["period_days"] < 1:
+            raise t.error("period_days must be at least 1")
+        kw["period_days"] = v["period_days"]
+    return LocalPolicy(**kw)
+
+
+def _dataset(raw: Any, i: int, source: str, department: str, base: Path) -> DatasetConfig:
+    label = f"datasets[{i}]"
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+        label += f" ({raw['id']})"
+    t = Table(raw, _DATASET, where=label, source=source)
+    d = _checked(t, _DATASET)
+    columns = d.get("columns", [])
+    if not isinstance(columns, list) or not all(isinstance(c, dict) for c in columns):
+        raise t.error("columns must be a list of tables, e.g. [ { name = \"x\", type = \"float\" } ]")
+    d["columns"] = [_checked(Table(c, _COLUMN, where=f"{label} columns[{n}]", source=source), _COLUMN)
+                    for n, c in enumerate(columns)]
+    if "privacy_unit" in d:
+        d["privacy_unit"] = _checked(Table(d["privacy_unit"], _PRIVACY_UNIT, where=f"{label} privacy_unit",
+                                           source=source), _PRIVACY_UNIT)
+    src = d.pop("source", None)
+    verification = d.pop("verification", None)
+    if not isinstance(src, dict):
+        raise t.error("has no source table", 'add source = { kind = "parquet", path = "…" }')
+    d.setdefault("department", department)
+    if d["department"] != department:
+        raise t.error(f"names department {d['department']}, but this connector serves {department}")
+    try:
+        reg = DatasetRegistration.from_dict(d)
+        spec = SourceSpec.from_dict(src, base_dir=base)
+        policy = None
+        if verification is not None:
+            from yumen.connectors._verification import VerificationPolicy
+
+            policy = VerificationPolicy.from_config(verification, reg)
+    except YumenError as e:
+        raise t.error(e.message, e.hint) from None
+    return DatasetConfig(registration=reg, source=spec, verification=policy)
+
+
 def load_connector_config(path: Path) -> ConnectorConfig:
+    """Parse the department's TOML file; an unknown key anywhere, or a value of the wrong type,
+    is an error naming the file, the table, the key and the closest known key."""
     path = Path(path)
     doc, p = read_toml(path, "connector config")
     base = path.parent.resolve()
+    source = f"connector config {path}"
+    for name in doc:
+        if name not in _TOP:
+            raise unknown_key_error(name, _TOP, where="", source=source)
 
-    c = doc.get("connector") or {}
-    tls = doc.get("tls") or {}
+    c = Table(doc.get("connector"), _CONNECTOR, where="[connector]", source=source)
+    tls = Table(doc.get("tls"), _TLS, where="[tls]", source=source)
     for key in ("id", "department", "broker"):
-        if not c.get(key):
-            raise _err(path, f"[connector] {key} is required")
-    for key in ("ca", "cert", "key", "broker_certificate"):
-        if not tls.get(key):
-            raise _err(path, f"[tls] {key} is required", "point it at the files `yumen pki issue` wrote")
-    lp = doc.get("local_policy") or {}
+        if not c.get(key, "str", ""):
+            raise c.error(f"{key} is required")
+    for key in _TLS:
+        if not tls.get(key, "str", ""):
+            raise tls.error(f"{key} is required", "point it at the files `yumen pki issue` wrote")
+    local = _local_policy(Table(doc.get("local_policy"), _LOCAL_POLICY, where="[local_policy]", source=source))
+    tm = Table(doc.get("timing"), _TIMING, where="[timing]", source=source)
     try:
-        local = LocalPolicy(
-            max_epsilon_per_job=parse_epsilon(str(lp.get("max_epsilon_per_job", "1"))),
-            tiers=frozenset(lp.get("tiers", [t.value for t in Tier])),
-            purposes=frozenset(lp.get("purposes", [q.value for q in Purpose])),
-            dataset_epsilon_cap=parse_epsilon(str(lp.get("dataset_epsilon_cap", "100"))),
-            period_days=int(lp.get("period_days", 30)),
-        )
-        if local.period_days < 1:
-            raise YumenError(Code.CONFIG, "period_days must be at least 1")
-    except YumenError as e:
-        raise _err(path, f"[local_policy] {e.message}") from None
-    tm = doc.get("timing") or {}
-    try:
-        timing = Timing(
-            allowance_s=float(tm.get("allowance_s", Timing.allowance_s)),
-            wave_slack_s=float(tm.get("wave_slack_s", Timing.wave_slack_s)),
-            block_parallelism=int(tm.get("block_parallelism", Timing.block_parallelism)),
-        )
-    except (TypeError, ValueError):
-        raise _err(path, "[timing] values must be numbers of seconds (block_parallelism an integer)") from None
+        timing = Timing(**_checked(tm, _TIMING))
     except YumenError as e:
         raise _err(path, e.message) from None
-    datasets = []
     raw = doc.get("datasets") or []
+    if not isinstance(raw, list):
+        raise _err(path, "datasets must be an array of tables: write each one as [[datasets]]")
     if not raw:
         raise _err(path, "no [[datasets]] are configured", "add at least one dataset with its source")
-    for i, d in enumerate(raw):
-        d = dict(d)
-        src = d.pop("source", None)
-        verification = d.pop("verification", None)
-        if not isinstance(src, dict):
-            raise _err(path, f"datasets[{i}] ({d.get('id', '?')}) has no source table", 'add source = { kind = "parquet", path = "…" }')
-        d.setdefault("department", c["department"])
-        if d["department"] != c["department"]:
-            raise _err(path, f"dataset {d.get('id')} names department {d['department']}, but this connector serves {c['department']}")
-        try:
-            reg = DatasetRegistration.from_dict(d)
-            spec = SourceSpec.from_dict(src, base_dir=base)
-            policy = None
-            if verification is not None:
-                from yumen.connectors._verification import VerificationPolicy
-
-                policy = VerificationPolicy.from_config(verification, reg)
-        except YumenError as e:
-            raise _err(path, f"datasets[{i}] ({d.get('id', '?')}): {e.message}", e.hint) from None
-        datasets.append(DatasetConfig(registration=reg, source=spec, verification=policy))
+    department = c.get("department", "str")
+    datasets = [_dataset(d, i, source, department, base) for i, d in enumerate(raw)]
     ids = [d.registration.id for d in datasets]
     if len(set(ids)) != len(ids):
         raise _err(path, "a dataset id appears twice")
@@ -187,20 +257,23 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         quality = parse_quality_config(doc.get("quality"))
     except YumenError as e:
         raise _err(path, e.message, e.hint) from None
-    sandbox = str(c.get("sandbox", "bwrap"))
-    if sandbox not in ("bwrap", "docker", "gvisor"):
-        raise _err(path, f"sandbox {sandbox!r} is unknown", "use bwrap, docker or gvisor")
-    return ConnectorConfig(
-        id=str(c["id"]), department=str(c["department"]), broker=str(c["broker"]),
-        state_dir=p(str(c.get("state_dir", "state"))), sandbox=sandbox,
-        max_parallel_jobs=max(1, int(c.get("max_parallel_jobs", 2))),
-        tls=TlsFiles(ca=p(tls["ca"]), cert=p(tls["cert"]), key=p(tls["key"])),
-        broker_certificate=p(tls["broker_certificate"]), local_policy=local,
-        datasets=tuple(datasets), path=path,
-        snapshot_retention_days=float(c.get("snapshot_retention_days", 90)),
-        allow_reexecution=bool(c.get("allow_reexecution", True)),
-        metrics_listen=str(c.get("metrics", "")),
-        timing=timing,
-        quality=quality,
-        scratch_dir=p(str(c["scratch_dir"])) if c.get("scratch_dir") else None,
-    )
+    kw: dict[str, Any] = {}
+    v = _checked(c, _CONNECTOR)
+    for key in ("sandbox", "max_parallel_jobs", "allow_reexecution"):
+        if key in v:
+            kw[key] = v[key]
+    if "snapshot_retention_days" in v:
+        kw["snapshot_retention_days"] = float(v["snapshot_retention_days"])
+    if "metrics" in v:
+        kw["metrics_listen"] = v["metrics"]
+    if v.get("scratch_dir"):
+        kw["scratch_dir"] = p(v["scratch_dir"])
+    try:
+        return ConnectorConfig(
+            id=v["id"], department=department, broker=v["broker"], state_dir=p(v.get("state_dir", "state")),
+            tls=TlsFiles(ca=p(tls.get("ca", "str")), cert=p(tls.get("cert", "str")), key=p(tls.get("key", "str"))),
+            broker_certificate=p(tls.get("broker_certificate", "str")), local_policy=local,
+            datasets=tuple(datasets), path=path, timing=timing, quality=quality, **kw,
+        )
+    except YumenError as e:
+        raise _err(path, e.message, e.hint) from None

@@ -143,7 +143,10 @@ def parse_quality_config(table: Any) -> QualityConfig:
         raise _config_error("must be a table")
     unknown = sorted(set(table) - _CONFIG_KEYS)
     if unknown:
-        raise _config_error(f"unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_CONFIG_KEYS))}")
+        from yumen.config import did_you_mean
+
+        raise _config_error(f"has no key {unknown[0]!r}{did_you_mean(unknown[0], _CONFIG_KEYS)}",
+                            f"known keys: {', '.join(sorted(_CONFIG_KEYS))}")
     kw: dict[str, Any] = {}
     for key, value in table.items():
         if key in ("refuse", "require_schema"):

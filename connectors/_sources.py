@@ -130,8 +130,11 @@ class SourceSpec:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
+            from yumen.config import did_you_mean
+
             raise config_error(
-                f"unknown source key(s): {', '.join(unknown)}", hint=f"known keys: {', '.join(fields)}"
+                f"source has no key {unknown[0]!r}{did_you_mean(unknown[0], fields)}",
+                hint=f"known keys: {', '.join(fields)}",
             )
         kwargs: dict[str, Any] = {}
         for key, value in d.items():

@@ -83,7 +83,10 @@ class VerificationPolicy:
             raise _policy_error("must be a table, e.g. { subject = \"id\", fields = [\"region\"] }")
         unknown = sorted(set(d) - _POLICY_KEYS)
         if unknown:
-            raise _policy_error(f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_POLICY_KEYS))})")
+            from yumen.config import did_you_mean
+
+            raise _policy_error(f"has no key {unknown[0]!r}{did_you_mean(unknown[0], _POLICY_KEYS)} "
+                                f"(known: {', '.join(sorted(_POLICY_KEYS))})")
         subject = d.get("subject")
         if not isinstance(subject, str) or not subject:
             raise _policy_error("'subject' must name the identifier column")

@@ -37,6 +37,7 @@ from casbin.model import Model
 from casbin.util import key_match
 
 from yumen.canonical import sha256_hex
+from yumen.config import Table, unknown_key_error
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 
@@ -93,10 +94,18 @@ class PolicyBundle:
 
     @classmethod
     def from_files(cls, model: Path, rules: Path, settings: Path) -> "PolicyBundle":
+        """Read the three files; the settings' keys are checked here, where the file is known, so
+        a misspelt key is reported with the file's name (the engine checks them again)."""
         try:
-            return cls(model=Path(model).read_text(), rules=Path(rules).read_text(), settings=Path(settings).read_text())
+            bundle = cls(model=Path(model).read_text(), rules=Path(rules).read_text(),
+                         settings=Path(settings).read_text())
         except OSError as e:
             raise _cfg(f"cannot read {e.filename}: {e.strerror}") from None
+        try:
+            check_settings_keys(tomllib.loads(bundle.settings), source=f"policy settings {settings}")
+        except tomllib.TOMLDecodeError as e:
+            raise _cfg(f"{settings} is not valid TOML: {e}") from None
+        return bundle
 
     @classmethod
     def default(cls) -> "PolicyBundle":
@@ -171,6 +180,32 @@ class Decision:
         }
 
 
+# The keys of the settings file (policy.toml). Anything else is an error naming the closest
+# known key: a misspelt obligation must never fall back to a laxer default.
+_TOP_TABLES = ("levels", "rules", "pricing")
+_LEVEL_KEYS = ("tiers", "mechanism", "min_group_size", "sandbox", "approval", "dataset_epsilon_cap",
+               "dataset_period_days", "lifetime_epsilon_cap")
+_RULE_KEYS = ("max_epsilon", "epsilon_cap", "period_days", "max_runs", "expires", "mechanism", "sandbox",
+              "min_group_size", "approval")
+_PRICE_KEYS = ("base", "per_epsilon")
+
+
+def check_settings_keys(doc: dict[str, Any], *, source: str = "policy settings") -> None:
+    """Reject unknown tables and keys (and tables that are not tables) in a parsed policy.toml."""
+    top = Table(doc, _TOP_TABLES, where="", source=source)
+    levels = top.get("levels", "table", {})
+    for name in levels:
+        if name not in _LEVELS:
+            raise unknown_key_error(name, _LEVELS, where="[levels]", source=source)
+        Table(levels[name], _LEVEL_KEYS, where=f"[levels.{name}]", source=source)
+    for name, rule in top.get("rules", "table", {}).items():
+        Table(rule, _RULE_KEYS, where=f"[rules.{name}]", source=source)
+    for cls_name, by_purpose in top.get("pricing", "table", {}).items():
+        t = Table(by_purpose, _PURPOSES, where=f"[pricing.{cls_name}]", source=source)
+        for purpose in t.raw:
+            Table(t.raw[purpose], _PRICE_KEYS, where=f"[pricing.{cls_name}] {purpose}", source=source)
+
+
 def _decimal(value: Any, where: str) -> Decimal:
     try:
         d = Decimal(str(value))
@@ -200,6 +235,7 @@ class PolicyEngine:
             settings = tomllib.loads(bundle.settings)
         except tomllib.TOMLDecodeError as e:
             raise _cfg(f"the TOML file is not valid: {e}") from None
+        check_settings_keys(settings)
         try:
             self._levels = self._parse_levels(settings.get("levels", {}))
             self._rules = self._parse_rules(settings.get("rules", {}))

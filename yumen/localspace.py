@@ -46,6 +46,8 @@ class Department:
     registration: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # the connector's [quality] table (docs/quality.md)
     quality: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the department's consent to auditors re-running logged jobs (off unless a department says so)
+    allow_reexecution: bool = True
 
     def dataset_ids(self) -> list[str]:
         return [d[2] if len(d) > 2 else d[0] for d in self.datasets]
@@ -137,7 +139,7 @@ class LocalSpace:
             lines = [
                 "[connector]", f'id = "{dep.id}"', f'department = "{dep.id}"', f'broker = "{self.address}"',
                 f'state_dir = "{dep.id}-state"', f'sandbox = "{self.sandbox}"',
-                f'metrics = "127.0.0.1:{free_port()}"', "",
+                f'metrics = "127.0.0.1:{free_port()}"', f"allow_reexecution = {_toml_value(dep.allow_reexecution)}", "",
                 "[tls]", 'ca = "pki/ca.crt"', f'cert = "pki/{dep.id}.crt"', f'key = "pki/{dep.id}.key"',
                 'broker_certificate = "pki/broker.crt"', "",
                 "[timing]", *(f"{k} = {_toml_value(v)}" for k, v in self.timing.items()), "",
