@@ -62,13 +62,27 @@ class ConnectorAgent:
     def stop(self) -> None:
         self._stop.set()
 
-    def _messages(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]") -> Iterator[connector_pb2.ConnectorMessage]:
+    def _hello(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]") -> connector_pb2.ConnectorMessage:
+        """The first message of a session: every dataset that can be served now, read in full.
+
+        It is built here, in the caller's thread, before the stream opens (not inside the
+        request iterator, which gRPC consumes on a thread of its own): a SIGTERM then stops
+        the connector between two datasets, never while a thread it cannot join is still
+        reading a source. One dataset whose source fails (a file that cannot be read, a
+        value that does not fit its column's type, a database that does not answer) is left
+        out of this session and reported; the others are served. It is tried again on the
+        next session.
+        """
         regs = []
         for d in self.executor.datasets.values():
+            if self._stop.is_set():
+                break
             try:
                 regs.append(d.refresh())
-            except YumenError as e:  # withheld by the department's quality thresholds
+            except YumenError as e:  # withheld by quality thresholds, or a source that fails
                 log.warning("dataset %s not offered: %s", d.base.id, e.message)
+            except Exception as e:  # noqa: BLE001 - one source's bug must not take the others down
+                log.error("dataset %s not offered: reading its source failed (%s)", d.base.id, type(e).__name__)
         steward = self.executor.steward
         # statements made from now on (reports finished off the job path, destructions) go
         # out as soon as they are ready; any made before travel in the Hello or just after it
@@ -76,11 +90,16 @@ class ConnectorAgent:
         steward.drain()  # the reports of the versions offered now travel in the Hello itself
         reports = [steward.published_report(r.id, r.version) for r in regs]
         offers = steward.verifier(self.executor.datasets).offers()
-        yield connector_pb2.ConnectorMessage(hello=connector_pb2.Hello(
+        return connector_pb2.ConnectorMessage(hello=connector_pb2.Hello(
             connector_id=self.config.id, datasets=[dataset_to_proto(r) for r in regs], software_version=__version__,
             quality=[connector_pb2.Signed(payload=p, signature=s) for p, s in filter(None, reports)],
             verification_offers=[connector_pb2.Signed(payload=p, signature=s) for p, s in offers],
         ))
+
+    def _messages(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]",
+                  hello: connector_pb2.ConnectorMessage) -> Iterator[connector_pb2.ConnectorMessage]:
+        steward = self.executor.steward
+        yield hello
         for ident, payload, signature in steward.state.unsent_destructions():
             yield connector_pb2.ConnectorMessage(destroyed=connector_pb2.Signed(payload=payload, signature=signature))
             steward.state.mark_sent(ident)
@@ -159,10 +178,13 @@ class ConnectorAgent:
     def session(self) -> None:
         """One connection, until the stream ends. Raises grpc.RpcError on failure."""
         outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]" = queue.Queue()
+        hello = self._hello(outbox)
+        if self._stop.is_set():
+            return
         channel = secure_channel(self.config.broker, self.config.tls)
         try:
             stub = connector_pb2_grpc.ConnectorServiceStub(channel)
-            responses = stub.Connect(self._messages(outbox))
+            responses = stub.Connect(self._messages(outbox, hello))
             stopper = threading.Thread(target=lambda: (self._stop.wait(), responses.cancel()), daemon=True)
             stopper.start()
             for msg in responses:

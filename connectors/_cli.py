@@ -11,9 +11,16 @@ def _serve(args: argparse.Namespace) -> int:
     from yumen.connectors._agent import ConnectorAgent
     from yumen.connectors._config import load_connector_config
 
+    # Stop requests that arrive while the connector starts (reading certificates, opening
+    # state) are kept and honoured as soon as the agent exists.
+    stopping: list[object] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(None))
     agent = ConnectorAgent(load_connector_config(Path(args.config)))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
+    if stopping:
+        return 0
     print(f"connector {agent.config.id} dialing broker {agent.config.broker}", flush=True)
     agent.run_forever()
     return 0

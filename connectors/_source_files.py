@@ -224,6 +224,47 @@ class CsvSource(_FileSource):
             "declare missing-value markers in 'null_values', or fix the offending values"
         )
 
+    def _read_error(self, exc: Exception) -> YumenError:
+        """Name the first row and column whose value does not fit the type inferred for it.
+
+        polars says which column failed but not where (and its message may quote the value):
+        on failure the file is read once more as text, and each typed column is checked with
+        a non-strict cast. The message carries the row and the column, never the value.
+        """
+        err = super()._read_error(exc)
+        try:
+            where = self._first_unparsable()
+        except Exception:  # noqa: BLE001 - locating is best effort; the error above stands
+            where = None
+        if where is None:
+            return err
+        row, column, dtype = where
+        line = f", line {row + 1:,} of the file" if self.spec.has_header else ""
+        return config_error(
+            f"{self.spec.describe()}: row {row:,}{line}, column {column!r}: a value that is not {dtype} "
+            f"(the type inferred from the first {self.spec.infer_rows:,} rows)",
+            hint=self._read_hint(),
+        )
+
+    def _first_unparsable(self) -> tuple[int, str, str] | None:
+        s = self.spec
+        typed = self._lazy().collect_schema()
+        raw = pl.scan_csv(self._path, separator=s.separator, has_header=s.has_header, infer_schema=False,
+                          null_values=list(s.null_values) or None)
+        best: tuple[int, str, str] | None = None
+        for name, dtype in typed.items():
+            if dtype == pl.String:
+                continue
+            c = pl.col(name)
+            try:
+                found = raw.select((c.is_not_null() & c.cast(dtype, strict=False).is_null()).arg_true().min()).collect(
+                    engine="streaming").item()
+            except pl.exceptions.PolarsError:
+                continue
+            if found is not None and (best is None or found + 1 < best[0]):
+                best = (int(found) + 1, name, str(dtype))
+        return best
+
 
 class ParquetSource(_FileSource):
     """A Parquet file, read with ``pl.scan_parquet``."""

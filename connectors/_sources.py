@@ -318,31 +318,43 @@ def validate_against(
             )
     if not check_values:
         return
+    problems = value_problems(registration, source)
+    if problems:
+        message, kind = problems[0]
+        raise config_error(f"dataset {registration.id!r}: {message}", hint=_VALUE_HINTS[kind])
+
+
+_VALUE_HINTS = {"bounds": "widen the bounds in the registration or clean the data",
+                "categories": "add the missing categories to the registration"}
+
+
+def value_problems(registration: DatasetRegistration, source: DataSource) -> list[tuple[str, str]]:
+    """Every column whose values stray from the registration, read over the whole source:
+    ``(message, kind)`` with kind ``bounds`` (numeric values outside the declared bounds) or
+    ``categories`` (values of a category column that are not declared). Counts only, never a
+    value. Neither is unsafe (mechanisms clamp, and count only declared categories), but the
+    results are biased or lose rows, so ``connector check`` reports them."""
     exprs: list[pl.Expr] = []
     for col in registration.columns:
         c = pl.col(col.name)
-        if col.numeric:
+        if col.numeric and col.lower is not None and col.upper is not None:
             exprs.append(((c < col.lower) | (c > col.upper)).sum().alias(col.name))
         elif col.type is ColumnType.CATEGORY:
             exprs.append(
                 (c.is_not_null() & ~c.cast(pl.String).is_in(list(col.categories))).sum().alias(col.name)
             )
     if not exprs:
-        return
+        return []
     counts = source.scan().select(exprs).collect(engine="streaming").row(0, named=True)
+    out = []
     for col in registration.columns:
         bad = counts.get(col.name) or 0
         if bad and col.numeric:
-            raise config_error(
-                f"dataset {registration.id!r}: {bad} value(s) of column {col.name!r} lie outside the declared "
-                f"bounds [{col.lower:g}, {col.upper:g}]",
-                hint="widen the bounds in the registration or clean the data",
-            )
-        if bad:
-            raise config_error(
-                f"dataset {registration.id!r}: {bad} value(s) of column {col.name!r} are not among its declared categories",
-                hint="add the missing categories to the registration",
-            )
+            out.append((f"{bad:,} value(s) of column {col.name!r} lie outside the declared bounds "
+                        f"[{col.lower:g}, {col.upper:g}]", "bounds"))
+        elif bad:
+            out.append((f"{bad:,} value(s) of column {col.name!r} are not among its declared categories", "categories"))
+    return out
 
 
 # --- shared machinery for the implementations -------------------------------------------
