@@ -76,7 +76,8 @@ def _one(client: Any, request: Any) -> float:
 
 
 def _level(clients: list[Any], jobs: list[Any], seconds: float) -> tuple[float, list[float]]:
-    """Run ``len(clients)`` operators for a warm-up plus ``seconds``; count what finished inside the window."""
+    """Run ``len(clients)`` operators for a warm-up plus ``seconds``: queries completed inside that window
+    per second, and the latencies of the queries that ran wholly inside it."""
     start = time.perf_counter()
     window = (start + WARMUP_S, start + WARMUP_S + seconds)
     latencies: list[float] = []
@@ -90,10 +91,11 @@ def _level(clients: list[Any], jobs: list[Any], seconds: float) -> tuple[float, 
                 began = time.perf_counter()
                 took = _one(clients[k], next(jobs[k]))
                 ended = began + took
-                if began >= window[0] and ended <= window[1]:
-                    with lock:
-                        latencies.append(took)
-                        done[0] += 1
+                with lock:
+                    if window[0] <= ended <= window[1]:
+                        done[0] += 1  # completions inside the window make the rate
+                        if began >= window[0]:
+                            latencies.append(took)  # latencies of queries wholly inside it
         except BaseException as e:  # noqa: BLE001 - reported below, never swallowed
             errors.append(e)
 
