@@ -98,6 +98,13 @@ TABLES: dict[str, tuple[Row, ...]] = {
         Row("scan_sum.postgres.rows_per_s", "PostgreSQL source (primary-key order), 1,000,000 rows", "rows/s", 0),
         Row("version.parquet.rows_per_s", "full content digest of the Parquet file", "rows/s", 0),
     ),
+    "verification": (
+        Row("verify_10m.per_s", "verifications/s, 10,000,000 rows, 16 in flight", "/s", 0),
+        Row("verify_10m_sequential.per_s", "verifications/s, one at a time", "/s", 0),
+        Row("verify_10m_plain_indexed_lookup.per_s", "baseline: plain lookups of the same identifiers, same index",
+            "/s", 0),
+        Row("verify_10m_index_build.s", "building the index, once per data version", "s", 1),
+    ),
     "sandbox": (
         Row("sandbox_start.bare.p50_ms", "bare python3, no isolation (baseline)", "ms", 1),
         Row("sandbox_start.bwrap.p50_ms", "bubblewrap", "ms", 1, baseline="sandbox_start.bare.p50_ms"),
