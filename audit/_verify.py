@@ -535,9 +535,7 @@ def _check_file(path: Path, workers: int | None, ca_pem: bytes | None = None) ->
 
 
 def _tree_from_hashes(hashes: bytes) -> MerkleTree:
-    tree = MerkleTree()
-    tree.append_leaf_hashes(hashes[i : i + 32] for i in range(0, len(hashes), 32))
-    return tree
+    return MerkleTree.from_leaf_hashes(hashes)
 
 
 def verify_leaves(

@@ -2,7 +2,12 @@
 
 A real local data space (broker and one connector as processes, mTLS gRPC) serves a
 1,000,000-row weather dataset. The DP path is timed from the operator's SubmitJob to
-the released result; the plain path is Polars counting the same Parquet file.
+the released result; the plain path is a Polars scan of the same Parquet file that reads
+every row of a column (not a row count from the file's metadata).
+
+``query_dp_count_1m.p50_ms``            operator's SubmitJob to released result, median of 20
+``query_plain_count_1m.p50_ms``         baseline: the plain scan, median of 20
+``query_dp_count_1m.ratio_to_plain``    the two medians' ratio
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import polars as pl
 
 ROWS = 1_000_000
 RUNS = 20
+
+
+# one per row, computed from the row's value: no answer from the file's metadata can stand in for it
+_EVERY_ROW = (pl.col("temp_mean_c").fill_null(0.0) * 0 + 1).cast(pl.Int64).sum()
 
 
 def _p50(samples: list[float]) -> float:
@@ -36,8 +45,10 @@ def run(results: dict[str, float]) -> None:
             plain = []
             for _ in range(RUNS):
                 t = time.perf_counter()
-                pl.scan_parquet(path).select(pl.len()).collect()
+                n = pl.scan_parquet(path).select(_EVERY_ROW).collect().item()
                 plain.append(time.perf_counter() - t)
+                if n != ROWS:
+                    raise RuntimeError(f"the plain scan counted {n} rows, expected {ROWS}")
             dp = []
             with space.client() as c:
                 for i in range(RUNS + 2):
@@ -53,5 +64,4 @@ def run(results: dict[str, float]) -> None:
                         dp.append(time.perf_counter() - t)
     results["query_plain_count_1m.p50_ms"] = _p50(plain)
     results["query_dp_count_1m.p50_ms"] = _p50(dp)
-    results["query_e2e_1m.p50_ms"] = _p50(dp)
     results["query_dp_count_1m.ratio_to_plain"] = _p50(dp) / _p50(plain)

@@ -3,6 +3,12 @@
 Each decision is what the broker does on SubmitJob before touching budget: read the
 operator's license from the store, then decide through Casbin with the level defaults and
 obligations. Datasets and licenses are drawn at random from the populations.
+
+``policy_decide_10k.p50_ms`` / ``.p99_ms`` / ``.per_s``  the whole decision, license read included
+``policy_decide_10k.store_read_p50_ms``  baseline: the license read from SQLite alone
+``policy_decide_10k.casbin_p50_ms``      Casbin's ``enforce_ex`` alone, for the requests that get
+                                         past the license and level gates to it
+``policy_decide_10k.allowed_share``      share of the requests allowed
 """
 
 from __future__ import annotations
@@ -48,21 +54,28 @@ def run(results: dict[str, float]) -> None:
                 purpose=rng.choice(["public-interest", "research", "commercial"]),
                 epsilon=Fraction(rng.choice([1, 2, 5]), 10), at=now,
             ))
-        samples = []
-        casbin = []  # decisions that got past the license and level gates to Casbin
+        samples, reads, casbin = [], [], []
         allowed = 0
         started = time.perf_counter()
         for req in requests:
             t = time.perf_counter()
             record = store.get_license(req.license)
-            decision = engine.decide(req, License.from_dict(record) if record else None)
+            read = time.perf_counter()
+            lic = License.from_dict(record) if record else None
+            decision = engine.decide(req, lic)
             samples.append(time.perf_counter() - t)
-            if decision.gate in ("", "rule", "obligation"):
-                casbin.append(samples[-1])
+            reads.append(read - t)
             allowed += decision.allowed
-        total = time.perf_counter() - started
+            if lic is not None and decision.gate in ("", "rule", "obligation"):
+                # the request reached Casbin: time that call alone, with the same arguments
+                values = (lic.group, req.department, req.dataset, req.level, req.tier, req.purpose)
+                t = time.perf_counter()
+                engine._enforcer.enforce_ex(*values)
+                casbin.append(time.perf_counter() - t)
+        total = time.perf_counter() - started - sum(casbin)
     results["policy_decide_10k.p50_ms"] = statistics.median(samples) * 1000
     results["policy_decide_10k.p99_ms"] = sorted(samples)[int(len(samples) * 0.99)] * 1000
+    results["policy_decide_10k.store_read_p50_ms"] = statistics.median(reads) * 1000
     results["policy_decide_10k.casbin_p50_ms"] = statistics.median(casbin) * 1000
     results["policy_decide_10k.per_s"] = DECISIONS / total
     results["policy_decide_10k.allowed_share"] = allowed / DECISIONS

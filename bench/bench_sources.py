@@ -7,7 +7,7 @@ Metrics (added to ``results``):
 ``scan_sum.polars_parquet.rows_per_s``  baseline: plain ``pl.scan_parquet`` of the same file
 ``scan_sum.sqlite.rows_per_s``          SQLite source, the first 1,000,000 of those rows
 ``scan_sum.postgres.rows_per_s``        PostgreSQL source (primary-key order), the same 1,000,000
-                                        rows; left out only when no server can be started
+                                        rows (no server: the module fails)
 ``version.parquet.rows_per_s``          a full content digest of the Parquet file (cache cleared)
 ``scan_sum.file_rows`` / ``scan_sum.db_rows``  the sizes used
 
@@ -113,9 +113,8 @@ def run(results: dict[str, float]) -> None:
             write_postgres_table(head, dsn, table, replace=True, primary_key="trip_no")
             db_sources["postgres"] = open_source(SourceSpec(kind="postgres", table=table, dsn_env=DSN_ENV))
         else:
-            print(
-                f"   postgres: skipped ({DSN_ENV} unset and scripts/setup_postgres.sh could not start a server)"
-            )
+            raise RuntimeError(f"PostgreSQL source not measured: {DSN_ENV} is unset and scripts/setup_postgres.sh "
+                               "could not start a server")
         try:
             for kind, source in db_sources.items():
                 got = source.scan().select(query).collect().item()

@@ -111,7 +111,10 @@ class Broker:
         self._ttl_ms = ticket_ttl_s * 1000
         self._links: dict[str, ConnectorLink] = {}
         self._links_lock = threading.Lock()
-        self._changed = threading.Condition()
+        # each watcher's wake-up, by job: a change wakes only the watchers of its job (a flood of
+        # jobs must not make every watcher re-read the store on every change)
+        self._watchers: dict[str, set[threading.Event]] = {}
+        self._watchers_lock = threading.Lock()
         self._job_locks: dict[str, threading.Lock] = {}
         self._job_locks_guard = threading.Lock()
         self._reexecutions: dict[tuple[str, str], "queue.Queue[tuple[bytes, bytes]]"] = {}
@@ -410,7 +413,7 @@ class Broker:
         if refusal is not None:
             raise refusal
         if created_now:
-            self._notify()
+            self._notify(record.job_id)
             self._dispatch(record)
         return self.store.get_job(record.job_id) or record
 
@@ -567,7 +570,7 @@ class Broker:
                     return
                 self.store.release_reservation(job.job_id)
                 self.audit.job_cancelled(job, reason)
-            self._notify()
+            self._notify(job.job_id)
 
     def _dispatch(self, job: JobRecord) -> None:
         """Send the job's tickets to those of its connectors that are connected here."""
@@ -596,7 +599,7 @@ class Broker:
                 current = self.store.get_job(job.job_id)
                 if current is None or current.state is not JobState.RUNNING:
                     return  # cancelled (or finished) meanwhile, perhaps by another replica
-            self._notify()
+            self._notify(job.job_id)
         for reg, conn, link in targets:
             link.outbox.put(self._ticket_for(job, reg, conn))
 
@@ -604,9 +607,12 @@ class Broker:
         for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
             self._dispatch(job)
 
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+    def _notify(self, job_id: str = "") -> None:
+        """Wake the watchers of ``job_id`` (of every job when it is empty)."""
+        with self._watchers_lock:
+            wakes = list(self._watchers.get(job_id, ())) if job_id else [w for ws in self._watchers.values() for w in ws]
+        for wake in wakes:
+            wake.set()
 
     def _own_job(self, identity: Identity, job_id: str) -> JobRecord:
         job = self.store.get_job(job_id)
@@ -622,16 +628,28 @@ class Broker:
     def watch(self, identity: Identity, job_id: str, *, stop: threading.Event | None = None) -> Iterator[EventRecord]:
         self._own_job(identity, job_id)
         seq = 0
-        while True:
-            for ev in self.store.events(job_id, seq):
-                seq = ev.seq
-                yield ev
-                if ev.state.final:
+        wake = threading.Event()
+        with self._watchers_lock:
+            self._watchers.setdefault(job_id, set()).add(wake)
+        try:
+            while True:
+                wake.clear()  # before the read: a change made after it wakes the wait below
+                for ev in self.store.events(job_id, seq):
+                    seq = ev.seq
+                    yield ev
+                    if ev.state.final:
+                        return
+                if stop is not None and stop.is_set():
                     return
-            if stop is not None and stop.is_set():
-                return
-            with self._changed:
-                self._changed.wait(timeout=0.5)
+                # the timeout also catches changes made by another broker replica
+                wake.wait(timeout=0.5)
+        finally:
+            with self._watchers_lock:
+                mine = self._watchers.get(job_id)
+                if mine is not None:
+                    mine.discard(wake)
+                    if not mine:
+                        del self._watchers[job_id]
 
     def result(self, identity: Identity, job_id: str) -> JobRecord:
         job = self._own_job(identity, job_id)
@@ -675,7 +693,7 @@ class Broker:
                     return
                 index = self.audit.job_executed(receipt, payload, signature, link.identity)
                 complete = self._advance(job, receipt)
-            self._notify()
+            self._notify(job.job_id)
             if complete:
                 self._release(job.job_id, index)
 
@@ -722,7 +740,7 @@ class Broker:
                 result["log_index_executed"] = index
                 result["log_index"] = self.audit.job_released(job, result)
                 self.store.set_state(job_id, JobState.SUCCEEDED, "result released", result=result)
-        self._notify()
+        self._notify(job_id)
 
     def complete_stalled(self, *, older_than_ms: int = 30_000) -> int:
         """Release jobs whose every dataset answered but whose result was never assembled (a

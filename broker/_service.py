@@ -11,6 +11,7 @@ import base64
 import logging
 import queue
 import threading
+from concurrent import futures
 from typing import Any, Iterator
 
 import grpc
@@ -127,8 +128,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
     """The long-lived stream a connector dials out on: tickets down, receipts up."""
 
+    # Receipts of different jobs are independent: they are handled on a pool so that their
+    # durable commits are shared (yumen.groupcommit) instead of one fsync after another on the
+    # stream's reader thread. Everything else a connector sends is handled in stream order.
+    RECEIPT_WORKERS = 16
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
+        self._receipts = futures.ThreadPoolExecutor(max_workers=self.RECEIPT_WORKERS, thread_name_prefix="receipt")
 
     def Connect(self, request_iterator: Iterator[connector_pb2.ConnectorMessage], context: grpc.ServicerContext) -> Iterator[connector_pb2.BrokerMessage]:
         try:
@@ -160,17 +167,40 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
             return
 
         def read_receipts() -> None:
+            # At most RECEIPT_WORKERS receipts of this stream in flight; any other message waits
+            # for those before it (a quality report or a destruction is handled after every
+            # receipt that came before it, as the connector sent them).
+            slots = threading.BoundedSemaphore(self.RECEIPT_WORKERS)
+            pending: set[futures.Future[None]] = set()
+
+            def drain() -> None:
+                futures.wait(list(pending))
+                pending.clear()
+
+            def handled(msg: connector_pb2.ConnectorMessage) -> None:
+                try:
+                    self._on_message(link, msg)
+                finally:
+                    slots.release()
+
             try:
                 for msg in request_iterator:
                     if isinstance(msg, Malformed):
                         log.warning("unreadable message from connector %s ignored: %s", who.name, msg.reason)
                         continue
+                    if msg.WhichOneof("kind") == "receipt":
+                        slots.acquire()
+                        pending.add(self._receipts.submit(handled, msg))
+                        pending = {f for f in pending if not f.done()}
+                        continue
+                    drain()
                     self._on_message(link, msg)
             except grpc.RpcError:
                 pass
             except Exception:  # noqa: BLE001 - the stream ends, the broker does not
                 log.exception("the stream of connector %s failed", who.name)
             finally:
+                drain()
                 self.broker.disconnect(link)
 
         reader = threading.Thread(target=read_receipts, name=f"receipts-{who.name}", daemon=True)

@@ -1,8 +1,10 @@
 """Broker state: catalog, jobs, budget ledger and partial results.
 
 ``Store`` is the contract; :class:`SqliteStore` is the embedded default (WAL, synchronous
-FULL, one connection per thread, write transactions taken with ``BEGIN IMMEDIATE`` so
-budget reservations are serialized). Budgets are stored as exact fractions ("n/d").
+FULL, a reader connection per thread, and every write on one writer connection whose
+transactions are group-committed: see :mod:`yumen.groupcommit` and docs/broker-state.md).
+Write blocks run one at a time, so budget reservations are serialized. Budgets are stored
+as exact fractions ("n/d").
 
 Job creation and budget reservation happen in one transaction: a job either exists with
 its budget reserved, or neither happened. Job ids are idempotency keys.
@@ -22,6 +24,7 @@ from typing import Any, Iterator, Protocol
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
+from yumen.groupcommit import GroupCommit
 from yumen.jobs import JobState
 
 from yumen.policy import Account, Charge, Reservation, refusal
@@ -183,19 +186,29 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # every write goes through one connection whose commits are shared (yumen.groupcommit)
+        self._writes = GroupCommit(self._connect())
         self._db().executescript(_SCHEMA)  # executescript manages its own transaction
         columns = {row[1] for row in self._db().execute("PRAGMA table_info(reservations)")}
         if "charges" not in columns:  # state written before reservations recorded their charges
             self._db().execute("ALTER TABLE reservations ADD COLUMN charges TEXT NOT NULL DEFAULT '[]'")
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
     def _db(self) -> sqlite3.Connection:
+        """Inside a write block, the shared writer connection (it sees the batch's writes);
+        elsewhere this thread's reader, which sees only committed state."""
+        tx = getattr(self._local, "tx", None)
+        if tx is not None:
+            return tx
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
+            db = self._local.db = self._connect()
         return db
 
     class _Tx:
@@ -217,8 +230,10 @@ class SqliteStore:
             else:
                 self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
-    def _tx(self) -> "SqliteStore._Tx":
-        return SqliteStore._Tx(self._db(), getattr(self._local, "atomic", False))
+    def _tx(self) -> Any:
+        if getattr(self._local, "atomic", False):
+            return SqliteStore._Tx(self._db(), True)
+        return self.atomic()
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Any]:
@@ -228,21 +243,18 @@ class SqliteStore:
         only its own rows), and the broker appends log entries on the yielded connection:
         the log's tables live in the same database file, so a ledger change and the entry
         that records it commit together or not at all, in the order the ledger saw them.
-        ``BEGIN IMMEDIATE`` takes SQLite's single write lock, which serializes these blocks.
+        Blocks run one at a time on the writer connection (SQLite's single write lock is held
+        by its open transaction); a block returns once the commit that holds it is durable,
+        a commit shared with the blocks that ran beside it (group commit).
         """
         if getattr(self._local, "atomic", False):
             raise YumenError(Code.INTERNAL, "atomic store blocks do not nest")
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        self._local.atomic = True
-        try:
-            yield db
-        except BaseException:
-            self._local.atomic = False
-            db.execute("ROLLBACK")
-            raise
-        self._local.atomic = False
-        db.execute("COMMIT")
+        with self._writes.transaction() as db:
+            self._local.atomic, self._local.tx = True, db
+            try:
+                yield db
+            finally:
+                self._local.atomic, self._local.tx = False, None
 
     # -- catalog -------------------------------------------------------------
     def put_dataset(self, reg: DatasetRegistration, connector: str) -> None:

@@ -39,6 +39,9 @@ _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 30.0
 
 
+
+QUERY_WORKERS = 16  # at least this many query workers (see ConnectorAgent.__init__)
+
 class ConnectorAgent:
     def __init__(self, config: ConnectorConfig) -> None:
         self.config = config
@@ -54,7 +57,13 @@ class ConnectorAgent:
         # its release time (connectors/_timing.py), so queued algorithm jobs start when earlier
         # ones reach their deadlines, not when their code happened to finish; queries never
         # wait behind algorithms.
-        self._pool = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="query")
+        # Query workers mostly wait for the state's durable commits (claim, ledger charge,
+        # receipt), which concurrent workers share (yumen.groupcommit); the data work is an
+        # in-process Polars plan on the bounded frame. So queries get at least QUERY_WORKERS
+        # workers whatever max_parallel_jobs says: that setting bounds sandboxes, which cost
+        # a process, memory and CPU each.
+        self._pool = futures.ThreadPoolExecutor(max_workers=max(config.max_parallel_jobs, QUERY_WORKERS),
+                                                thread_name_prefix="query")
         self._held = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="algorithm")
         self._stop = threading.Event()
         self.connected = threading.Event()

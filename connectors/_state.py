@@ -21,6 +21,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from yumen.groupcommit import GroupCommit
+
 __all__ = ["ConnectorState"]
 
 
@@ -30,7 +32,12 @@ class ConnectorState:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reader connection above: committed state only
+        # Writes go through their own connection, group-committed: workers that write at the same
+        # time share one fsync, and each write is durable before its method returns.
+        writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        writer.execute("PRAGMA synchronous=FULL")
+        self._writes = GroupCommit(writer)
         self._db.executescript("""
             CREATE TABLE IF NOT EXISTS executions (
                 job_id TEXT NOT NULL,
@@ -80,8 +87,8 @@ class ConnectorState:
 
     def claim(self, job_id: str, dataset: str, ticket_digest: str) -> tuple[bool, tuple[bytes, bytes, bytes] | None]:
         """Claim a ticket. Returns (claimed, stored receipt and ciphertext if already done)."""
-        with self._lock:
-            row = self._db.execute(
+        with self._writes.transaction() as db:
+            row = db.execute(
                 "SELECT state, receipt_payload, receipt_signature, ciphertext FROM executions WHERE job_id=? AND dataset=?",
                 (job_id, dataset),
             ).fetchone()
@@ -89,7 +96,7 @@ class ConnectorState:
                 if row[0] == "done":
                     return False, (bytes(row[1]), bytes(row[2]), bytes(row[3] or b""))
                 return False, None
-            self._db.execute(
+            db.execute(
                 "INSERT INTO executions(job_id, dataset, ticket_digest, state, at_ms) VALUES (?,?,?,?,?)",
                 (job_id, dataset, ticket_digest, "claimed", int(time.time() * 1000)),
             )
@@ -97,8 +104,8 @@ class ConnectorState:
 
     def finish(self, job_id: str, dataset: str, payload: bytes, signature: bytes, salt: bytes | None,
                ciphertext: bytes = b"", *, release_ms: int = 0) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writes.transaction() as db:
+            db.execute(
                 "UPDATE executions SET state='done', receipt_payload=?, receipt_signature=?, salt=?, ciphertext=?, "
                 "release_ms=? WHERE job_id=? AND dataset=?",
                 (payload, signature, salt, ciphertext, release_ms, job_id, dataset),
@@ -138,8 +145,8 @@ class ConnectorState:
 
     # -- failures: the detail the operator is not told ---------------------------------
     def record_failure(self, job_id: str, dataset: str, *, algorithm_digest: str, kind: str, detail: str) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writes.transaction() as db:
+            db.execute(
                 "INSERT INTO failures(job_id, dataset, algorithm_digest, kind, detail, at_ms) VALUES (?,?,?,?,?,?)",
                 (job_id, dataset, algorithm_digest, kind, detail[:4000], int(time.time() * 1000)),
             )
@@ -157,25 +164,18 @@ class ConnectorState:
     # -- the department's own ledger --------------------------------------------------
     def charge(self, dataset: str, period: str, epsilon: Fraction, cap: Fraction) -> Fraction | None:
         """Charge ``epsilon`` to the dataset's local ledger; return None, or what is left when it would overrun."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("SELECT spent FROM ledger WHERE dataset=? AND period=?", (dataset, period)).fetchone()
-                spent = Fraction(row[0]) if row else Fraction(0)
-                if spent + epsilon > cap:
-                    self._db.execute("ROLLBACK")
-                    return max(cap - spent, Fraction(0))
-                total = spent + epsilon
-                self._db.execute(
-                    "INSERT INTO ledger(dataset, period, spent) VALUES (?,?,?) "
-                    "ON CONFLICT(dataset, period) DO UPDATE SET spent=excluded.spent",
-                    (dataset, period, f"{total.numerator}/{total.denominator}"),
-                )
-                self._db.execute("COMMIT")
-                return None
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._writes.transaction() as db:
+            row = db.execute("SELECT spent FROM ledger WHERE dataset=? AND period=?", (dataset, period)).fetchone()
+            spent = Fraction(row[0]) if row else Fraction(0)
+            if spent + epsilon > cap:
+                return max(cap - spent, Fraction(0))
+            total = spent + epsilon
+            db.execute(
+                "INSERT INTO ledger(dataset, period, spent) VALUES (?,?,?) "
+                "ON CONFLICT(dataset, period) DO UPDATE SET spent=excluded.spent",
+                (dataset, period, f"{total.numerator}/{total.denominator}"),
+            )
+            return None
 
     def spent(self, dataset: str, period: str) -> Fraction:
         with self._lock:
@@ -208,15 +208,15 @@ class ConnectorState:
         return [self._approval_row(r) for r in rows]
 
     def request_approval(self, digest: str, source: bytes, request: dict[str, Any]) -> None:
-        with self._lock:
-            self._db.execute(
+        with self._writes.transaction() as db:
+            db.execute(
                 "INSERT OR IGNORE INTO approvals(digest, status, source, request, limits, requested_ms) VALUES (?,?,?,?,?,?)",
                 (digest, "pending", source, json.dumps(request, sort_keys=True), "{}", int(time.time() * 1000)),
             )
 
     def decide_approval(self, digest: str, status: str, *, limits: dict[str, Any], note: str, by: str) -> bool:
-        with self._lock:
-            cur = self._db.execute(
+        with self._writes.transaction() as db:
+            cur = db.execute(
                 "UPDATE approvals SET status=?, limits=?, note=?, decided_by=?, decided_ms=? WHERE digest=?",
                 (status, json.dumps(limits, sort_keys=True), note, by, int(time.time() * 1000), digest),
             )
@@ -224,8 +224,8 @@ class ConnectorState:
 
     def count_approved_run(self, digest: str, max_runs: int) -> bool:
         """Count one run of an approved algorithm; False when its run limit is reached."""
-        with self._lock:
-            cur = self._db.execute(
+        with self._writes.transaction() as db:
+            cur = db.execute(
                 "UPDATE approvals SET runs = runs + 1 WHERE digest=? AND status='approved' AND (?=0 OR runs < ?)",
                 (digest, max_runs, max_runs),
             )

@@ -187,3 +187,27 @@ def test_random_consistency_proofs_verify_and_altered_ones_fail(new, data):
         bad[k] = bytes([bad[k][0] ^ 1]) + bad[k][1:]
         with pytest.raises(YumenError):
             verify_consistency(old_size=old, new_size=new, old_root=tree.root(old), new_root=tree.root(new), proof=bad)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 31, 64, 100, 1025])
+def test_a_tree_built_level_by_level_holds_the_same_nodes_as_one_built_leaf_by_leaf(n: int) -> None:
+    hashes = [leaf_hash(b"entry %d" % i) for i in range(n)]
+    incremental = MerkleTree()
+    incremental.append_leaf_hashes(hashes)
+    bulk = MerkleTree.from_leaf_hashes(b"".join(hashes))
+    assert bulk.size == incremental.size == n
+    assert bulk.root() == incremental.root() == root_from_leaf_hashes(hashes)
+    for old in range(0, n + 1, max(1, n // 7)):
+        assert bulk.root(old) == incremental.root(old)
+        if 0 < old:
+            assert bulk.consistency_proof(old, n) == incremental.consistency_proof(old, n)
+    for index in range(0, n, max(1, n // 5)):
+        assert bulk.inclusion_proof(index) == incremental.inclusion_proof(index)
+    bulk.append_leaf_hashes([leaf_hash(b"one more")])  # and it goes on growing like any other
+    incremental.append_leaf_hashes([leaf_hash(b"one more")])
+    assert bulk.root() == incremental.root()
+
+
+def test_leaf_hashes_that_are_not_whole_hashes_are_refused() -> None:
+    with pytest.raises(YumenError):
+        MerkleTree.from_leaf_hashes(b"\x00" * 33)
