@@ -32,6 +32,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,6 +145,44 @@ class JobScratch:
         if engine is not None:
             left += self._containers_left(engine)
         return left
+
+    def kill_sandboxes(self, *, engine: Any = None) -> list[str]:
+        """SIGKILL every sandbox of this job; return what was killed.
+
+        Every sandbox a job runs names a path under the job's scratch: bubblewrap binds its
+        input from there (so the path is on bwrap's command line) and Docker mounts it. A
+        bubblewrap sandbox is killed by its process group (it runs in a session of its own; the
+        kernel then ends its PID namespace), a container through the engine.
+        """
+        needle = str(self.path).encode() + b"/"
+        killed = []
+        own_group = os.getpgrp()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle not in f.read():
+                        continue
+                group = os.getpgid(pid)
+                if group != own_group and group > 1:
+                    os.killpg(group, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(f"process {pid}")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+        if engine is not None:
+            prefix = str(self.path)
+            try:
+                for c in engine.containers.list(filters={"label": "org.yumen.sandbox=1"}):
+                    if any(str(m.get("Source", "")).startswith(prefix) for m in c.attrs.get("Mounts") or []):
+                        c.kill()
+                        killed.append(f"container {c.short_id}")
+            except Exception as e:  # noqa: BLE001 - the engine may be gone; the container's own limits end it
+                log.warning("could not ask the Docker engine for the job's containers: %s", type(e).__name__)
+        return killed
 
     def remaining(self) -> list[str]:
         """Paths under the job's scratch that still exist (checked with ``lstat``)."""

@@ -30,7 +30,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -252,6 +252,29 @@ def run_blocks(
     return outputs, statuses, cpu_ms, last.backend, last.runtime_digest, reports
 
 
+# Asks the broker whether a ticket may start: "" yes, a reason no, None no answer (the link broke).
+StartGate = Callable[[Ticket, str], "str | None"]
+
+
+class _Stoppable:
+    """A sandbox backend that starts no run of a job the broker ordered stopped."""
+
+    def __init__(self, backend: Any, job_id: str, stopped: Callable[[str], "threading.Event | None"]) -> None:
+        self._backend = backend
+        self._job_id = job_id
+        self._stopped = stopped
+        self.name = getattr(backend, "name", "")
+
+    def run(self, request: Any) -> Any:
+        event = self._stopped(self._job_id)
+        if event is not None and event.is_set():
+            raise JobFailure("killed", "the broker ordered the job stopped before this sandbox started")
+        return self._backend.run(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
 class _existing:
     """A directory as a context manager that leaves it in place (its owner destroys it)."""
 
@@ -287,6 +310,7 @@ class Executor:
             for d in config.datasets
         }
         self._running: set[tuple[str, str]] = set()
+        self._stopped: dict[str, threading.Event] = {}  # jobs the broker ordered stopped, while they run
         self._running_lock = threading.Lock()
         self._sandboxes: dict[str, Any] = {}
         from yumen.connectors._metrics import ConnectorMetrics
@@ -308,7 +332,8 @@ class Executor:
         return self._sandboxes[name]
 
     def handle(
-        self, payload: bytes, signature: bytes, algorithm_source: bytes, he_context: bytes = b""
+        self, payload: bytes, signature: bytes, algorithm_source: bytes, he_context: bytes = b"",
+        start: "StartGate | None" = None,
     ) -> tuple[bytes, bytes, bytes] | None:
         """Run one ticket; return the signed receipt (payload, signature, ciphertext), or None to ignore.
 
@@ -316,6 +341,10 @@ class Executor:
         pinned broker, so there is nobody trustworthy to answer. For the algorithm tiers this
         returns no earlier than the job's release time (see :mod:`yumen.connectors._timing`):
         the calling worker is held with the receipt.
+
+        ``start`` asks the broker whether the job may still start, after the department's own
+        checks and before any data is read (see :data:`StartGate`); without one (local runs)
+        every ticket starts.
         """
         try:
             ticket = Ticket.verify(payload, signature, self._broker_cert)
@@ -346,10 +375,11 @@ class Executor:
             return self._finish(ticket, self._receipt(ticket, digest, **fields), None, started=started,
                                 schedule=schedule, destroyed=not left)
         try:
-            return self._execute(ticket, digest, algorithm_source, he_context)
+            return self._execute(ticket, digest, algorithm_source, he_context, start)
         finally:
             with self._running_lock:
                 self._running.discard(key)
+                self._stopped.pop(ticket.job_id, None)
 
     def _loss_or_pure(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
         try:
@@ -470,7 +500,8 @@ class Executor:
                 ticket.tier, int(algo.get("blocks", 10)), at_ms=receipt.at_ms, verified=destroyed))
         payload, sig = receipt.sign(self._key)
         self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext, release_ms=int(release * 1000))
-        self._hold_until(release)
+        if self._stopped_event(ticket.job_id) is None:  # a stopped job releases nothing: no need to hold
+            self._hold_until(release)
         return payload, sig, ciphertext
 
     def _loss(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
@@ -516,6 +547,63 @@ class Executor:
         except YumenError as e:
             return e.message
         return self.config.local_policy.refusal(tier=ticket.tier, purpose=ticket.purpose, epsilon=ticket.epsilon)
+
+    def _local_period(self) -> str:
+        lp = self.config.local_policy
+        return f"{lp.period_days}d:{int(time.time() // 86400) // lp.period_days}"
+
+    def _give_back_local(self, ticket: Ticket) -> None:
+        """Return what :meth:`_local_gates` charged to the department's ledger for a job that
+        never started."""
+        accounting, amount = self._loss(ticket)
+        lp = self.config.local_policy
+        if accounting is Accounting.PURE:
+            self.state.charge(ticket.dataset, self._local_period(), -amount, lp.dataset_epsilon_cap)
+        else:
+            delta = self.datasets[ticket.dataset].base.privacy_unit.delta
+            self.state.charge(ticket.dataset, self._local_period() + "/rho", -amount,
+                              rho_of_epsilon(lp.dataset_epsilon_cap, delta))
+
+    # -- stopping a job ---------------------------------------------------------------------
+    def stop(self, job_id: str, reason: str) -> bool:
+        """Stop a job this connector runs (the broker's order: its operator cancelled it, or it
+        overran): no sandbox of it starts from now on, and those running are killed (processes
+        and containers found by the job's scratch directory, which each of them mounts). Its
+        receipt then reports it failed, and nothing of it is released. False when it is not
+        running here."""
+        with self._running_lock:
+            datasets = [ds for job, ds in self._running if job == job_id]
+            if not datasets:
+                return False
+            stopped = self._stopped.setdefault(job_id, threading.Event())
+        stopped.set()
+        log.warning("stopping job %s: %s", job_id, reason)
+
+        def sweep() -> None:
+            # a sandbox starting while we look is caught by the next pass; the job's own
+            # worker ends the sweeps when it returns
+            for _ in range(120):
+                for ds in datasets:
+                    for what in self._scratch_for(job_id, ds).kill_sandboxes(engine=self._any_engine()):
+                        log.warning("job %s: killed %s", job_id, what)
+                with self._running_lock:
+                    if not any(job == job_id for job, _ in self._running):
+                        return
+                time.sleep(0.5)
+
+        threading.Thread(target=sweep, name=f"stop-{job_id[:24]}", daemon=True).start()
+        return True
+
+    def _stopped_event(self, job_id: str) -> threading.Event | None:
+        with self._running_lock:
+            return self._stopped.get(job_id)
+
+    def _any_engine(self) -> Any:
+        for name in ("docker", "gvisor"):
+            backend = self._sandboxes.get(name)
+            if backend is not None:
+                return getattr(backend, "client", None)
+        return None
 
     def _local_gates(self, ticket: Ticket, algorithm_source: bytes) -> str:
         """The department's own checks that need state: sandbox, approvals, then its ε ledger."""
@@ -574,7 +662,8 @@ class Executor:
             return f"the approval of algorithm {digest[:19]}… allows {limits.get('max_runs')} runs, all used"
         return ""
 
-    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
+    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes,
+                 start: "StartGate | None" = None) -> tuple[bytes, bytes, bytes] | None:
         try:
             schedule = self._schedule(ticket)  # fixed from the job's limits, before any data is read
             reason = self._refusal(ticket, algorithm_source) or self._local_gates(ticket, algorithm_source)
@@ -589,6 +678,15 @@ class Executor:
         if he_digest and "sha256:" + hashlib.sha256(he_context).hexdigest() != he_digest:
             reason = "the encryption context does not match the digest in the ticket"
             return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
+        answer = start(ticket, digest) if start is not None else ""
+        if answer is None or answer:
+            self._give_back_local(ticket)  # nothing was read: the department's own ledger too
+            if answer is None:  # no answer (the link broke): the redelivered ticket asks again
+                self.state.unclaim(ticket.job_id, ticket.dataset)
+                return None
+            log.info("job %s on %s not started: %s", ticket.job_id, ticket.dataset, answer)
+            return self._finish(ticket, self._receipt(ticket, digest, status="refused",
+                                                      error=f"the broker withdrew the ticket: {answer}"), None)
         started = time.time()
         salt = os.urandom(32)
         ciphertext = b""
@@ -631,9 +729,12 @@ class Executor:
         return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule, destroyed=not left)
 
     def _scratch(self, ticket: Ticket) -> Any:
+        return self._scratch_for(ticket.job_id, ticket.dataset)
+
+    def _scratch_for(self, job_id: str, dataset: str) -> Any:
         from yumen.connectors._destruction import JobScratch
 
-        return JobScratch(self.scratch_root, ticket.job_id, ticket.dataset)
+        return JobScratch(self.scratch_root, job_id, dataset)
 
     def _engine_of(self, ticket: Ticket) -> Any:
         """The Docker client to ask for leftover containers, when the job ran under Docker or gVisor."""
@@ -730,7 +831,8 @@ class Executor:
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
-        backend = self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch)
+        backend = _Stoppable(self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch),
+                             ticket.job_id, self._stopped_event)
         reg, snapshot = pinned.registration, pinned.snapshot
         if scratch is not None:
             snapshot = scratch.stage_input(snapshot)  # the sandbox reads this, inside the job's scratch

@@ -407,6 +407,16 @@ def _job_result(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_cancel(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        info = c.cancel(args.job_id)
+    if args.json:
+        _print_json({"job": info.to_dict()})
+    else:
+        print(f"{info.job_id}: {info.state} — {info.message}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     cat = sub.add_parser("catalog", help="browse the catalog of public data resources (metadata only)")
     csub = cat.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
@@ -501,7 +511,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     jsub = j.add_subparsers(dest="job_command", metavar="ACTION", required=True)
     for name, fn, helptext in (("status", _job_status, "show a job's state"),
                                ("watch", _job_watch, "stream a job's progress until it ends"),
-                               ("result", _job_result, "fetch a job's released result")):
+                               ("result", _job_result, "fetch a job's released result"),
+                               ("cancel", _job_cancel, "cancel your queued or running job; nothing of it is released "
+                                                       "(budget: returned if no department started it)")):
         jp = jsub.add_parser(name, help=helptext)
         jp.add_argument("job_id")
         jp.add_argument("--json", action="store_true")
