@@ -656,7 +656,14 @@ class Broker:
         if found is None or found[1] != link.identity.name:
             why = f"{link.identity.name} does not serve {echo(dataset)}"
         else:
+            before = self.store.ticket_states(job_id).get(dataset)
             why = self.store.start_ticket(job_id, dataset, now_ms())
+            if not why and before is not None and not before.started_ms:
+                # the operator sees when a department started (never data-dependent: the
+                # connector asks before it reads anything)
+                self.store.set_state(job_id, JobState.RUNNING, f"started at department {found[0].department}",
+                                     expect=JobState.RUNNING)
+                self._notify()
         if why:
             log.info("start of job %s on %s refused: %s", echo(job_id), echo(dataset), why)
         link.outbox.put(OutgoingControl(kind="start", job_id=job_id[:200], dataset=dataset[:200], go=not why, reason=why))

@@ -594,6 +594,12 @@ class Executor:
         threading.Thread(target=sweep, name=f"stop-{job_id[:24]}", daemon=True).start()
         return True
 
+    def _raise_if_stopped(self, ticket: Ticket) -> None:
+        """A job the broker stopped ends as killed, whatever its sandboxes returned: it releases nothing."""
+        event = self._stopped_event(ticket.job_id)
+        if event is not None and event.is_set():
+            raise JobFailure("killed", "the broker ordered the job stopped")
+
     def _stopped_event(self, job_id: str) -> threading.Event | None:
         with self._running_lock:
             return self._stopped.get(job_id)
@@ -844,6 +850,7 @@ class Executor:
             report = backend.run(SandboxRequest(algorithm=source, inputs={reg.id: snapshot}, params=algo.get("params", {}),
                                                 timeout_s=run_timeout, memory_mb=memory_mb))
             self._keep_logs(ticket, report, "run")
+            self._raise_if_stopped(ticket)
             common = {"algorithm_digest": algo["digest"], "backend": report.backend,
                       "runtime_digest": report.runtime_digest, "metering": {"sandbox_runs": 1}}
             if report.status is not Status.OK or report.result is None:
@@ -866,6 +873,7 @@ class Executor:
         )
         for i, block_report in enumerate(reports):
             self._keep_logs(ticket, block_report, f"block-{i}")
+        self._raise_if_stopped(ticket)
         # Whether the code failed is itself an output of untrusted code on private data, so
         # it is released the same way: the share of failed blocks, averaged and noised with
         # the other outputs (one person changes one block, so its sensitivity is 1/k).
