@@ -89,6 +89,11 @@ class JobFailure(Exception):
 
 _STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
+# The users a job's sandboxes run as (as root): bubblewrap's range of per-job uids (its
+# defaults), and the container user of the Docker backends.
+_JOB_UID_BASE, _JOB_UID_COUNT = 2_000_000_000, 1_000_000
+_CONTAINER_UID = 65534
+
 # The extra output of every sample-and-aggregate release: the (noisy) share of failed blocks.
 FAILED_SHARE = "_failed_share"
 
@@ -207,7 +212,7 @@ class ServedDataset:
 def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
-    block_dir: Path | None = None,
+    block_dir: Path | None = None, own: Callable[[Path], None] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
     # ``timeout_s`` is each block's own limit (the job's limit shared out over its waves)
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
@@ -232,6 +237,8 @@ def run_blocks(
         for i, block in enumerate(blocks):
             path = Path(tmp) / f"block-{i}.parquet"
             block.write_parquet(path)
+            if own is not None:
+                own(path)  # readable by the job's sandbox user only
             paths.append(path)
         del blocks
 
@@ -298,11 +305,16 @@ class Executor:
         self._key = key
         self._broker_cert = broker_cert
         self.state = ConnectorState(config.state_dir / "connector.db")
-        from yumen.connectors._destruction import default_scratch_root
+        from yumen.connectors._destruction import default_scratch_root, sweep_scratch
         from yumen.connectors._stewardship import Stewardship
 
         # every file a job puts on the host lives under here, and is destroyed after it
-        self.scratch_root = config.scratch_dir or default_scratch_root(config.id)
+        self.scratch_root = config.scratch_dir or default_scratch_root(config.id, config.state_dir)
+        # what a crash (kill -9, power loss) left staged: no job runs yet, so none of it is live
+        left = sweep_scratch(self.scratch_root)
+        if left:
+            log.warning("removed the scratch of %d jobs a previous connector process left in %s", len(left),
+                        self.scratch_root)
         self.steward = Stewardship(config, key, ledger=self.state)
         self.datasets: dict[str, ServedDataset] = {
             d.registration.id: ServedDataset(d.registration, open_source(d.source), config.state_dir / "snapshots",
@@ -697,7 +709,7 @@ class Executor:
         salt = os.urandom(32)
         ciphertext = b""
         is_algorithm = "algorithm" in ticket.work
-        scratch = self._scratch(ticket)
+        scratch = self._scratch(ticket, owner=self._sandbox_owner(ticket) if is_algorithm else None)
         try:
             pinned = served.pin()
             if is_algorithm:
@@ -734,13 +746,29 @@ class Executor:
         receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
         return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule, destroyed=not left)
 
-    def _scratch(self, ticket: Ticket) -> Any:
-        return self._scratch_for(ticket.job_id, ticket.dataset)
+    def _scratch(self, ticket: Ticket, *, owner: int | None = None) -> Any:
+        return self._scratch_for(ticket.job_id, ticket.dataset, owner=owner)
 
-    def _scratch_for(self, job_id: str, dataset: str) -> Any:
+    def _scratch_for(self, job_id: str, dataset: str, *, owner: int | None = None) -> Any:
         from yumen.connectors._destruction import JobScratch
 
-        return JobScratch(self.scratch_root, job_id, dataset)
+        return JobScratch(self.scratch_root, job_id, dataset, owner=owner)
+
+    def _sandbox_owner(self, ticket: Ticket) -> int | None:
+        """The user a job's sandboxes run as, who alone may read what is staged for them: a uid
+        of the job's own under bubblewrap (the backend is told to use it), 65534 in a container;
+        None when the connector is not root (its sandboxes then run as its own user)."""
+        if os.geteuid() != 0:
+            return None
+        name = self.config.sandbox
+        required = str(ticket.obligations.get("sandbox", ""))
+        if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
+            name = required
+        if name == "bwrap":
+            import secrets
+
+            return _JOB_UID_BASE + secrets.randbelow(_JOB_UID_COUNT)
+        return _CONTAINER_UID
 
     def _engine_of(self, ticket: Ticket) -> Any:
         """The Docker client to ask for leftover containers, when the job ran under Docker or gVisor."""
@@ -759,6 +787,9 @@ class Executor:
         name = getattr(backend, "name", "")
         if scratch is None or name not in BACKENDS:
             return backend
+        if name == "bwrap" and scratch.owner is not None:
+            # every sandbox of the job runs as the uid its staged files belong to
+            return get_backend(name, staging_dir=scratch.sandbox, uid_base=scratch.owner, uid_count=1)
         return get_backend(name, staging_dir=scratch.sandbox)
 
     @staticmethod
@@ -840,7 +871,7 @@ class Executor:
         backend = _Stoppable(self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch),
                              ticket.job_id, self._stopped_event)
         reg, snapshot = pinned.registration, pinned.snapshot
-        if scratch is not None:
+        if scratch is not None and ticket.tier == "approved-algorithm":
             snapshot = scratch.stage_input(snapshot)  # the sandbox reads this, inside the job's scratch
         run_timeout = schedule.run_timeout_s if schedule is not None else float(algo.get("timeout_s", 60))
         accounting, loss = self._loss(ticket)
@@ -869,7 +900,7 @@ class Executor:
         outputs, statuses, cpu_ms, backend_name, runtime, reports = run_blocks(
             backend, source, reg, snapshot, k, seed, params=algo.get("params", {}), timeout_s=run_timeout,
             memory_mb=memory_mb, parallel=self.config.timing.parallel,
-            block_dir=scratch.blocks if scratch is not None else None,
+            block_dir=scratch.blocks if scratch is not None else None, own=scratch.own if scratch is not None else None,
         )
         for i, block_report in enumerate(reports):
             self._keep_logs(ticket, block_report, f"block-{i}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,35 @@ def test_a_job_can_be_cancelled_only_by_its_own_operator(space):
         space.wait_online([WEATHER])
 
 
+def test_staged_data_is_private_to_the_jobs_sandbox_and_a_connector_killed_mid_job_leaves_none_after_restart(space):
+    scratch = space.scratch / "weather-bureau"
+    sub = _yumen(space, "operator-1", "submit", "algorithm", str(ALGOS / "sleep_forever.py"), "--dataset", WEATHER,
+                 "--output", "x=0:1", "--timeout", "120", "--blocks", "2", "--epsilon", "0.2",
+                 "--purpose", "public-interest", "--job-id", "crash-1", "--no-wait")
+    assert sub.returncode == 0, sub.stderr
+    _wait_for(lambda: bool(_sandbox_pids(scratch)), "its sandboxes to run")
+    (job_dir,) = [d for d in scratch.iterdir()]
+    owner = job_dir.stat().st_uid
+    if os.geteuid() == 0:
+        assert owner >= 2_000_000_000  # the job's own sandbox uid, not the connector's
+    staged = [p for p in job_dir.rglob("*")]
+    assert any(p.name.startswith("block-") for p in staged)
+    for path in [job_dir, *staged]:
+        st = path.lstat()
+        assert st.st_uid == owner, path
+        assert oct(st.st_mode & 0o777) == (oct(0o700) if path.is_dir() else oct(0o400)), path
+    assert oct(scratch.stat().st_mode & 0o777) == oct(0o711)  # traversable, not listable
+
+    space.stop_process("weather-bureau", sig=signal.SIGKILL)
+    assert job_dir.exists()  # the crash left it behind
+    _wait_for(lambda: not _sandbox_pids(scratch), "its sandboxes to die with their connector", timeout=60)
+    space.start_connector("weather-bureau")
+    space.wait_online([WEATHER])
+    assert not job_dir.exists() and list(scratch.iterdir()) == []
+    log = (space.root / "logs" / "weather-bureau.log").read_text()
+    assert "removed the scratch of 1 jobs a previous connector process left" in log
+
+
 def test_the_log_with_expiries_and_cancellations_verifies_and_replays_to_the_brokers_books(space, tmp_path):
     # (runs after the tests above in this module: the log holds an expiry and three cancellations)
     out = tmp_path / "export"
@@ -206,3 +236,20 @@ def test_the_log_with_expiries_and_cancellations_verifies_and_replays_to_the_bro
     assert replay.returncode == 0, replay.stdout + replay.stderr
     entries = [json.loads(line) for line in (out / "entries.jsonl").read_text().splitlines()]
     assert len(entries) > 5
+
+
+def test_the_readmes_audit_commands_work_as_written_with_the_brokers_published_log_vkey(space, tmp_path):
+    """The README tells an auditor to save the broker's state_dir/log.vkey as log.vkey and run
+    export, verify and replay; those lines, as written, succeed."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("The log's verifier key is the file `log.vkey` in the broker's `state_dir`", 1)[1]
+    block = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("  #", 1)[0].strip() for line in block.splitlines()
+                if line.startswith(("yumen audit export", "yumen audit verify", "yumen audit replay"))]
+    assert [c.split()[2] for c in commands] == ["export", "verify", "replay"]
+    shutil.copy(space.root / "broker-state" / "log.vkey", tmp_path / "log.vkey")  # the README's `cp` line
+    env = dict(space.cli_env("auditor-1"), HOME=str(tmp_path), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for command in commands:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=300)
+        assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
+        assert "taken from the export itself" not in proc.stdout  # verified against the published key
