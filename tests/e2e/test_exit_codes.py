@@ -234,7 +234,7 @@ def test_an_unreadable_file_argument_is_exit_2_without_a_traceback(space, tmp_pa
 def test_a_quantile_is_parsed_as_a_quantile_and_its_accuracy_is_shown_in_ranks(space):
     bad = _yumen(space, "operator-1", "submit", "query", "--dataset", DATASET, "--aggregate", "quantile", "--column",
                  "temp_mean_c", "--quantile", "1.5", "--epsilon", "0.1", "--purpose", "research")
-    assert bad.returncode == 2 and "quantile 1.5 is not between 0 and 1" in bad.stderr and "ε" not in bad.stderr
+    assert bad.returncode == 2 and "quantile '1.5' is not a decimal between 0 and 1" in bad.stderr and "ε" not in bad.stderr
     ok = _yumen(space, "operator-1", "submit", "query", "--dataset", DATASET, "--aggregate", "quantile", "--column",
                 "temp_mean_c", "--quantile", "0.5", "--epsilon", "0.1", "--purpose", "research")
     assert ok.returncode == 0, ok.stderr
