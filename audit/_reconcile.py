@@ -138,8 +138,6 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
     """Re-decide ``entry`` under the policy version and license state the log names."""
     from yumen.policy import DecisionRequest
 
-    engine = _engine(entry.policy_version, ctx)
-    lic = _license_at(entry, ctx)
     at = dt.datetime.strptime(entry.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
     if entry.details.get("cancelled"):
         gate = entry.details.get("gate", "license")
@@ -155,11 +153,15 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
                     raise _fail(entry, f"it gave back the budget of {ds} as expired before its ticket expired")
         elif gate != "license":
             raise _fail(entry, f"it was cancelled for an unknown reason ({gate!r})")
-        elif lic is not None and lic.status.value == "active" and lic.valid_from <= at < lic.valid_until:
-            raise _fail(entry, "it was cancelled, but its license was active and valid")
+        else:
+            lic = _license_at(entry, ctx)
+            if lic is not None and lic.status.value == "active" and lic.valid_from <= at < lic.valid_until:
+                raise _fail(entry, "it was cancelled, but its license was active and valid")
         return
     if entry.details.get("recovered"):
         return  # appended after a crash from the broker's own job record; its allowance replays below
+    engine = _engine(entry.policy_version, ctx)
+    lic = _license_at(entry, ctx)
     per = entry.details.get("per_dataset") or {
         entry.datasets[0]: {k: entry.details.get(k, "") for k in ("department", "level", "price_class", "period")}
     }
