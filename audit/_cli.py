@@ -15,9 +15,10 @@ they build on :func:`yumen.audit.replay`.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import logging
 import os
+import sys
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -88,8 +89,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         with secure_channel(args) as channel:
             cp = export(AuditClient(channel), args.out)
-    print(f"exported {cp.size} entries of {cp.origin} to {args.out}")
+    _emit(args, {"exported": cp.size, "origin": cp.origin, "out": str(args.out)},
+          f"exported {cp.size} entries of {cp.origin} to {args.out}")
     return 0
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], text: str) -> None:
+    """Print ``text``, or with ``--json`` one JSON object on stdout."""
+    if getattr(args, "json", False):
+        import json
+
+        print(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    else:
+        print(text)
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    import base64
+
+    return {"source": report.source, "origin": report.origin, "size": report.size,
+            "root": base64.b64encode(report.root).decode(), "key": report.key, "key_pinned": report.key_pinned,
+            "entries_checked": report.entries_checked, "entry_types": dict(report.entry_types),
+            "previous_size": report.previous_size, "consistency": report.consistency}
 
 
 def _vkey_text(path: str | None) -> str | None:
@@ -117,9 +138,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 AuditClient(channel), vkey, args.state, full=not args.light, source=f"broker {args.broker}",
                 ca_pem=_ca_pem(args),
             )
-    print(report.summary())
+    _emit(args, {"verified": _report_json(report)}, report.summary())
     if not report.key_pinned:
-        print("warning: the key was taken from what is being verified; pass --vkey or --state to pin it")
+        print("warning: the key was taken from what is being verified; pass --vkey or --state to pin it",
+              file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     return 0
 
 
@@ -132,16 +154,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from ._verify import verify_export
 
     report = verify_export(args.from_dir, _vkey_text(args.vkey), args.state, ca_pem=_ca_pem(args))
-    print(report.summary())
+    as_json = getattr(args, "json", False)
+    if not as_json:
+        print(report.summary())
     ledger, bills = Ledger(), Bills()
     result = replay(
         entries_from_export(args.from_dir),
         reevaluate=lambda entry, ctx: reevaluate(entry, ctx, ledger),
         accumulators={"ledger": ledger, "bills": bills},
     )
-    print(f"replayed {result.entries} entries; {result.decisions_reevaluated} decisions re-evaluated "
-          "under the policy versions they name, all reached the same result")
+    out: dict[str, Any] = {
+        "verified": _report_json(report), "entries": result.entries, "decisions_reevaluated": result.decisions_reevaluated,
+        "ledger": [{"license": lic, "dataset": ds, "period": period, "spent": f"{eps.numerator}/{eps.denominator}",
+                    "runs": runs} for (lic, ds, period), (eps, runs) in sorted(ledger.result().items())],
+        "bills": [{"operator": op, "currency": cur, "amount": str(amount), "jobs": n}
+                  for (op, cur), (amount, n) in sorted(bills.result().items())],
+        "compared_with_broker": False, "differences": [],
+    }
+    if not as_json:
+        print(f"replayed {result.entries} entries; {result.decisions_reevaluated} decisions re-evaluated "
+              "under the policy versions they name, all reached the same result")
     if not (args.ca and args.cert and args.key):
+        if as_json:
+            _emit(args, out, "")
+            return 0
         print("books rebuilt from the log (pass --ca/--cert/--key to compare them with the broker's):")
         for (lic, ds, period), (eps, runs) in sorted(ledger.result().items()):
             print(f"  ε {eps} in {runs} runs: license {lic}, dataset {ds}, period {period}")
@@ -153,11 +189,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     with AdminClient(*_connection(args)) as admin:
         accounts = admin.accounts()
     differences = compare_accounts(ledger.result(), bills.result(), accounts)
-    for d in differences:
+    out.update(compared_with_broker=True, differences=differences)
+    if as_json and not differences:
+        _emit(args, out, "")
+    for d in differences if not as_json else ():
         print(f"difference: {d}")
     if differences:
-        raise YumenError(Code.VERIFICATION_FAILED, f"{len(differences)} differences between the log and the broker's books")
-    print(f"the broker's ledger ({len(ledger.result())} rows) and bills ({len(bills.result())} operators) match the log")
+        raise YumenError(Code.VERIFICATION_FAILED, f"{len(differences)} differences between the log and the broker's books: "
+                         + "; ".join(differences[:3]) + ("; …" if len(differences) > 3 else ""))
+    if not as_json:
+        print(f"the broker's ledger ({len(ledger.result())} rows) and bills ({len(bills.result())} operators) match the log")
     return 0
 
 
@@ -192,7 +233,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     save_log_key(key, args.out)
     if args.vkey_out:
         Path(args.vkey_out).write_text(vkey + "\n", encoding="utf-8")
-    print(vkey)
+    _emit(args, {"vkey": vkey, "key": str(args.out), "vkey_file": args.vkey_out or ""}, vkey)
     return 0
 
 
@@ -214,6 +255,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, metavar="PATH", help="where to write the private key (never overwritten)")
     gen.add_argument("--origin", required=True, metavar="NAME", help="the log origin, e.g. yumen.example.gov/log")
     gen.add_argument("--vkey-out", metavar="PATH", help="also write the verifier key here (publish it)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
     gen.set_defaults(func=_cmd_keygen)
 
     exp = sub.add_parser("export", help="write entries.jsonl, checkpoint and log.vkey to a directory")
@@ -222,6 +264,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--db", metavar="PATH", help="(local) the broker's SQLite database")
     exp.add_argument("--log-key", metavar="PATH", help="(local) the log signing key (PEM)")
     exp.add_argument("--origin", metavar="NAME", help="(local) the log origin, e.g. yumen.example.gov/log")
+    exp.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
     exp.set_defaults(func=_cmd_export)
 
     ver = sub.add_parser("verify", help="verify an export or a live broker; exit non-zero on any failure")
@@ -230,6 +273,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ver.add_argument("--state", metavar="DIR", help="remember verified checkpoints here; catches rewrites and split views")
     ver.add_argument("--light", action="store_true", help="(online) check checkpoint and proofs only, without downloading entries")
     _add_tls(ver)
+    ver.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
     ver.set_defaults(func=_cmd_verify)
 
     rep = sub.add_parser("replay", help="re-decide every logged decision and rebuild the ledger and bills from an export")
@@ -237,6 +281,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep.add_argument("--vkey", metavar="FILE", help="the log's published verifier key")
     rep.add_argument("--state", metavar="DIR", help="remembered checkpoints, as for verify")
     _add_tls(rep)
+    rep.add_argument("--json", action="store_true", help="print one JSON object on stdout (errors too)")
     rep.set_defaults(func=_cmd_replay)
 
     rex = sub.add_parser("reexecute", help="have the departments re-run a logged job on the same data version")

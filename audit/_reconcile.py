@@ -85,7 +85,11 @@ class Ledger:
                     self._add(c.account, c.amount, c.runs)
             self._jobs[entry.job_id] = charged
         elif isinstance(entry, JobDecided) and entry.details.get("cancelled"):
-            self._give_back(entry.job_id)
+            refunded = entry.details.get("refunded")
+            if refunded is None:
+                self._give_back(entry.job_id)
+            for ds in refunded or ():
+                self._give_back(entry.job_id, dataset=ds)
         elif isinstance(entry, JobExecuted) and entry.details.get("status") == "refused":
             self._give_back(entry.job_id, dataset=entry.dataset_id)
 
@@ -134,15 +138,30 @@ def reevaluate(entry: JobDecided, ctx: ReplayContext, ledger: Ledger | None = No
     """Re-decide ``entry`` under the policy version and license state the log names."""
     from yumen.policy import DecisionRequest
 
-    engine = _engine(entry.policy_version, ctx)
-    lic = _license_at(entry, ctx)
     at = dt.datetime.strptime(entry.time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
     if entry.details.get("cancelled"):
-        if lic is not None and lic.status.value == "active" and lic.valid_from <= at < lic.valid_until:
-            raise _fail(entry, "it was cancelled, but its license was active and valid")
+        gate = entry.details.get("gate", "license")
+        if gate == "operator":
+            if entry.details.get("cancelled_by") != entry.operator:
+                raise _fail(entry, f"it was cancelled by {entry.details.get('cancelled_by')!r}, not by its operator")
+        elif gate == "expired":
+            expires = entry.details.get("expires_ms") or {}
+            at_ms = int(at.timestamp() * 1000)
+            for ds in entry.details.get("refunded") or ():
+                # 0: no ticket was ever issued for it (its connector never came online)
+                if not isinstance(expires.get(ds), int) or expires[ds] < 0 or at_ms < expires[ds]:
+                    raise _fail(entry, f"it gave back the budget of {ds} as expired before its ticket expired")
+        elif gate != "license":
+            raise _fail(entry, f"it was cancelled for an unknown reason ({gate!r})")
+        else:
+            lic = _license_at(entry, ctx)
+            if lic is not None and lic.status.value == "active" and lic.valid_from <= at < lic.valid_until:
+                raise _fail(entry, "it was cancelled, but its license was active and valid")
         return
     if entry.details.get("recovered"):
         return  # appended after a crash from the broker's own job record; its allowance replays below
+    engine = _engine(entry.policy_version, ctx)
+    lic = _license_at(entry, ctx)
     per = entry.details.get("per_dataset") or {
         entry.datasets[0]: {k: entry.details.get(k, "") for k in ("department", "level", "price_class", "period")}
     }

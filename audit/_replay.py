@@ -55,6 +55,8 @@ class ReplayContext:
     executions: dict[str, list[JobExecuted]] = dataclasses.field(default_factory=dict)
     released: set[str] = dataclasses.field(default_factory=set)
     cancelled: set[str] = dataclasses.field(default_factory=set)
+    # per cancelled job: the datasets whose budget the cancellation gave back (none may run after)
+    refunded: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     # versions whose retained snapshot the department confirmed destroyed: no job may run on them after
     destroyed: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     # answered verifications per (cap key, day): checked against the caps each answer names
@@ -136,20 +138,37 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
     elif isinstance(entry, JobDecided):
         # A job id may be denied any number of times (a denied job is not kept, so the id can
         # be submitted again), allowed at most once, and cancelled once after it was allowed
-        # if none of its tickets ran.
+        # and before its release. A cancellation gives back the budget of the datasets it names
+        # as refunded (all of them when it names none): none of those may have run, before or
+        # after it. A license lapse cancels only jobs none of whose tickets ran.
         previous = ctx.decisions.get(entry.job_id)
         if previous is not None and previous.allowed:
             cancels = not entry.allowed and bool(entry.details.get("cancelled"))
             _check(cancels, f"job {entry.job_id} was already allowed")
-            _check(entry.job_id not in ctx.executions, f"job {entry.job_id} was cancelled after it ran")
+            _check(entry.job_id not in ctx.cancelled, f"job {entry.job_id} was cancelled twice")
+            _check(entry.job_id not in ctx.released, f"job {entry.job_id} was cancelled after its release")
+            ran = {e.dataset_id for e in ctx.executions.get(entry.job_id, []) if e.details.get("status") != "refused"}
+            if entry.details.get("gate", "license") == "license":
+                _check(not ran, f"job {entry.job_id} was cancelled after it ran")
+            refunded = entry.details.get("refunded")
+            given_back = set(previous.datasets) if refunded is None else set(refunded)
+            _check(given_back <= set(previous.datasets), f"job {entry.job_id}'s cancellation gives back a dataset it never charged")
+            _check(not given_back & ran,
+                   f"job {entry.job_id}'s cancellation gives back the budget of {', '.join(sorted(given_back & ran))}, "
+                   "where it ran")
             ctx.cancelled.add(entry.job_id)
+            ctx.refunded[entry.job_id] = given_back
         _check(entry.policy_version in ctx.policies, f"job {entry.job_id} names policy {entry.policy_version}, never logged")
         if previous is None or not previous.allowed:
             ctx.decisions[entry.job_id] = entry
     elif isinstance(entry, JobExecuted):
         decision = ctx.decisions.get(entry.job_id)
-        if decision is None or not decision.allowed or entry.job_id in ctx.cancelled:
+        if decision is None or not decision.allowed:
             raise YumenError(Code.VERIFICATION_FAILED, f"job {entry.job_id} ran without an allowing decision")
+        if entry.job_id in ctx.cancelled and entry.details.get("status") != "refused":
+            # a department started it before the cancellation, which kept its budget there
+            _check(entry.dataset_id not in ctx.refunded.get(entry.job_id, set()),
+                   f"job {entry.job_id} ran on {entry.dataset_id} after its budget there was given back")
         _check(entry.dataset_id in decision.datasets, f"job {entry.job_id} ran on {entry.dataset_id}, not a dataset it was allowed")
         _check(
             entry.dataset_version in ctx.dataset_versions.get(entry.dataset_id, ()),
@@ -176,6 +195,7 @@ def _step(entry: Entry, ctx: ReplayContext) -> None:
     elif isinstance(entry, JobReleased):
         _check(entry.job_id in ctx.executions, f"job {entry.job_id} released a result it never executed")
         _check(entry.job_id not in ctx.released, f"job {entry.job_id} released twice")
+        _check(entry.job_id not in ctx.cancelled, f"job {entry.job_id} released a result after it was cancelled")
         ctx.released.add(entry.job_id)
 
 

@@ -192,15 +192,29 @@ class BrokerAudit:
                      "he": bool(request.he_context)},
         ))
 
-    def job_cancelled(self, job: Any, reason: str) -> int:
-        """A second decision on a queued job: denied before any ticket ran (e.g. license revoked)."""
+    def job_cancelled(self, job: Any, reason: str, *, gate: str = "license", refunded: list[str] | None = None,
+                      by: str = "", expires: dict[str, int] | None = None) -> int:
+        """A second decision on an allowed job: it stops, and nothing of it is released.
+
+        ``gate`` says why: ``license`` (it lapsed while the job was queued; nothing had started),
+        ``operator`` (its operator cancelled it) or ``expired`` (a ticket expired before its
+        department started it, or a started one overran the job's limits). ``refunded`` names
+        the datasets whose charges were given back (none had started); the others keep theirs.
+        """
         req, dec = job.request, job.decision
+        details: dict[str, Any] = {"cancelled": True, "gate": gate}
+        if refunded is not None:
+            details["refunded"] = sorted(refunded)
+        if by:
+            details["cancelled_by"] = by
+        if expires:
+            details["expires_ms"] = {ds: int(ms) for ds, ms in sorted(expires.items())}
         return self._append(JobDecided(
             job_id=job.job_id, allowed=False, policy_version=dec["policy_version"],
             matched_rule=dec.get("rule", ""), obligations=dec.get("obligations") or {},
             operator=job.operator, license_id=job.license, datasets=tuple(req["datasets"]),
             tier=req["tier"], purpose=req["purpose"], epsilon=req["epsilon"], reason=reason,
-            request_digest=job.request_digest, details={"cancelled": True, "gate": "license"},
+            request_digest=job.request_digest, details=details,
         ))
 
     def license_changed(self, record: dict[str, Any], action: str, changed_by: str, reason: str = "") -> int:

@@ -61,7 +61,14 @@ from yumen.broker._store import EventRecord, JobRecord, Store, now_ms
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Broker", "ConnectorLink", "OutgoingTicket"]
+__all__ = ["Broker", "ConnectorLink", "OutgoingControl", "OutgoingTicket", "EXPIRED", "OVERDUE"]
+
+# The only words an operator gets about a job that timed out. They are fixed: when a ticket
+# expired or a job overran depends on the department's connector, never on the data.
+EXPIRED = ("the ticket expired before the department's connector started the job (the connector may be offline, "
+           "or unable to verify the broker's tickets); nothing was released and the reserved budget was returned")
+OVERDUE = ("the job did not finish within its limits at the department; nothing was released and the budget stays "
+           "spent (the department may have read the data)")
 
 # A dataset version is the content digest of the data, as the log's entries require it.
 _VERSION = re.compile(r"sha256:[0-9a-f]{64}")
@@ -76,13 +83,25 @@ class OutgoingTicket:
     reexecution: bool = False  # an auditor's re-execution, not a job
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutgoingControl:
+    """A message about a job already ticketed: the answer to a connector's start request
+    (``kind="start"``), or an order to stop a job (``kind="stop"``)."""
+
+    kind: str
+    job_id: str
+    dataset: str = ""
+    go: bool = False
+    reason: str = ""
+
+
 class ConnectorLink:
     """One connected connector: identity, certificate and the queue of tickets for it."""
 
     def __init__(self, identity: Identity, certificate: x509.Certificate) -> None:
         self.identity = identity
         self.certificate = certificate
-        self.outbox: "queue.Queue[OutgoingTicket | None]" = queue.Queue()
+        self.outbox: "queue.Queue[OutgoingTicket | OutgoingControl | None]" = queue.Queue()
         self.closed = threading.Event()
 
     def close(self) -> None:
@@ -521,7 +540,11 @@ class Broker:
             dataset=reg.id, dataset_version=reg.version, operator=job.operator, license=job.license,
             tier=req["tier"], purpose=req["purpose"], epsilon=Fraction(req["epsilon"]), work=work,
             obligations=decision.get("obligations") or {}, policy_version=decision["policy_version"],
-            rule=decision.get("rule", ""), issued_at_ms=now_ms(), expires_at_ms=now_ms() + self._ttl_ms,
+            rule=decision.get("rule", ""), issued_at_ms=now_ms(),
+            # fixed when the job's first ticket on this dataset is issued: a re-issue (the
+            # connector reconnected, another replica sends it) never extends it
+            expires_at_ms=(now_ms() + self._ttl_ms if reexecution
+                           else self.store.ticket_expiry(job.job_id, reg.id, now_ms() + self._ttl_ms)),
         )
         if reexecution:
             payload = ticket.payload()
@@ -568,9 +591,129 @@ class Broker:
                 if self.store.set_state(job.job_id, JobState.CANCELLED, f"cancelled before it started: {reason}",
                                         expect=JobState.PENDING) is None:
                     return
-                self.store.release_reservation(job.job_id)
-                self.audit.job_cancelled(job, reason)
+                refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
+                self.audit.job_cancelled(job, reason, refunded=refunded)
             self._notify(job.job_id)
+
+    # -- cancellation, ticket expiry and the start handshake ----------------------------
+    def cancel(self, identity: Identity, job_id: str) -> JobRecord:
+        """An operator cancels its own queued or running job.
+
+        Nothing of it is ever released. Each dataset's budget is given back exactly when no
+        department was let start the job there (:meth:`on_start`); where one was, the data
+        may have been read, so the budget stays spent: otherwise a cancel would be a free
+        look at the data through anything the job's run let out before it was stopped
+        (docs/privacy.md). Connectors holding a started ticket are told to stop it. The
+        state change, the refund and the log entry commit together.
+        """
+        if identity.role is not Role.OPERATOR:
+            raise YumenError(Code.PERMISSION_DENIED, "only the operator who submitted a job may cancel it",
+                             hint="an administrator stops a license's queued jobs with `yumen admin license suspend`")
+        job = self._own_job(identity, job_id)
+        with self._lock_for(job.job_id):
+            with self.recorded():
+                for _ in range(5):  # a dispatch may move it from pending to running meanwhile
+                    current = self.store.get_job(job.job_id)
+                    if current is None or current.state.final:
+                        break
+                    states = self.store.ticket_states(job.job_id)
+                    started = sorted(ds for ds, st in states.items() if st.started_ms and not st.released)
+                    refunded_now = [ds for ds, st in states.items() if not st.started_ms and not st.released]
+                    message = ("cancelled by its operator before any department started it; nothing was released "
+                               "and the reserved budget was returned") if not started else (
+                        f"cancelled by its operator after it started on {', '.join(started)}; nothing is released, "
+                        "and the budget stays spent there (the data may have been read)"
+                        + ("; the budget of the datasets it had not started on was returned" if refunded_now else ""))
+                    if self.store.set_state(job.job_id, JobState.CANCELLED, message, expect=current.state) is None:
+                        continue
+                    refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
+                    self.audit.job_cancelled(current, "cancelled by its operator", gate="operator",
+                                             refunded=refunded, by=identity.name)
+                    break
+                else:
+                    raise YumenError(Code.CONFLICT, f"job {job.job_id} kept changing state; cancel it again")
+            final = self.store.get_job(job.job_id) or job
+        if final.state is not JobState.CANCELLED:
+            raise YumenError(Code.CONFLICT, f"job {job.job_id} already {final.state.value}; there is nothing to cancel",
+                             hint=f"see it with `yumen job status {job.job_id}`")
+        self._notify()
+        self._stop_tickets(final, "the operator cancelled the job")
+        return final
+
+    def _stop_tickets(self, job: JobRecord, reason: str) -> None:
+        """Tell the connectors connected here that hold a started ticket of ``job`` to stop it."""
+        for ds, st in self.store.ticket_states(job.job_id).items():
+            if not st.started_ms:
+                continue
+            found = self.store.get_dataset(ds)
+            with self._links_lock:
+                link = self._links.get(found[1]) if found else None
+            if link is not None:
+                link.outbox.put(OutgoingControl(kind="stop", job_id=job.job_id, dataset=ds, reason=reason))
+
+    def on_start(self, link: ConnectorLink, job_id: str, dataset: str) -> None:
+        """A connector asks whether it may start ``job_id`` on ``dataset`` (before reading any
+        data); the answer is recorded and sent back. Only the connector serving the dataset may
+        ask; anything else is answered no."""
+        found = self.store.get_dataset(dataset)
+        if found is None or found[1] != link.identity.name:
+            why = f"{link.identity.name} does not serve {echo(dataset)}"
+        else:
+            before = self.store.ticket_states(job_id).get(dataset)
+            why = self.store.start_ticket(job_id, dataset, now_ms())
+            if not why and before is not None and not before.started_ms:
+                # the operator sees when a department started (never data-dependent: the
+                # connector asks before it reads anything)
+                self.store.set_state(job_id, JobState.RUNNING, f"started at department {found[0].department}",
+                                     expect=JobState.RUNNING)
+                self._notify()
+        if why:
+            log.info("start of job %s on %s refused: %s", echo(job_id), echo(dataset), why)
+        link.outbox.put(OutgoingControl(kind="start", job_id=job_id[:200], dataset=dataset[:200], go=not why, reason=why))
+
+    def _run_limit_ms(self, job: JobRecord) -> int:
+        """How long a started ticket may take before its job is failed as overdue: the ticket's
+        lifetime (which covers the department's allowance) plus twice the algorithm's time limit."""
+        algo = job.request.get("algorithm") or {}
+        return self._ttl_ms + int(2000 * float(algo.get("timeout_s", 0) or 0))
+
+    def expire_tickets(self) -> int:
+        """Fail running jobs a department never started before their ticket expired, or that a
+        started department did not finish within the job's limits. Run by the server's sweeper.
+
+        The operator is told one fixed message (:data:`EXPIRED`, :data:`OVERDUE`). Datasets no
+        department started get their reserved budget back exactly; started ones keep it. The
+        state change, the refund and the log entry commit together; the auditor's replay checks
+        that every refunded dataset's ticket had expired and never ran.
+        """
+        failed = 0
+        for job in self.store.jobs_in_state(JobState.RUNNING):
+            states = self.store.ticket_states(job.job_id)
+            done = set(self.store.partials(job.job_id))
+            now = now_ms()
+            waiting = {ds: st for ds, st in states.items() if ds not in done and not st.released}
+            expired = [ds for ds, st in waiting.items() if st.expires_ms and not st.started_ms and now > st.expires_ms]
+            overdue = [ds for ds, st in waiting.items() if st.started_ms and now > st.started_ms + self._run_limit_ms(job)]
+            if not expired and not overdue:
+                continue
+            with self._lock_for(job.job_id):
+                with self.recorded():
+                    current = self.store.get_job(job.job_id)
+                    if current is None or current.state is not JobState.RUNNING:
+                        continue
+                    kept = [ds for ds, st in waiting.items() if st.started_ms]
+                    message = OVERDUE if kept else EXPIRED
+                    if self.store.set_state(job.job_id, JobState.FAILED, message, expect=JobState.RUNNING) is None:
+                        continue
+                    refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
+                    self.audit.job_cancelled(current, message, gate="expired", refunded=refunded, by=self.id,
+                                             expires={ds: st.expires_ms for ds, st in states.items()})
+                failed += 1
+            log.warning("job %s failed: %s (expired %s, overdue %s)", job.job_id,
+                        "overdue" if overdue else "ticket expired", ",".join(expired), ",".join(overdue))
+            self._notify()
+            self._stop_tickets(job, "the job's ticket expired")
+        return failed
 
     def _dispatch(self, job: JobRecord) -> None:
         """Send the job's tickets to those of its connectors that are connected here."""
@@ -700,13 +843,16 @@ class Broker:
     def _advance(self, job: JobRecord, receipt: Receipt) -> bool:
         """Move a job on after one of its receipts was stored and logged (inside the same
         transaction); True when every dataset has answered and the result can be assembled."""
-        if job.state.final:
-            return False
         dept = receipt.department
         if receipt.status == "refused":
             # The connector refuses before it reads any data, so that dataset's budget is given
-            # back (datasets of the same job that did run keep their charge).
+            # back (datasets of the same job that did run keep their charge), even when the job
+            # already ended otherwise: the auditor's replay gives it back too.
             self.store.release_reservation(job.job_id, dataset=receipt.dataset)
+        current = self.store.get_job(job.job_id)
+        if job.state.final or current is None or current.state.final:
+            return False
+        if receipt.status == "refused":
             self.store.set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
             return False
         if receipt.status == "failed":
@@ -832,7 +978,8 @@ class Broker:
             summary = self.audit.scan(self.audit.tlog.size_within(conn))
             self.audit.recover(self.store, summary)
             for job in self.store.jobs_in_state(JobState.CANCELLED):
-                self.store.release_reservation(job.job_id)  # idempotent: released rows are skipped
+                # idempotent: released rows are skipped; started ones keep their charge
+                self.store.release_reservation(job.job_id, keep_started=True)
             complete = []
             for job, receipt, index in self.audit.recover_receipts(self.store, summary):
                 current = self.store.get_job(job.job_id)

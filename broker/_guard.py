@@ -108,6 +108,7 @@ def method_rules(limits: Limits) -> dict[str, MethodRule]:
         "/yumen.v1.JobService/GetJob": MethodRule(roles=_JOB_READERS, max_bytes=small),
         "/yumen.v1.JobService/GetResult": MethodRule(roles=_JOB_READERS, max_bytes=small),
         "/yumen.v1.JobService/WatchJob": MethodRule(roles=_JOB_READERS, max_bytes=small, stream="watch"),
+        "/yumen.v1.JobService/CancelJob": MethodRule(roles=_OPERATOR, max_bytes=small),
         "/yumen.v1.ConnectorService/Connect": MethodRule(roles=frozenset({Role.CONNECTOR}),
                                                          max_bytes=limits.connector_message_bytes, stream="connector",
                                                          reads_malformed=True),

@@ -180,6 +180,7 @@ class BrokerServer:
             try:
                 self.broker.sweep_queued()
                 self.broker.complete_stalled()
+                self.broker.expire_tickets()
             except Exception:  # noqa: BLE001 - the sweeper must outlive a transient store error
                 log.exception("sweeping queued jobs failed")
             release_free_memory()

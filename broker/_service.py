@@ -34,7 +34,7 @@ from yumen.v1 import (
 from yumen.wire import dataset_from_proto, dataset_to_proto, job_from_proto, license_from_proto, license_to_proto
 
 from yumen.broker._admin import Administration
-from yumen.broker._core import Broker
+from yumen.broker._core import Broker, OutgoingControl
 from yumen.broker._guard import Malformed
 from yumen.broker._stewardship import OutgoingStewardship
 from yumen.broker._store import JobRecord
@@ -106,6 +106,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         context.add_callback(stop.set)
         for ev in self.broker.watch(self.broker.identify(context), request.job_id, stop=stop):
             yield jobs_pb2.JobEvent(job_id=ev.job_id, state=ev.state.value, message=ev.message, at_unix_ms=ev.at_ms)
+
+    @rpc_method
+    def CancelJob(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        return _status(self.broker.cancel(self.broker.identify(context), request.job_id))
 
     @rpc_method
     def GetResult(self, request: jobs_pb2.JobRef, context: grpc.ServicerContext) -> jobs_pb2.Result:
@@ -224,6 +228,13 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
                 else:
                     yield connector_pb2.BrokerMessage(feedback=signed)
                 continue
+            if isinstance(item, OutgoingControl):
+                if item.kind == "start":
+                    yield connector_pb2.BrokerMessage(start_answer=connector_pb2.JobStartAnswer(
+                        job_id=item.job_id, dataset=item.dataset, go=item.go, reason=item.reason))
+                else:
+                    yield connector_pb2.BrokerMessage(stop=connector_pb2.JobStop(job_id=item.job_id, reason=item.reason))
+                continue
             if item.reexecution:
                 yield connector_pb2.BrokerMessage(reexecute=connector_pb2.Reexecution(
                     ticket=connector_pb2.Signed(payload=item.payload, signature=item.signature),
@@ -244,6 +255,8 @@ class ConnectorServicer(connector_pb2_grpc.ConnectorServiceServicer):
         try:
             if kind == "reexecuted":
                 self.broker.on_reexecuted(link, msg.reexecuted.payload, msg.reexecuted.signature)
+            elif kind == "start":
+                self.broker.on_start(link, msg.start.job_id, msg.start.dataset)
             elif kind == "receipt":
                 self.broker.on_receipt(link, msg.receipt.receipt.payload, msg.receipt.receipt.signature,
                                        msg.receipt.ciphertext)

@@ -29,7 +29,7 @@ from yumen.jobs import JobState
 
 from yumen.policy import Account, Charge, Reservation, refusal
 
-__all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "now_ms"]  # Reservation: see _budget
+__all__ = ["Store", "SqliteStore", "JobRecord", "Reservation", "EventRecord", "TicketState", "now_ms"]  # Reservation: see _budget
 
 
 def now_ms() -> int:
@@ -62,6 +62,32 @@ class JobRecord:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class TicketState:
+    """Where one dataset's ticket of a job stands (see :meth:`SqliteStore.start_ticket`)."""
+
+    expires_ms: int  # 0: no ticket issued yet
+    started_ms: int  # 0: the department was never let start it
+    released: bool   # its budget was given back
+
+
+def _start_refusal(state: str | None, reservation: tuple[int, int, int] | None, at_ms: int) -> str:
+    """Why a dataset's ticket may not start now ("" when it may), from the job's state and the
+    reservation's (released, expires_ms, started_ms). Shared by both stores."""
+    if state is None or reservation is None:
+        return "the broker holds no such job"
+    released, expires_ms, started_ms = reservation
+    if started_ms:
+        return ""  # asked again (a retry): the answer stays the same
+    if JobState(state).final:
+        return f"the job is {state}"
+    if released:
+        return "the job's budget on this dataset was given back"
+    if expires_ms and at_ms > expires_ms:
+        return "the ticket expired before the department started it"
+    return ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EventRecord:
     job_id: str
     seq: int
@@ -85,7 +111,11 @@ class Store(Protocol):
     def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
     def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
     def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]: ...
+    def release_reservation(self, job_id: str, *, dataset: str = "",
+                            keep_started: bool = False) -> list[tuple[str, tuple[Charge, ...]]]: ...
+    def ticket_expiry(self, job_id: str, dataset: str, proposed_ms: int) -> int: ...
+    def start_ticket(self, job_id: str, dataset: str, at_ms: int) -> str: ...
+    def ticket_states(self, job_id: str) -> dict[str, "TicketState"]: ...
     def balance(self, account: Account) -> tuple[Fraction, int]: ...
     def put_license(self, record: dict[str, Any]) -> None: ...
     def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]: ...
@@ -145,6 +175,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     at_ms INTEGER NOT NULL,
     released INTEGER NOT NULL DEFAULT 0,  -- 1: given back because no data was touched
     charges TEXT NOT NULL DEFAULT '[]',   -- exactly what it added to each account (a refund takes back this)
+    expires_ms INTEGER NOT NULL DEFAULT 0, -- the ticket's expiry, fixed when it is first issued (0: not yet)
+    started_ms INTEGER NOT NULL DEFAULT 0, -- when the broker let the department start it (0: never)
     PRIMARY KEY (job_id, dataset)
 );
 CREATE TABLE IF NOT EXISTS licenses (
@@ -192,6 +224,9 @@ class SqliteStore:
         columns = {row[1] for row in self._db().execute("PRAGMA table_info(reservations)")}
         if "charges" not in columns:  # state written before reservations recorded their charges
             self._db().execute("ALTER TABLE reservations ADD COLUMN charges TEXT NOT NULL DEFAULT '[]'")
+        for column in ("expires_ms", "started_ms"):  # state written before tickets expired
+            if column not in columns:
+                self._db().execute(f"ALTER TABLE reservations ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -355,17 +390,21 @@ class SqliteStore:
              json.dumps([c.to_list() for c in charges])),
         )
 
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]:
+    def release_reservation(self, job_id: str, *, dataset: str = "",
+                            keep_started: bool = False) -> list[tuple[str, tuple[Charge, ...]]]:
         """Give back a job's budget (one dataset's, or all of it), exactly as it was charged.
 
-        Only where the data was never touched: a job cancelled before dispatch, or a dataset
-        whose department refused. Released reservations are skipped, so this is idempotent.
+        Only where the data was never touched: a job cancelled before dispatch, a dataset whose
+        department refused, or (``keep_started``) every dataset of a cancelled or expired job
+        that no department was let start. Released reservations are skipped, so this is
+        idempotent.
         """
         out = []
         with self._tx() as db:
             rows = db.execute(
-                "SELECT dataset, charges FROM reservations WHERE job_id=? AND released=0 AND (?='' OR dataset=?)",
-                (job_id, dataset, dataset),
+                "SELECT dataset, charges FROM reservations WHERE job_id=? AND released=0 AND (?='' OR dataset=?) "
+                "AND (?=0 OR started_ms=0) ORDER BY dataset",
+                (job_id, dataset, dataset, int(keep_started)),
             ).fetchall()
             for ds, charges_text in rows:
                 charges = tuple(Charge.from_list(c) for c in json.loads(charges_text))
@@ -374,6 +413,37 @@ class SqliteStore:
                 db.execute("UPDATE reservations SET released=1 WHERE job_id=? AND dataset=?", (job_id, ds))
                 out.append((ds, charges))
         return out
+
+    def ticket_expiry(self, job_id: str, dataset: str, proposed_ms: int) -> int:
+        """The expiry of the job's ticket on ``dataset``: ``proposed_ms`` the first time a ticket is
+        issued, the same value for every re-issue (a redelivery never extends it)."""
+        with self._tx() as db:
+            db.execute("UPDATE reservations SET expires_ms=? WHERE job_id=? AND dataset=? AND expires_ms=0",
+                       (proposed_ms, job_id, dataset))
+            row = db.execute("SELECT expires_ms FROM reservations WHERE job_id=? AND dataset=?",
+                             (job_id, dataset)).fetchone()
+        return int(row[0]) if row else proposed_ms
+
+    def start_ticket(self, job_id: str, dataset: str, at_ms: int) -> str:
+        """Let the department start the job on ``dataset`` (recording when), or say why not.
+
+        One write transaction, so a start and a cancellation or expiry of the same job are
+        serialized: a started dataset keeps its charge, a refunded one never starts.
+        """
+        with self._tx() as db:
+            job = db.execute("SELECT state FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            res = db.execute("SELECT released, expires_ms, started_ms FROM reservations WHERE job_id=? AND dataset=?",
+                             (job_id, dataset)).fetchone()
+            why = _start_refusal(job[0] if job else None, tuple(res) if res else None, at_ms)
+            if not why:
+                db.execute("UPDATE reservations SET started_ms=? WHERE job_id=? AND dataset=? AND started_ms=0",
+                           (at_ms, job_id, dataset))
+        return why
+
+    def ticket_states(self, job_id: str) -> dict[str, TicketState]:
+        rows = self._db().execute("SELECT dataset, expires_ms, started_ms, released FROM reservations WHERE job_id=?",
+                                  (job_id,)).fetchall()
+        return {ds: TicketState(expires_ms=int(e), started_ms=int(st), released=bool(r)) for ds, e, st, r in rows}
 
     # -- certificate revocation --------------------------------------------------------
     def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from yumen.errors import Code, YumenError
 from yumen.jobs import JobState
 
 from yumen.policy import Account, Charge, Reservation, refusal
-from ._store import EventRecord, JobRecord, _frac_text, now_ms
+from ._store import EventRecord, JobRecord, TicketState, _frac_text, _start_refusal, now_ms
 
 __all__ = ["PostgresStore"]
 
@@ -132,6 +132,8 @@ CREATE TABLE IF NOT EXISTS {{s}}.reservations (
     PRIMARY KEY (job_id, dataset)
 );
 ALTER TABLE {{s}}.reservations ADD COLUMN IF NOT EXISTS charges TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE {{s}}.reservations ADD COLUMN IF NOT EXISTS expires_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {{s}}.reservations ADD COLUMN IF NOT EXISTS started_ms BIGINT NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS {{s}}.licenses (
     id {_K} PRIMARY KEY,
     record TEXT NOT NULL,
@@ -491,16 +493,19 @@ class PostgresStore:
              json.dumps([c.to_list() for c in charges])),
         )
 
-    def release_reservation(self, job_id: str, *, dataset: str = "") -> list[tuple[str, tuple[Charge, ...]]]:
+    def release_reservation(self, job_id: str, *, dataset: str = "",
+                            keep_started: bool = False) -> list[tuple[str, tuple[Charge, ...]]]:
         """Give back a job's budget (one dataset's, or all of it), exactly as it was charged. Only
-        where the data was never touched: a job cancelled before dispatch, or a dataset whose
-        department refused."""
+        where the data was never touched: a job cancelled before dispatch, a dataset whose
+        department refused, or (``keep_started``) every dataset of a cancelled or expired job
+        that no department was let start."""
 
         def tx(conn: Any) -> list[tuple[str, tuple[Charge, ...]]]:
             rows = conn.execute(
                 f"SELECT dataset, charges FROM {self._t['reservations']} "
-                "WHERE job_id=%s AND NOT released AND (%s = '' OR dataset = %s) ORDER BY dataset FOR UPDATE",
-                (job_id, dataset, dataset),
+                "WHERE job_id=%s AND NOT released AND (%s = '' OR dataset = %s) AND (NOT %s OR started_ms = 0) "
+                "ORDER BY dataset FOR UPDATE",
+                (job_id, dataset, dataset, keep_started),
             ).fetchall()
             parsed = [(ds, tuple(Charge.from_list(c) for c in json.loads(text))) for ds, text in rows]
             budget = _LockedBudget(conn, self._t["budget"])
@@ -515,6 +520,40 @@ class PostgresStore:
             return parsed
 
         return self._write(tx)
+
+    def ticket_expiry(self, job_id: str, dataset: str, proposed_ms: int) -> int:
+        """See :meth:`yumen.broker._store.SqliteStore.ticket_expiry`."""
+
+        def tx(conn: Any) -> int:
+            conn.execute(f"UPDATE {self._t['reservations']} SET expires_ms=%s "
+                         "WHERE job_id=%s AND dataset=%s AND expires_ms=0", (proposed_ms, job_id, dataset))
+            row = conn.execute(f"SELECT expires_ms FROM {self._t['reservations']} WHERE job_id=%s AND dataset=%s",
+                               (job_id, dataset)).fetchone()
+            return int(row[0]) if row else proposed_ms
+
+        return self._write(tx)
+
+    def start_ticket(self, job_id: str, dataset: str, at_ms: int) -> str:
+        """See :meth:`yumen.broker._store.SqliteStore.start_ticket`; the job's row is locked, as
+        a cancellation's state change locks it, so the two queue behind each other."""
+
+        def tx(conn: Any) -> str:
+            job = conn.execute(f"SELECT state FROM {self._t['jobs']} WHERE job_id=%s FOR UPDATE", (job_id,)).fetchone()
+            res = conn.execute(f"SELECT released, expires_ms, started_ms FROM {self._t['reservations']} "
+                               "WHERE job_id=%s AND dataset=%s FOR UPDATE", (job_id, dataset)).fetchone()
+            why = _start_refusal(job[0] if job else None,
+                                 (int(res[0]), int(res[1]), int(res[2])) if res else None, at_ms)
+            if not why:
+                conn.execute(f"UPDATE {self._t['reservations']} SET started_ms=%s "
+                             "WHERE job_id=%s AND dataset=%s AND started_ms=0", (at_ms, job_id, dataset))
+            return why
+
+        return self._write(tx)
+
+    def ticket_states(self, job_id: str) -> dict[str, TicketState]:
+        rows = self._rows(f"SELECT dataset, expires_ms, started_ms, released FROM {self._t['reservations']} "
+                          "WHERE job_id=%s", (job_id,))
+        return {ds: TicketState(expires_ms=int(e), started_ms=int(st), released=bool(r)) for ds, e, st, r in rows}
 
     # -- certificate revocation --------------------------------------------------------
     def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]:

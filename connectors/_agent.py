@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from concurrent import futures
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 from cryptography import x509
@@ -67,6 +67,9 @@ class ConnectorAgent:
         self._held = futures.ThreadPoolExecutor(max_workers=config.max_parallel_jobs, thread_name_prefix="algorithm")
         self._stop = threading.Event()
         self.connected = threading.Event()
+        # start requests waiting for the broker's answer: (job, dataset) -> [event, answer]
+        self._answers: dict[tuple[str, str], list[Any]] = {}
+        self._answers_lock = threading.Lock()
 
     def stop(self) -> None:
         self._stop.set()
@@ -122,9 +125,47 @@ class ConnectorAgent:
                 return
             yield msg
 
-    def _run_ticket(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", t: connector_pb2.JobTicket) -> None:
+    def _start_gate(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]",
+                    session_over: threading.Event) -> Any:
+        """Ask the broker, on this session's stream, whether a ticket may start; wait for its answer.
+
+        Returns "" (start), the broker's reason (do not start), or None when the session ended
+        or no answer came within a minute (nothing was read; the ticket is asked about again
+        when the broker redelivers it)."""
+
+        def ask(ticket: Any, digest: str) -> str | None:
+            key = (ticket.job_id, ticket.dataset)
+            slot: list[Any] = [threading.Event(), None]
+            with self._answers_lock:
+                self._answers[key] = slot
+            try:
+                outbox.put(connector_pb2.ConnectorMessage(start=connector_pb2.JobStart(
+                    job_id=ticket.job_id, dataset=ticket.dataset, ticket_digest=digest)))
+                deadline = time.monotonic() + 60
+                while not slot[0].wait(0.2):
+                    if session_over.is_set() or self._stop.is_set() or time.monotonic() > deadline:
+                        log.warning("job %s on %s: the broker did not answer the start request", *key)
+                        return None
+                return slot[1]
+            finally:
+                with self._answers_lock:
+                    if self._answers.get(key) is slot:
+                        del self._answers[key]
+
+        return ask
+
+    def _on_start_answer(self, a: connector_pb2.JobStartAnswer) -> None:
+        with self._answers_lock:
+            slot = self._answers.get((a.job_id, a.dataset))
+        if slot is not None:
+            slot[1] = "" if a.go else (a.reason or "the broker did not let the job start")
+            slot[0].set()
+
+    def _run_ticket(self, outbox: "queue.Queue[connector_pb2.ConnectorMessage | None]", t: connector_pb2.JobTicket,
+                    session_over: threading.Event | None = None) -> None:
         try:
-            out = self.executor.handle(t.ticket.payload, t.ticket.signature, t.algorithm_source, t.he_context)
+            out = self.executor.handle(t.ticket.payload, t.ticket.signature, t.algorithm_source, t.he_context,
+                                       start=self._start_gate(outbox, session_over or threading.Event()))
         except Exception:  # noqa: BLE001
             log.exception("ticket handling failed")
             return
@@ -190,6 +231,7 @@ class ConnectorAgent:
         hello = self._hello(outbox)
         if self._stop.is_set():
             return
+        session_over = threading.Event()
         channel = secure_channel(self.config.broker, self.config.tls)
         try:
             stub = connector_pb2_grpc.ConnectorServiceStub(channel)
@@ -210,7 +252,11 @@ class ConnectorAgent:
                         print(f"connector {self.config.id}: the broker refused dataset {refusal.dataset}: "
                               f"{refusal.reason}", flush=True)
                 elif kind == "ticket":
-                    self._pool_for(msg.ticket).submit(self._run_ticket, outbox, msg.ticket)
+                    self._pool_for(msg.ticket).submit(self._run_ticket, outbox, msg.ticket, session_over)
+                elif kind == "start_answer":
+                    self._on_start_answer(msg.start_answer)
+                elif kind == "stop":
+                    self.executor.stop(msg.stop.job_id, msg.stop.reason)
                 elif kind == "reexecute":
                     self._held.submit(self._run_reexecution, outbox, msg.reexecute)
                 elif kind == "verify":
@@ -218,6 +264,7 @@ class ConnectorAgent:
                 elif kind == "feedback":
                     self._take_feedback(msg.feedback)
         finally:
+            session_over.set()
             self.connected.clear()
             self.executor.metrics.connected.set(0)
             outbox.put(None)

@@ -31,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,39 +57,84 @@ __all__ = [
     "check_confirmation",
     "confirmation",
     "default_scratch_root",
+    "sweep_scratch",
     "destroy_snapshot",
     "expected_items",
 ]
 
-def default_scratch_root(connector_id: str) -> Path:
-    """``/tmp/yumen-scratch-<connector>``: a sandbox's user must be able to reach staged inputs,
-    so every directory above them has to be traversable, which a state directory need not be."""
+def default_scratch_root(connector_id: str, state_dir: Path | None = None) -> Path:
+    """``/tmp/yumen-scratch-<connector>-<digest of the state directory>``: a sandbox's user must
+    be able to reach its staged inputs, so every directory above a job's own has to be
+    traversable (0711), which a state directory need not be. The state directory's digest
+    keeps two connectors of the same id on one host (a test run, a second instance) apart:
+    each removes what its own crash left at start-up (:func:`sweep_scratch`)."""
     import tempfile
 
-    return Path(tempfile.gettempdir()) / f"yumen-scratch-{connector_id}"
+    tail = ""
+    if state_dir is not None:
+        tail = "-" + hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"yumen-scratch-{connector_id}{tail}"
+
+
+# A job's scratch directory is named by a digest (JobScratch); nothing else under the root is ours.
+_JOB_DIR = re.compile(r"[0-9a-f]{32}")
+
+
+def sweep_scratch(root: Path) -> list[str]:
+    """Remove every job's scratch a previous process left under ``root`` (it crashed or was
+    killed mid-job); return what was removed. Run at start-up, before any job runs. Only
+    directories named as :class:`JobScratch` names them are touched, so a scratch root that a
+    department pointed at a shared folder loses nothing else."""
+    removed = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if _JOB_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
 
 
 class JobScratch:
-    """One job's directory for everything it puts on the host; destroyed and checked after the job."""
+    """One job's directory for everything it puts on the host; destroyed and checked after the job.
 
-    def __init__(self, root: Path, job_id: str, dataset: str) -> None:
+    It is private to the job's sandbox: the directory and its folders are mode 0700 and every
+    file in them 0400, all owned by ``owner``, the user the job's sandboxes run as (a job's
+    own uid under bubblewrap as root, 65534 in a container; None: the connector's own user,
+    which then runs the sandbox). Only that user and root can read what is staged; the
+    parents (the scratch root, 0711) can be traversed but not listed.
+    """
+
+    def __init__(self, root: Path, job_id: str, dataset: str, *, owner: int | None = None) -> None:
         self.root = Path(root)
         key = hashlib.sha256(f"{job_id}\0{dataset}".encode()).hexdigest()[:32]
         self.path = self.root / key
+        self.owner = owner
 
     @staticmethod
     def prepare_root(root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o711)
 
+    def _private(self, path: Path, mode: int) -> None:
+        if self.owner is not None:
+            os.chown(path, self.owner, self.owner)
+        os.chmod(path, mode)
+
     def create(self) -> "JobScratch":
         self.prepare_root(self.root)
-        self.path.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(self.path, 0o711)
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        self._private(self.path, 0o700)
         for sub in ("inputs", "blocks", "sandbox"):
-            (self.path / sub).mkdir(mode=0o711, exist_ok=True)
-            os.chmod(self.path / sub, 0o711)
+            (self.path / sub).mkdir(mode=0o700, exist_ok=True)
+            self._private(self.path / sub, 0o700)
         return self
+
+    def own(self, path: Path) -> None:
+        """Make a file written into the scratch (a block) readable by the job's sandbox only."""
+        self._private(path, 0o400)
 
     @property
     def blocks(self) -> Path:
@@ -98,21 +145,16 @@ class JobScratch:
         return self.path / "sandbox"
 
     def stage_input(self, snapshot: Path) -> Path:
-        """The snapshot, readable by the sandbox's user, inside this job's scratch.
-
-        A world-readable snapshot is hard-linked (no copy of the data); a private one is
-        copied and made read-only for everyone, so its original's permissions never widen.
-        """
+        """A copy of the snapshot for the job's sandbox, inside this job's scratch, mode 0400 and
+        owned by the sandbox's user. A copy, not a hard link: a link shares the snapshot's inode,
+        so it could not be given another owner or mode than the snapshot's own."""
         dest = self.path / "inputs" / snapshot.name
         if dest.exists():
             return dest
-        try:
-            if not snapshot.stat().st_mode & 0o004:
-                raise OSError("private snapshot: copy it")
-            os.link(snapshot, dest)
-        except OSError:
-            shutil.copyfile(snapshot, dest)
-            os.chmod(dest, 0o444)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out, open(snapshot, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+        self.own(dest)
         return dest
 
     def destroy(self, *, unlink: Callable[[Path], None] | None = None, engine: Any = None) -> list[str]:
@@ -144,6 +186,44 @@ class JobScratch:
         if engine is not None:
             left += self._containers_left(engine)
         return left
+
+    def kill_sandboxes(self, *, engine: Any = None) -> list[str]:
+        """SIGKILL every sandbox of this job; return what was killed.
+
+        Every sandbox a job runs names a path under the job's scratch: bubblewrap binds its
+        input from there (so the path is on bwrap's command line) and Docker mounts it. A
+        bubblewrap sandbox is killed by its process group (it runs in a session of its own; the
+        kernel then ends its PID namespace), a container through the engine.
+        """
+        needle = str(self.path).encode() + b"/"
+        killed = []
+        own_group = os.getpgrp()
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle not in f.read():
+                        continue
+                group = os.getpgid(pid)
+                if group != own_group and group > 1:
+                    os.killpg(group, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+                killed.append(f"process {pid}")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+        if engine is not None:
+            prefix = str(self.path)
+            try:
+                for c in engine.containers.list(filters={"label": "org.yumen.sandbox=1"}):
+                    if any(str(m.get("Source", "")).startswith(prefix) for m in c.attrs.get("Mounts") or []):
+                        c.kill()
+                        killed.append(f"container {c.short_id}")
+            except Exception as e:  # noqa: BLE001 - the engine may be gone; the container's own limits end it
+                log.warning("could not ask the Docker engine for the job's containers: %s", type(e).__name__)
+        return killed
 
     def remaining(self) -> list[str]:
         """Paths under the job's scratch that still exist (checked with ``lstat``)."""

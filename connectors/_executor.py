@@ -30,7 +30,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -88,6 +88,11 @@ class JobFailure(Exception):
         self.fields = fields
 
 _STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
+
+# The users a job's sandboxes run as (as root): bubblewrap's range of per-job uids (its
+# defaults), and the container user of the Docker backends.
+_JOB_UID_BASE, _JOB_UID_COUNT = 2_000_000_000, 1_000_000
+_CONTAINER_UID = 65534
 
 # The extra output of every sample-and-aggregate release: the (noisy) share of failed blocks.
 FAILED_SHARE = "_failed_share"
@@ -207,7 +212,7 @@ class ServedDataset:
 def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
-    block_dir: Path | None = None,
+    block_dir: Path | None = None, own: Callable[[Path], None] | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
     # ``timeout_s`` is each block's own limit (the job's limit shared out over its waves)
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
@@ -232,6 +237,8 @@ def run_blocks(
         for i, block in enumerate(blocks):
             path = Path(tmp) / f"block-{i}.parquet"
             block.write_parquet(path)
+            if own is not None:
+                own(path)  # readable by the job's sandbox user only
             paths.append(path)
         del blocks
 
@@ -250,6 +257,29 @@ def run_blocks(
     cpu_ms = sum(int(r.usage.cpu_ms) for r in reports)
     last = reports[-1]
     return outputs, statuses, cpu_ms, last.backend, last.runtime_digest, reports
+
+
+# Asks the broker whether a ticket may start: "" yes, a reason no, None no answer (the link broke).
+StartGate = Callable[[Ticket, str], "str | None"]
+
+
+class _Stoppable:
+    """A sandbox backend that starts no run of a job the broker ordered stopped."""
+
+    def __init__(self, backend: Any, job_id: str, stopped: Callable[[str], "threading.Event | None"]) -> None:
+        self._backend = backend
+        self._job_id = job_id
+        self._stopped = stopped
+        self.name = getattr(backend, "name", "")
+
+    def run(self, request: Any) -> Any:
+        event = self._stopped(self._job_id)
+        if event is not None and event.is_set():
+            raise JobFailure("killed", "the broker ordered the job stopped before this sandbox started")
+        return self._backend.run(request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
 
 
 class _existing:
@@ -275,11 +305,16 @@ class Executor:
         self._key = key
         self._broker_cert = broker_cert
         self.state = ConnectorState(config.state_dir / "connector.db")
-        from yumen.connectors._destruction import default_scratch_root
+        from yumen.connectors._destruction import default_scratch_root, sweep_scratch
         from yumen.connectors._stewardship import Stewardship
 
         # every file a job puts on the host lives under here, and is destroyed after it
-        self.scratch_root = config.scratch_dir or default_scratch_root(config.id)
+        self.scratch_root = config.scratch_dir or default_scratch_root(config.id, config.state_dir)
+        # what a crash (kill -9, power loss) left staged: no job runs yet, so none of it is live
+        left = sweep_scratch(self.scratch_root)
+        if left:
+            log.warning("removed the scratch of %d jobs a previous connector process left in %s", len(left),
+                        self.scratch_root)
         self.steward = Stewardship(config, key, ledger=self.state)
         self.datasets: dict[str, ServedDataset] = {
             d.registration.id: ServedDataset(d.registration, open_source(d.source), config.state_dir / "snapshots",
@@ -287,6 +322,7 @@ class Executor:
             for d in config.datasets
         }
         self._running: set[tuple[str, str]] = set()
+        self._stopped: dict[str, threading.Event] = {}  # jobs the broker ordered stopped, while they run
         self._running_lock = threading.Lock()
         self._sandboxes: dict[str, Any] = {}
         from yumen.connectors._metrics import ConnectorMetrics
@@ -308,7 +344,8 @@ class Executor:
         return self._sandboxes[name]
 
     def handle(
-        self, payload: bytes, signature: bytes, algorithm_source: bytes, he_context: bytes = b""
+        self, payload: bytes, signature: bytes, algorithm_source: bytes, he_context: bytes = b"",
+        start: "StartGate | None" = None,
     ) -> tuple[bytes, bytes, bytes] | None:
         """Run one ticket; return the signed receipt (payload, signature, ciphertext), or None to ignore.
 
@@ -316,6 +353,10 @@ class Executor:
         pinned broker, so there is nobody trustworthy to answer. For the algorithm tiers this
         returns no earlier than the job's release time (see :mod:`yumen.connectors._timing`):
         the calling worker is held with the receipt.
+
+        ``start`` asks the broker whether the job may still start, after the department's own
+        checks and before any data is read (see :data:`StartGate`); without one (local runs)
+        every ticket starts.
         """
         try:
             ticket = Ticket.verify(payload, signature, self._broker_cert)
@@ -346,10 +387,11 @@ class Executor:
             return self._finish(ticket, self._receipt(ticket, digest, **fields), None, started=started,
                                 schedule=schedule, destroyed=not left)
         try:
-            return self._execute(ticket, digest, algorithm_source, he_context)
+            return self._execute(ticket, digest, algorithm_source, he_context, start)
         finally:
             with self._running_lock:
                 self._running.discard(key)
+                self._stopped.pop(ticket.job_id, None)
 
     def _loss_or_pure(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
         try:
@@ -470,7 +512,8 @@ class Executor:
                 ticket.tier, int(algo.get("blocks", 10)), at_ms=receipt.at_ms, verified=destroyed))
         payload, sig = receipt.sign(self._key)
         self.state.finish(ticket.job_id, ticket.dataset, payload, sig, salt, ciphertext, release_ms=int(release * 1000))
-        self._hold_until(release)
+        if self._stopped_event(ticket.job_id) is None:  # a stopped job releases nothing: no need to hold
+            self._hold_until(release)
         return payload, sig, ciphertext
 
     def _loss(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
@@ -516,6 +559,69 @@ class Executor:
         except YumenError as e:
             return e.message
         return self.config.local_policy.refusal(tier=ticket.tier, purpose=ticket.purpose, epsilon=ticket.epsilon)
+
+    def _local_period(self) -> str:
+        lp = self.config.local_policy
+        return f"{lp.period_days}d:{int(time.time() // 86400) // lp.period_days}"
+
+    def _give_back_local(self, ticket: Ticket) -> None:
+        """Return what :meth:`_local_gates` charged to the department's ledger for a job that
+        never started."""
+        accounting, amount = self._loss(ticket)
+        lp = self.config.local_policy
+        if accounting is Accounting.PURE:
+            self.state.charge(ticket.dataset, self._local_period(), -amount, lp.dataset_epsilon_cap)
+        else:
+            delta = self.datasets[ticket.dataset].base.privacy_unit.delta
+            self.state.charge(ticket.dataset, self._local_period() + "/rho", -amount,
+                              rho_of_epsilon(lp.dataset_epsilon_cap, delta))
+
+    # -- stopping a job ---------------------------------------------------------------------
+    def stop(self, job_id: str, reason: str) -> bool:
+        """Stop a job this connector runs (the broker's order: its operator cancelled it, or it
+        overran): no sandbox of it starts from now on, and those running are killed (processes
+        and containers found by the job's scratch directory, which each of them mounts). Its
+        receipt then reports it failed, and nothing of it is released. False when it is not
+        running here."""
+        with self._running_lock:
+            datasets = [ds for job, ds in self._running if job == job_id]
+            if not datasets:
+                return False
+            stopped = self._stopped.setdefault(job_id, threading.Event())
+        stopped.set()
+        log.warning("stopping job %s: %s", job_id, reason)
+
+        def sweep() -> None:
+            # a sandbox starting while we look is caught by the next pass; the job's own
+            # worker ends the sweeps when it returns
+            for _ in range(120):
+                for ds in datasets:
+                    for what in self._scratch_for(job_id, ds).kill_sandboxes(engine=self._any_engine()):
+                        log.warning("job %s: killed %s", job_id, what)
+                with self._running_lock:
+                    if not any(job == job_id for job, _ in self._running):
+                        return
+                time.sleep(0.5)
+
+        threading.Thread(target=sweep, name=f"stop-{job_id[:24]}", daemon=True).start()
+        return True
+
+    def _raise_if_stopped(self, ticket: Ticket) -> None:
+        """A job the broker stopped ends as killed, whatever its sandboxes returned: it releases nothing."""
+        event = self._stopped_event(ticket.job_id)
+        if event is not None and event.is_set():
+            raise JobFailure("killed", "the broker ordered the job stopped")
+
+    def _stopped_event(self, job_id: str) -> threading.Event | None:
+        with self._running_lock:
+            return self._stopped.get(job_id)
+
+    def _any_engine(self) -> Any:
+        for name in ("docker", "gvisor"):
+            backend = self._sandboxes.get(name)
+            if backend is not None:
+                return getattr(backend, "client", None)
+        return None
 
     def _local_gates(self, ticket: Ticket, algorithm_source: bytes) -> str:
         """The department's own checks that need state: sandbox, approvals, then its ε ledger."""
@@ -574,7 +680,8 @@ class Executor:
             return f"the approval of algorithm {digest[:19]}… allows {limits.get('max_runs')} runs, all used"
         return ""
 
-    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes) -> tuple[bytes, bytes, bytes]:
+    def _execute(self, ticket: Ticket, digest: str, algorithm_source: bytes, he_context: bytes,
+                 start: "StartGate | None" = None) -> tuple[bytes, bytes, bytes] | None:
         try:
             schedule = self._schedule(ticket)  # fixed from the job's limits, before any data is read
             reason = self._refusal(ticket, algorithm_source) or self._local_gates(ticket, algorithm_source)
@@ -589,11 +696,20 @@ class Executor:
         if he_digest and "sha256:" + hashlib.sha256(he_context).hexdigest() != he_digest:
             reason = "the encryption context does not match the digest in the ticket"
             return self._finish(ticket, self._receipt(ticket, digest, status="refused", error=reason), None)
+        answer = start(ticket, digest) if start is not None else ""
+        if answer is None or answer:
+            self._give_back_local(ticket)  # nothing was read: the department's own ledger too
+            if answer is None:  # no answer (the link broke): the redelivered ticket asks again
+                self.state.unclaim(ticket.job_id, ticket.dataset)
+                return None
+            log.info("job %s on %s not started: %s", ticket.job_id, ticket.dataset, answer)
+            return self._finish(ticket, self._receipt(ticket, digest, status="refused",
+                                                      error=f"the broker withdrew the ticket: {answer}"), None)
         started = time.time()
         salt = os.urandom(32)
         ciphertext = b""
         is_algorithm = "algorithm" in ticket.work
-        scratch = self._scratch(ticket)
+        scratch = self._scratch(ticket, owner=self._sandbox_owner(ticket) if is_algorithm else None)
         try:
             pinned = served.pin()
             if is_algorithm:
@@ -630,10 +746,29 @@ class Executor:
         receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
         return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule, destroyed=not left)
 
-    def _scratch(self, ticket: Ticket) -> Any:
+    def _scratch(self, ticket: Ticket, *, owner: int | None = None) -> Any:
+        return self._scratch_for(ticket.job_id, ticket.dataset, owner=owner)
+
+    def _scratch_for(self, job_id: str, dataset: str, *, owner: int | None = None) -> Any:
         from yumen.connectors._destruction import JobScratch
 
-        return JobScratch(self.scratch_root, ticket.job_id, ticket.dataset)
+        return JobScratch(self.scratch_root, job_id, dataset, owner=owner)
+
+    def _sandbox_owner(self, ticket: Ticket) -> int | None:
+        """The user a job's sandboxes run as, who alone may read what is staged for them: a uid
+        of the job's own under bubblewrap (the backend is told to use it), 65534 in a container;
+        None when the connector is not root (its sandboxes then run as its own user)."""
+        if os.geteuid() != 0:
+            return None
+        name = self.config.sandbox
+        required = str(ticket.obligations.get("sandbox", ""))
+        if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
+            name = required
+        if name == "bwrap":
+            import secrets
+
+            return _JOB_UID_BASE + secrets.randbelow(_JOB_UID_COUNT)
+        return _CONTAINER_UID
 
     def _engine_of(self, ticket: Ticket) -> Any:
         """The Docker client to ask for leftover containers, when the job ran under Docker or gVisor."""
@@ -652,6 +787,9 @@ class Executor:
         name = getattr(backend, "name", "")
         if scratch is None or name not in BACKENDS:
             return backend
+        if name == "bwrap" and scratch.owner is not None:
+            # every sandbox of the job runs as the uid its staged files belong to
+            return get_backend(name, staging_dir=scratch.sandbox, uid_base=scratch.owner, uid_count=1)
         return get_backend(name, staging_dir=scratch.sandbox)
 
     @staticmethod
@@ -730,9 +868,10 @@ class Executor:
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
-        backend = self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch)
+        backend = _Stoppable(self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch),
+                             ticket.job_id, self._stopped_event)
         reg, snapshot = pinned.registration, pinned.snapshot
-        if scratch is not None:
+        if scratch is not None and ticket.tier == "approved-algorithm":
             snapshot = scratch.stage_input(snapshot)  # the sandbox reads this, inside the job's scratch
         run_timeout = schedule.run_timeout_s if schedule is not None else float(algo.get("timeout_s", 60))
         accounting, loss = self._loss(ticket)
@@ -742,6 +881,7 @@ class Executor:
             report = backend.run(SandboxRequest(algorithm=source, inputs={reg.id: snapshot}, params=algo.get("params", {}),
                                                 timeout_s=run_timeout, memory_mb=memory_mb))
             self._keep_logs(ticket, report, "run")
+            self._raise_if_stopped(ticket)
             common = {"algorithm_digest": algo["digest"], "backend": report.backend,
                       "runtime_digest": report.runtime_digest, "metering": {"sandbox_runs": 1}}
             if report.status is not Status.OK or report.result is None:
@@ -760,10 +900,11 @@ class Executor:
         outputs, statuses, cpu_ms, backend_name, runtime, reports = run_blocks(
             backend, source, reg, snapshot, k, seed, params=algo.get("params", {}), timeout_s=run_timeout,
             memory_mb=memory_mb, parallel=self.config.timing.parallel,
-            block_dir=scratch.blocks if scratch is not None else None,
+            block_dir=scratch.blocks if scratch is not None else None, own=scratch.own if scratch is not None else None,
         )
         for i, block_report in enumerate(reports):
             self._keep_logs(ticket, block_report, f"block-{i}")
+        self._raise_if_stopped(ticket)
         # Whether the code failed is itself an output of untrusted code on private data, so
         # it is released the same way: the share of failed blocks, averaged and noised with
         # the other outputs (one person changes one block, so its sensitivity is 1/k).

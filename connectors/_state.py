@@ -102,6 +102,12 @@ class ConnectorState:
             )
             return True, None
 
+    def unclaim(self, job_id: str, dataset: str) -> None:
+        """Forget a claim that never touched data (the broker could not confirm the start), so a
+        redelivered ticket is asked about again instead of being reported as interrupted."""
+        with self._lock:
+            self._db.execute("DELETE FROM executions WHERE job_id=? AND dataset=? AND state='claimed'", (job_id, dataset))
+
     def finish(self, job_id: str, dataset: str, payload: bytes, signature: bytes, salt: bytes | None,
                ciphertext: bytes = b"", *, release_ms: int = 0) -> None:
         with self._writes.transaction() as db:

@@ -247,7 +247,11 @@ class BwrapBackend:
                 raise YumenError(Code.INVALID_ARGUMENT, f"input {dataset!r} is not a regular file")
             dest = f"/data/input/{dataset}.parquet"
             readable = bool(st.st_mode & 0o004)
-            if os.geteuid() != 0 or (readable and _traversable(source.parent)):
+            # staged privately for this job's own uid (its connector pinned the uid: see
+            # connectors/_destruction.JobScratch): bound as it is
+            private = self._uid_count == 1 and st.st_uid == self._uid_base and bool(st.st_mode & 0o400) \
+                and _traversable(source.parent, owner=self._uid_base)
+            if os.geteuid() != 0 or private or (readable and _traversable(source.parent)):
                 binds.append((str(source), dest))
                 continue
             if not staging:
@@ -442,13 +446,15 @@ class BwrapBackend:
             kill_uid(uid)
 
 
-def _traversable(directory: Path) -> bool:
-    """Whether any user may walk from / down to ``directory`` (every component has o+x)."""
+def _traversable(directory: Path, *, owner: int | None = None) -> bool:
+    """Whether any user (or ``owner``, through the directories it owns) may walk from / down to
+    ``directory``: every component has o+x, or u+x and belongs to ``owner``."""
     for part in (directory, *directory.parents):
         try:
-            if not os.stat(part).st_mode & 0o001:
-                return False
+            st = os.stat(part)
         except OSError:
+            return False
+        if not (st.st_mode & 0o001 or (owner is not None and st.st_uid == owner and st.st_mode & 0o100)):
             return False
     return True
 

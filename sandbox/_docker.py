@@ -160,8 +160,9 @@ class DockerBackend:
                 raise YumenError(Code.INVALID_ARGUMENT, f"input {dataset!r} cannot be opened: {e.strerror}") from None
             if not source.is_file():
                 raise YumenError(Code.INVALID_ARGUMENT, f"input {dataset!r} is not a regular file")
-            if not st.st_mode & 0o004:
-                # The container's user 65534 must be able to read it; copy rather than chmod the original.
+            if not st.st_mode & 0o004 and not (st.st_uid == 65534 and st.st_mode & 0o400):
+                # The container's user 65534 must be able to read it (a file staged privately for
+                # it is bound as it is); copy rather than chmod the original.
                 copy = os.path.join(job_dir, f"input-{index}.parquet")
                 shutil.copyfile(source, copy)
                 os.chmod(copy, 0o444)

@@ -149,6 +149,10 @@ class YumenClient:
     def job(self, job_id: str) -> JobInfo:
         return _info(call(self._jobs.GetJob, jobs_pb2.JobRef(job_id=job_id), timeout=30))
 
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel your own queued or running job (see docs/privacy.md for what happens to its budget)."""
+        return _info(call(self._jobs.CancelJob, jobs_pb2.JobRef(job_id=job_id), timeout=30))
+
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[JobUpdate]:
         stream = self._jobs.WatchJob(jobs_pb2.JobRef(job_id=job_id), timeout=timeout)
         try:

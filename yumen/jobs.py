@@ -29,6 +29,7 @@ __all__ = [
     "JobRequest",
     "JobState",
     "parse_epsilon",
+    "parse_quantile",
     "format_epsilon",
 ]
 
@@ -92,6 +93,20 @@ def parse_epsilon(text: str | int | Fraction) -> Fraction:
     if eps <= 0:
         raise _bad(f"ε must be positive, got {text}", "ask for a positive ε such as 0.5")
     return eps
+
+
+def parse_quantile(text: str | Fraction) -> Fraction:
+    """Parse which quantile a query asks for, exactly ("0.5" -> 1/2, the median), in (0, 1)."""
+    if isinstance(text, Fraction):
+        q = text
+    else:
+        if not isinstance(text, str) or not re.fullmatch(r"0?\.\d{1,9}", text.strip()):
+            raise _bad(f"quantile {echo(str(text))} is not a decimal between 0 and 1",
+                       "e.g. --quantile 0.5 for the median, 0.9 for the 90th percentile")
+        q = Fraction(text.strip())
+    if not 0 < q < 1:
+        raise _bad(f"quantile {echo(str(text))} is not between 0 and 1", "e.g. --quantile 0.5 for the median")
+    return q
 
 
 def format_epsilon(eps: Fraction) -> str:

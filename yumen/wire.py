@@ -13,7 +13,7 @@ from typing import Any
 from yumen.catalog import Column, ColumnType, DatasetRegistration, Level, PrivacyUnit
 from yumen.canonical import parse_json
 from yumen.errors import Code, YumenError, echo
-from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
+from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon, parse_quantile
 from yumen.v1 import admin_pb2, catalog_pb2, jobs_pb2
 from yumen.licenses import License
 
@@ -138,7 +138,7 @@ def job_from_proto(msg: jobs_pb2.Job) -> JobRequest:
             filters.append(QueryFilter.from_dict({"column": f.column, "op": f.op, "value": value}))
         query = Query(aggregate=_enum(Aggregate, q.aggregate, "aggregate"), column=q.column, group_by=q.group_by,
                       filters=tuple(filters), bins=q.bins,
-                      quantile=parse_epsilon(q.quantile) if q.quantile else None)
+                      quantile=parse_quantile(q.quantile) if q.quantile else None)
     elif kind == "algorithm":
         a = msg.algorithm
         params = parse_json(a.params_json, what="the algorithm parameters") if a.params_json else {}

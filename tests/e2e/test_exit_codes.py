@@ -9,13 +9,16 @@ error. Before that, ``yumen job result`` of an unfinished job exited 2 instead o
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
-from yumen.localspace import Department, LocalSpace
+from yumen.identity import Role, issue
+from yumen.localspace import OPERATOR_LICENSE, Department, LocalSpace
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +30,7 @@ def space(tmp_path_factory):
     s = LocalSpace(tmp_path_factory.mktemp("exits"),
                    departments=(Department(id="weather-bureau", datasets=((DATASET, 3_650),)),))
     s.setup()
+    issue(s.pki, role=Role.OPERATOR, name="operator-2", license=OPERATOR_LICENSE)
     settings = s.root / "policy.toml"  # a small cap, so a second job of ε 1 overruns it
     settings.write_text(settings.read_text().replace('[rules.open-data]\nmax_epsilon = "2"                # per job\n'
                                                      'epsilon_cap = "10"', '[rules.open-data]\nmax_epsilon = "2"\n'
@@ -60,9 +64,15 @@ def test_exit_1_for_an_internal_error_of_the_broker_with_a_sanitized_message(spa
                    "message, decision, created_ms, updated_ms) VALUES ('damaged', 'operator-1', 'L', 'd', "
                    "'{not json', x'', 'pending', '', '{}', 0, 0)")
     db.close()
-    proc = _yumen(space, "admin-1", "job", "status", "damaged")
-    assert proc.returncode == 1, proc.stderr
-    assert "internal error" in proc.stderr and "not json" not in proc.stderr
+    try:
+        proc = _yumen(space, "admin-1", "job", "status", "damaged")
+        assert proc.returncode == 1, proc.stderr
+        assert "internal error" in proc.stderr and "not json" not in proc.stderr
+    finally:  # a queued job nobody can read would break every later dispatch in this space
+        db = sqlite3.connect(space.root / "broker-state" / "broker.db", timeout=30)
+        with db:
+            db.execute("DELETE FROM jobs WHERE job_id='damaged'")
+        db.close()
 
 
 def test_exit_2_for_an_invalid_argument_from_the_broker(space):
@@ -139,3 +149,114 @@ def test_exit_9_when_the_broker_log_does_not_verify_against_the_pinned_key(space
     wrong.write_text(NoteSigner("yumen.local/log", key).verifier.vkey + "\n")
     proc = _yumen(space, "auditor-1", "audit", "verify", "--vkey", str(wrong))
     assert proc.returncode == 9, proc.stdout + proc.stderr
+
+
+# -- yumen job cancel ---------------------------------------------------------------------------
+
+
+def test_exit_0_when_an_operator_cancels_its_queued_job_and_7_for_its_result(space):
+    space.stop_process("weather-bureau")  # no connector: the job waits
+    try:
+        assert _yumen(space, "operator-1", *_query("--epsilon", "0.01", "--job-id", "cancel-0", "--no-wait")).returncode == 0
+        proc = _yumen(space, "operator-1", "job", "cancel", "cancel-0")
+        assert proc.returncode == 0, proc.stderr
+        assert "cancelled" in proc.stdout
+        result = _yumen(space, "operator-1", "job", "result", "cancel-0")
+        assert result.returncode == 7 and "cancelled" in result.stderr
+    finally:
+        space.start_connector("weather-bureau")
+        space.wait_online([DATASET])
+
+
+def test_exit_2_when_the_job_to_cancel_already_ended(space):
+    done = _yumen(space, "operator-1", *_query("--epsilon", "0.01", "--job-id", "cancel-done"))
+    assert done.returncode == 0, done.stderr
+    proc = _yumen(space, "operator-1", "job", "cancel", "cancel-done")
+    assert proc.returncode == 2, proc.stderr
+    assert "already succeeded" in proc.stderr and "hint: see it with `yumen job status" in proc.stderr
+
+
+def test_exit_3_when_cancelling_another_operators_job_or_none(space):
+    space.stop_process("weather-bureau")
+    try:
+        assert _yumen(space, "operator-1", *_query("--epsilon", "0.01", "--job-id", "cancel-mine", "--no-wait")).returncode == 0
+        other = _yumen(space, "operator-2", "job", "cancel", "cancel-mine")
+        assert other.returncode == 3 and "no job 'cancel-mine' of yours" in other.stderr
+        unknown = _yumen(space, "operator-1", "job", "cancel", "no-such-job")
+        assert unknown.returncode == 3, unknown.stderr
+        assert _yumen(space, "operator-1", "job", "cancel", "cancel-mine").returncode == 0
+    finally:
+        space.start_connector("weather-bureau")
+        space.wait_online([DATASET])
+
+
+def test_exit_4_when_a_certificate_that_is_not_an_operators_cancels(space):
+    for who in ("auditor-1", "admin-1"):
+        proc = _yumen(space, who, "job", "cancel", "cancel-done")
+        assert proc.returncode == 4, proc.stderr
+
+
+# -- output handling ------------------------------------------------------------------------------
+
+
+def test_json_prints_one_error_object_on_stdout_with_the_exit_code(space):
+    proc = _yumen(space, "operator-1", "job", "result", "no-such-job", "--json")
+    assert proc.returncode == 3
+    error = json.loads(proc.stdout)["error"]
+    assert error == {"code": "not-found", "message": "no job 'no-such-job' of yours", "hint": "check the job id",
+                     "exit_code": 3}
+    audit = _yumen(space, "auditor-1", "audit", "verify", "--from", "/nonexistent-export", "--json")
+    assert audit.returncode != 0 and json.loads(audit.stdout)["error"]["exit_code"] == audit.returncode
+
+
+def test_exit_141_and_no_traceback_when_stdout_is_a_pipe_closed_by_its_reader(space):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written (as `| head` after its lines)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "yumen", "catalog", "show", DATASET], env=space.cli_env("operator-1"),
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141
+    assert proc.stderr == ""
+    head = subprocess.run(f"{sys.executable} -m yumen catalog show {DATASET} | head -n 1", shell=True,
+                          env=space.cli_env("operator-1"), capture_output=True, text=True, timeout=120)
+    assert head.stdout.startswith(DATASET) and "Traceback" not in head.stderr and "Exception" not in head.stderr
+
+
+def test_an_unreadable_file_argument_is_exit_2_without_a_traceback(space, tmp_path):
+    proc = _yumen(space, "operator-1", "policy", "explain", "--dataset", DATASET, "--tier", "custom-algorithm",
+                  "--purpose", "research", "--epsilon", "0.1", "--algorithm", str(tmp_path / "missing.py"))
+    assert proc.returncode == 2, proc.stderr
+    assert "missing.py" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_quantile_is_parsed_as_a_quantile_and_its_accuracy_is_shown_in_ranks(space):
+    bad = _yumen(space, "operator-1", "submit", "query", "--dataset", DATASET, "--aggregate", "quantile", "--column",
+                 "temp_mean_c", "--quantile", "1.5", "--epsilon", "0.1", "--purpose", "research")
+    assert bad.returncode == 2 and "quantile '1.5' is not a decimal between 0 and 1" in bad.stderr and "ε" not in bad.stderr
+    ok = _yumen(space, "operator-1", "submit", "query", "--dataset", DATASET, "--aggregate", "quantile", "--column",
+                "temp_mean_c", "--quantile", "0.5", "--epsilon", "0.1", "--purpose", "research")
+    assert ok.returncode == 0, ok.stderr
+    assert " ranks (95%" in ok.stdout and "not a ± in value units" in ok.stdout
+
+
+# -- yumen sandbox run: one code per status ------------------------------------------------------
+
+_ALGORITHMS = {
+    10: "raise SystemExit(3)\n",
+    11: "import time\nwhile True:\n    time.sleep(1)\n",
+    12: "x = bytearray(400 << 20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n",
+    13: "open('/data/output/result.json', 'w').write('{\"a\": 1, \"pad\": \"' + 'x' * 200000 + '\"}')\n",
+    14: "open('/data/output/result.json', 'w').write('not json')\n",
+    15: "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+}
+
+
+@pytest.mark.parametrize("code", sorted(_ALGORITHMS))
+def test_sandbox_run_exits_with_the_code_of_its_status(code, tmp_path):
+    algo = tmp_path / "algo.py"
+    algo.write_text(_ALGORITHMS[code])
+    proc = subprocess.run([sys.executable, "-m", "yumen", "sandbox", "run", str(algo), "--timeout", "5", "--memory", "128",
+                           "--output-limit", "65536"], text=True, capture_output=True, timeout=300)
+    assert proc.returncode == code, proc.stdout + proc.stderr

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from yumen.errors import Code, YumenError
-from yumen.jobs import Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon
+from yumen.jobs import (Aggregate, Algorithm, JobRequest, OutputRange, Purpose, Query, QueryFilter, Tier, parse_epsilon,
+                        parse_quantile)
 from yumen.rpc import TlsFiles
 
 
@@ -254,10 +255,22 @@ def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = 
                 raise YumenError(Code.INVALID_ARGUMENT, "the result is encrypted and no secret context is at hand")
             result = result.decrypt(secret_context)
     if args.json:
-        _print_json({"job": info.to_dict(), "result": result.to_dict()})
+        _print_json({"job": info.to_dict(), "result": _result_json(result)})
     else:
         _print_result(result)
     return 0
+
+
+def _in_ranks(value: dict[str, Any]) -> bool:
+    """A quantile's accuracy (ci95, noise scale) is in rows of rank, not in value units."""
+    return value.get("name") == "quantile"
+
+
+def _result_json(result: Any) -> dict[str, Any]:
+    """The result as JSON; each value says the unit of its ``ci95`` ("rank" for quantiles)."""
+    d = result.to_dict()
+    d["values"] = [dict(v, ci95_unit="rank" if _in_ranks(v) else "value") for v in d.get("values", [])]
+    return d
 
 
 def _print_result(result: Any) -> None:
@@ -270,6 +283,13 @@ def _print_result(result: Any) -> None:
         label = f"{v['name']}[{v['group']}]" if v["group"] else v["name"]
         if v["name"] == "_failed_share":
             label = "share of blocks that failed"
+        if _in_ranks(v):
+            # The exponential mechanism picks a value whose rank is off by at most this many
+            # rows (95%); how far that is in the column's units depends on the data, so it is
+            # not shown as a value interval.
+            print(f"  {label:<32} {v['value']:>14.3f}   ± {math.ceil(v['ci95']):,} ranks (95%: the released value's "
+                  f"rank among the rows is within this many of the quantile's; not a ± in value units)")
+            continue
         print(f"  {label:<32} {v['value']:>14.3f}   ±{v['ci95']:.3f} (95%, noise scale {v['noise_scale']:.3g})")
     if result.suppressed_groups:
         print(f"  suppressed (below the minimum group size): {', '.join(result.suppressed_groups)}")
@@ -298,7 +318,7 @@ def _query(args: argparse.Namespace) -> Query:
     return Query(
         aggregate=Aggregate(args.aggregate), column=args.column or "", group_by=args.group_by or "",
         filters=tuple(QueryFilter.parse(f) for f in args.filter or ()), bins=args.bins or 0,
-        quantile=parse_epsilon(args.quantile) if args.quantile else None,
+        quantile=parse_quantile(args.quantile) if args.quantile else None,
     )
 
 
@@ -401,9 +421,19 @@ def _job_result(args: argparse.Namespace) -> int:
     with client(args) as c:
         result = c.result(args.job_id)
     if args.json:
-        _print_json({"result": result.to_dict()})
+        _print_json({"result": _result_json(result)})
     else:
         _print_result(result)
+    return 0
+
+
+def _job_cancel(args: argparse.Namespace) -> int:
+    with client(args) as c:
+        info = c.cancel(args.job_id)
+    if args.json:
+        _print_json({"job": info.to_dict()})
+    else:
+        print(f"{info.job_id}: {info.state} — {info.message}")
     return 0
 
 
@@ -501,7 +531,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     jsub = j.add_subparsers(dest="job_command", metavar="ACTION", required=True)
     for name, fn, helptext in (("status", _job_status, "show a job's state"),
                                ("watch", _job_watch, "stream a job's progress until it ends"),
-                               ("result", _job_result, "fetch a job's released result")):
+                               ("result", _job_result, "fetch a job's released result"),
+                               ("cancel", _job_cancel, "cancel your queued or running job; nothing of it is released "
+                                                       "(budget: returned if no department started it)")):
         jp = jsub.add_parser(name, help=helptext)
         jp.add_argument("job_id")
         jp.add_argument("--json", action="store_true")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from yumen.v1 import catalog_pb2 as yumen_dot_v1_dot_catalog__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yumen/v1/connector.proto\x12\x08yumen.v1\x1a\x16yumen/v1/catalog.proto\",\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xae\x01\n\x05Hello\x12\x14\n\x0c\x63onnector_id\x18\x01 \x01(\t\x12#\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x11.yumen.v1.Dataset\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12!\n\x07quality\x18\x04 \x03(\x0b\x32\x10.yumen.v1.Signed\x12-\n\x13verification_offers\x18\x05 \x03(\x0b\x32\x10.yumen.v1.Signed\"[\n\tJobTicket\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\x12\x12\n\nhe_context\x18\x03 \x01(\x0c\"@\n\x07Receipt\x12!\n\x07receipt\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x1f\n\tHeartbeat\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\"I\n\x0bReexecution\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\"\xa6\x02\n\x10\x43onnectorMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.yumen.v1.HelloH\x00\x12$\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.yumen.v1.ReceiptH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12&\n\nreexecuted\x18\x04 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12#\n\x07quality\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12$\n\x08verified\x18\x06 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12%\n\tdestroyed\x18\x07 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x42\x06\n\x04kind\"k\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65pted_datasets\x18\x02 \x03(\t\x12\x32\n\x10refused_datasets\x18\x03 \x03(\x0b\x32\x18.yumen.v1.DatasetRefusal\"1\n\x0e\x44\x61tasetRefusal\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x11VerificationOrder\x12\x1f\n\x05order\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\"\x8f\x02\n\rBrokerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.yumen.v1.WelcomeH\x00\x12%\n\x06ticket\x18\x02 \x01(\x0b\x32\x13.yumen.v1.JobTicketH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12*\n\treexecute\x18\x04 \x01(\x0b\x32\x15.yumen.v1.ReexecutionH\x00\x12$\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12-\n\x06verify\x18\x06 \x01(\x0b\x32\x1b.yumen.v1.VerificationOrderH\x00\x42\x06\n\x04kind2V\n\x10\x43onnectorService\x12\x42\n\x07\x43onnect\x12\x1a.yumen.v1.ConnectorMessage\x1a\x17.yumen.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18yumen/v1/connector.proto\x12\x08yumen.v1\x1a\x16yumen/v1/catalog.proto\",\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xae\x01\n\x05Hello\x12\x14\n\x0c\x63onnector_id\x18\x01 \x01(\t\x12#\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x11.yumen.v1.Dataset\x12\x18\n\x10software_version\x18\x03 \x01(\t\x12!\n\x07quality\x18\x04 \x03(\x0b\x32\x10.yumen.v1.Signed\x12-\n\x13verification_offers\x18\x05 \x03(\x0b\x32\x10.yumen.v1.Signed\"[\n\tJobTicket\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\x12\x12\n\nhe_context\x18\x03 \x01(\x0c\"@\n\x07Receipt\x12!\n\x07receipt\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"\x1f\n\tHeartbeat\x12\x12\n\nat_unix_ms\x18\x01 \x01(\x03\"I\n\x0bReexecution\x12 \n\x06ticket\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x18\n\x10\x61lgorithm_source\x18\x02 \x01(\x0c\"\xcb\x02\n\x10\x43onnectorMessage\x12 \n\x05hello\x18\x01 \x01(\x0b\x32\x0f.yumen.v1.HelloH\x00\x12$\n\x07receipt\x18\x02 \x01(\x0b\x32\x11.yumen.v1.ReceiptH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12&\n\nreexecuted\x18\x04 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12#\n\x07quality\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12$\n\x08verified\x18\x06 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12%\n\tdestroyed\x18\x07 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12#\n\x05start\x18\x08 \x01(\x0b\x32\x12.yumen.v1.JobStartH\x00\x42\x06\n\x04kind\"B\n\x08JobStart\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x15\n\rticket_digest\x18\x03 \x01(\t\"M\n\x0eJobStartAnswer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\n\n\x02go\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\")\n\x07JobStop\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"k\n\x07Welcome\x12\x11\n\tbroker_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x63\x63\x65pted_datasets\x18\x02 \x03(\t\x12\x32\n\x10refused_datasets\x18\x03 \x03(\x0b\x32\x18.yumen.v1.DatasetRefusal\"1\n\x0e\x44\x61tasetRefusal\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"D\n\x11VerificationOrder\x12\x1f\n\x05order\x18\x01 \x01(\x0b\x32\x10.yumen.v1.Signed\x12\x0e\n\x06sealed\x18\x02 \x01(\x0c\"\xe4\x02\n\rBrokerMessage\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.yumen.v1.WelcomeH\x00\x12%\n\x06ticket\x18\x02 \x01(\x0b\x32\x13.yumen.v1.JobTicketH\x00\x12(\n\theartbeat\x18\x03 \x01(\x0b\x32\x13.yumen.v1.HeartbeatH\x00\x12*\n\treexecute\x18\x04 \x01(\x0b\x32\x15.yumen.v1.ReexecutionH\x00\x12$\n\x08\x66\x65\x65\x64\x62\x61\x63k\x18\x05 \x01(\x0b\x32\x10.yumen.v1.SignedH\x00\x12-\n\x06verify\x18\x06 \x01(\x0b\x32\x1b.yumen.v1.VerificationOrderH\x00\x12\x30\n\x0cstart_answer\x18\x07 \x01(\x0b\x32\x18.yumen.v1.JobStartAnswerH\x00\x12!\n\x04stop\x18\x08 \x01(\x0b\x32\x11.yumen.v1.JobStopH\x00\x42\x06\n\x04kind2V\n\x10\x43onnectorService\x12\x42\n\x07\x43onnect\x12\x1a.yumen.v1.ConnectorMessage\x1a\x17.yumen.v1.BrokerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,15 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REEXECUTION']._serialized_start=477
   _globals['_REEXECUTION']._serialized_end=550
   _globals['_CONNECTORMESSAGE']._serialized_start=553
-  _globals['_CONNECTORMESSAGE']._serialized_end=847
-  _globals['_WELCOME']._serialized_start=849
-  _globals['_WELCOME']._serialized_end=956
-  _globals['_DATASETREFUSAL']._serialized_start=958
-  _globals['_DATASETREFUSAL']._serialized_end=1007
-  _globals['_VERIFICATIONORDER']._serialized_start=1009
-  _globals['_VERIFICATIONORDER']._serialized_end=1077
-  _globals['_BROKERMESSAGE']._serialized_start=1080
-  _globals['_BROKERMESSAGE']._serialized_end=1351
-  _globals['_CONNECTORSERVICE']._serialized_start=1353
-  _globals['_CONNECTORSERVICE']._serialized_end=1439
+  _globals['_CONNECTORMESSAGE']._serialized_end=884
+  _globals['_JOBSTART']._serialized_start=886
+  _globals['_JOBSTART']._serialized_end=952
+  _globals['_JOBSTARTANSWER']._serialized_start=954
+  _globals['_JOBSTARTANSWER']._serialized_end=1031
+  _globals['_JOBSTOP']._serialized_start=1033
+  _globals['_JOBSTOP']._serialized_end=1074
+  _globals['_WELCOME']._serialized_start=1076
+  _globals['_WELCOME']._serialized_end=1183
+  _globals['_DATASETREFUSAL']._serialized_start=1185
+  _globals['_DATASETREFUSAL']._serialized_end=1234
+  _globals['_VERIFICATIONORDER']._serialized_start=1236
+  _globals['_VERIFICATIONORDER']._serialized_end=1304
+  _globals['_BROKERMESSAGE']._serialized_start=1307
+  _globals['_BROKERMESSAGE']._serialized_end=1663
+  _globals['_CONNECTORSERVICE']._serialized_start=1665
+  _globals['_CONNECTORSERVICE']._serialized_end=1751
 # @@protoc_insertion_point(module_scope)

@@ -62,7 +62,7 @@ class Reexecution(_message.Message):
     def __init__(self, ticket: _Optional[_Union[Signed, _Mapping]] = ..., algorithm_source: _Optional[bytes] = ...) -> None: ...
 
 class ConnectorMessage(_message.Message):
-    __slots__ = ("hello", "receipt", "heartbeat", "reexecuted", "quality", "verified", "destroyed")
+    __slots__ = ("hello", "receipt", "heartbeat", "reexecuted", "quality", "verified", "destroyed", "start")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class ConnectorMessage(_message.Message):
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
     DESTROYED_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     receipt: Receipt
     heartbeat: Heartbeat
@@ -77,7 +78,38 @@ class ConnectorMessage(_message.Message):
     quality: Signed
     verified: Signed
     destroyed: Signed
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ..., quality: _Optional[_Union[Signed, _Mapping]] = ..., verified: _Optional[_Union[Signed, _Mapping]] = ..., destroyed: _Optional[_Union[Signed, _Mapping]] = ...) -> None: ...
+    start: JobStart
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecuted: _Optional[_Union[Signed, _Mapping]] = ..., quality: _Optional[_Union[Signed, _Mapping]] = ..., verified: _Optional[_Union[Signed, _Mapping]] = ..., destroyed: _Optional[_Union[Signed, _Mapping]] = ..., start: _Optional[_Union[JobStart, _Mapping]] = ...) -> None: ...
+
+class JobStart(_message.Message):
+    __slots__ = ("job_id", "dataset", "ticket_digest")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    TICKET_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    dataset: str
+    ticket_digest: str
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., ticket_digest: _Optional[str] = ...) -> None: ...
+
+class JobStartAnswer(_message.Message):
+    __slots__ = ("job_id", "dataset", "go", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    GO_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    dataset: str
+    go: bool
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., go: bool = ..., reason: _Optional[str] = ...) -> None: ...
+
+class JobStop(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("broker_id", "accepted_datasets", "refused_datasets")
@@ -106,17 +138,21 @@ class VerificationOrder(_message.Message):
     def __init__(self, order: _Optional[_Union[Signed, _Mapping]] = ..., sealed: _Optional[bytes] = ...) -> None: ...
 
 class BrokerMessage(_message.Message):
-    __slots__ = ("welcome", "ticket", "heartbeat", "reexecute", "feedback", "verify")
+    __slots__ = ("welcome", "ticket", "heartbeat", "reexecute", "feedback", "verify", "start_answer", "stop")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REEXECUTE_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     VERIFY_FIELD_NUMBER: _ClassVar[int]
+    START_ANSWER_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ticket: JobTicket
     heartbeat: Heartbeat
     reexecute: Reexecution
     feedback: Signed
     verify: VerificationOrder
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecute: _Optional[_Union[Reexecution, _Mapping]] = ..., feedback: _Optional[_Union[Signed, _Mapping]] = ..., verify: _Optional[_Union[VerificationOrder, _Mapping]] = ...) -> None: ...
+    start_answer: JobStartAnswer
+    stop: JobStop
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ticket: _Optional[_Union[JobTicket, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., reexecute: _Optional[_Union[Reexecution, _Mapping]] = ..., feedback: _Optional[_Union[Signed, _Mapping]] = ..., verify: _Optional[_Union[VerificationOrder, _Mapping]] = ..., start_answer: _Optional[_Union[JobStartAnswer, _Mapping]] = ..., stop: _Optional[_Union[JobStop, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class JobServiceStub(object):
                 request_serializer=yumen_dot_v1_dot_jobs__pb2.JobRef.SerializeToString,
                 response_deserializer=yumen_dot_v1_dot_jobs__pb2.Result.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/yumen.v1.JobService/CancelJob',
+                request_serializer=yumen_dot_v1_dot_jobs__pb2.JobRef.SerializeToString,
+                response_deserializer=yumen_dot_v1_dot_jobs__pb2.JobStatus.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer(object):
@@ -94,6 +99,14 @@ class JobServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """The operator's own queued or running job: nothing is released, and the budget is
+        given back only where no department started it (docs/privacy.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +134,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.GetResult,
                     request_deserializer=yumen_dot_v1_dot_jobs__pb2.JobRef.FromString,
                     response_serializer=yumen_dot_v1_dot_jobs__pb2.Result.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=yumen_dot_v1_dot_jobs__pb2.JobRef.FromString,
+                    response_serializer=yumen_dot_v1_dot_jobs__pb2.JobStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +276,33 @@ class JobService(object):
             '/yumen.v1.JobService/GetResult',
             yumen_dot_v1_dot_jobs__pb2.JobRef.SerializeToString,
             yumen_dot_v1_dot_jobs__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yumen.v1.JobService/CancelJob',
+            yumen_dot_v1_dot_jobs__pb2.JobRef.SerializeToString,
+            yumen_dot_v1_dot_jobs__pb2.JobStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -348,6 +348,71 @@ def test_release_of_one_dataset_leaves_the_others_reserved(store):
     assert store.spent("*", _ns(), P) == 0 and all(row[5] for row in store.iter_reservations())
 
 
+def test_a_ticket_expiry_is_fixed_at_its_first_issue_and_never_extended(store):
+    store.create_job(_job("j1"), [_res("0.4"), _res("0.3", dataset="b")])
+    assert store.ticket_expiry("j1", "ds", 5_000) == 5_000
+    assert store.ticket_expiry("j1", "ds", 9_000) == 5_000  # a re-issue keeps the first expiry
+    states = store.ticket_states("j1")
+    assert (states["ds"].expires_ms, states["ds"].started_ms, states["ds"].released) == (5_000, 0, False)
+    assert states["b"].expires_ms == 0  # no ticket issued there yet
+
+
+def test_a_ticket_starts_once_before_its_expiry_and_never_after_a_refund_or_a_final_state(store):
+    store.create_job(_job("j1"), [_res("0.4"), _res("0.3", dataset="b")])
+    store.set_state("j1", JobState.RUNNING, "ticket sent")
+    store.ticket_expiry("j1", "ds", 5_000)
+    store.ticket_expiry("j1", "b", 5_000)
+    assert "expired" in store.start_ticket("j1", "ds", 5_001)
+    assert store.start_ticket("j1", "ds", 4_000) == ""
+    assert store.start_ticket("j1", "ds", 6_000) == ""  # asked again after it started: the same answer
+    assert store.ticket_states("j1")["ds"].started_ms == 4_000
+    assert "no such job" in store.start_ticket("j1", "nope", 4_000)
+    assert "no such job" in store.start_ticket("unknown", "ds", 4_000)
+    # a cancellation gives back only what never started, and then nothing else may start
+    assert _given_back(store.release_reservation("j1", keep_started=True)) == [("b", Fraction(3, 10))]
+    assert store.spent("LIC-1", "ds", P) == Fraction(2, 5) and store.spent("LIC-1", "b", P) == 0
+    assert "given back" in store.start_ticket("j1", "b", 4_000)
+    store.create_job(_job("j2"), [_res("0.1")])
+    store.set_state("j2", JobState.CANCELLED, "cancelled")
+    assert "cancelled" in store.start_ticket("j2", "ds", 1_000)
+
+
+def test_starts_racing_a_cancellation_either_start_or_are_given_back_never_both(backend):
+    """Threads asking to start a job's tickets while another cancels it: each dataset is started
+    (and keeps its charge) or given back, never both and never neither."""
+    store = backend.store
+    datasets = [f"d{i}" for i in range(8)]
+    store.create_job(_job("j1"), [_res("0.1", dataset=d) for d in datasets])
+    store.set_state("j1", JobState.RUNNING, "ticket sent")
+    answers: dict[str, str] = {}
+    released: list[str] = []
+    barrier = threading.Barrier(len(datasets) + 1)
+
+    def start(ds: str) -> None:
+        other = backend.open()
+        barrier.wait()
+        answers[ds] = other.start_ticket("j1", ds, 1_000)
+
+    def cancel() -> None:
+        barrier.wait()
+        with store.atomic():
+            store.set_state("j1", JobState.CANCELLED, "cancelled", expect=JobState.RUNNING)
+            released.extend(ds for ds, _ in store.release_reservation("j1", keep_started=True))
+
+    threads = [threading.Thread(target=start, args=(d,)) for d in datasets] + [threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = {d for d, why in answers.items() if not why}
+    assert started.isdisjoint(released) and started | set(released) == set(datasets)
+    states = store.ticket_states("j1")
+    assert {d for d, st in states.items() if st.started_ms} == started
+    assert {d for d, st in states.items() if st.released} == set(released)
+    for d in datasets:
+        assert store.spent("LIC-1", d, P) == (Fraction(1, 10) if d in started else 0)
+
+
 # -- receipts, licenses, policy, revocation -----------------------------------------------------
 
 

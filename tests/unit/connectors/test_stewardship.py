@@ -115,10 +115,28 @@ def test_job_scratch_is_destroyed_and_checked_gone(make, tmp_path):
     scratch = JobScratch(tmp_path / "scratch", "j", "residents").create()
     staged = scratch.stage_input(snapshot)
     (scratch.blocks / "block-0.parquet").write_bytes(b"rows")
+    scratch.own(scratch.blocks / "block-0.parquet")
     (scratch.sandbox / "yumen-stage-x").mkdir()
-    assert staged.exists() and os.stat(staged).st_ino == os.stat(snapshot).st_ino  # a link, not a copy
+    # a private copy (a link would share the snapshot's owner and mode), in private folders
+    assert staged.read_bytes() == snapshot.read_bytes() and os.stat(staged).st_ino != os.stat(snapshot).st_ino
+    assert os.stat(staged).st_mode & 0o777 == 0o400 and os.stat(scratch.blocks / "block-0.parquet").st_mode & 0o777 == 0o400
+    assert all(os.stat(d).st_mode & 0o777 == 0o700 for d in (scratch.path, scratch.blocks, scratch.sandbox))
+    assert os.stat(scratch.root).st_mode & 0o777 == 0o711
     assert scratch.destroy() == []
     assert not scratch.path.exists() and snapshot.exists()  # the pinned snapshot itself stays
+
+
+def test_start_up_sweeps_only_job_scratch_directories(tmp_path):
+    from yumen.connectors._destruction import sweep_scratch
+
+    root = tmp_path / "scratch"
+    left = JobScratch(root, "j", "residents").create()
+    (left.blocks / "block-0.parquet").write_bytes(b"rows")
+    (root / "not-a-job").mkdir()
+    (root / "notes.txt").write_text("kept")
+    assert sweep_scratch(root) == [left.path.name]
+    assert not left.path.exists() and (root / "not-a-job").is_dir() and (root / "notes.txt").exists()
+    assert sweep_scratch(tmp_path / "missing") == []
 
 
 def test_a_destruction_that_leaves_files_is_not_confirmed(make, tmp_path):
