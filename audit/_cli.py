@@ -127,20 +127,32 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     """Verify an export, replay it (re-deciding every decision), and compare the books."""
     from yumen.errors import Code, YumenError
 
+    from ._billing import BillingBook, compare_statements, logged_statements
     from ._reconcile import Bills, Ledger, compare_accounts, entries_from_export, reevaluate
     from ._replay import replay
     from ._verify import verify_export
 
     report = verify_export(args.from_dir, _vkey_text(args.vkey), args.state, ca_pem=_ca_pem(args))
     print(report.summary())
-    ledger, bills = Ledger(), Bills()
+    ledger, bills, book = Ledger(), Bills(), BillingBook()
+    entries = entries_from_export(args.from_dir)
     result = replay(
-        entries_from_export(args.from_dir),
+        entries,
         reevaluate=lambda entry, ctx: reevaluate(entry, ctx, ledger),
-        accumulators={"ledger": ledger, "bills": bills},
+        accumulators={"ledger": ledger, "bills": bills, "billing": book},
     )
     print(f"replayed {result.entries} entries; {result.decisions_reevaluated} decisions re-evaluated "
           "under the policy versions they name, all reached the same result")
+    # every charge recomputed from the catalogue and the signed metering, against the broker's statements
+    differences = book.differences + compare_statements(logged_statements(entries), book.statements)
+    for d in differences:
+        print(f"difference: {d}")
+    if differences:
+        raise YumenError(Code.VERIFICATION_FAILED, f"{len(differences)} differences between the logged charges and "
+                                                   "those rebuilt from the catalogue and the metering")
+    jobs = sum(len(v) for v in book.statements.values())
+    print(f"{len(book.statements)} statements ({jobs} jobs) rebuilt from the log match the broker's to the fen; "
+          f"{len(book.catalogue.history)} catalogue changes re-validated")
     if not (args.ca and args.cert and args.key):
         print("books rebuilt from the log (pass --ca/--cert/--key to compare them with the broker's):")
         for (lic, ds, period), (eps, runs) in sorted(ledger.result().items()):

@@ -23,7 +23,8 @@ key = "pki/broker.key"
 [policy]                       # seeds the first policy version; later versions are set
 model = ""                     # with `yumen admin policy set` and kept in the state
 rules = "policy.csv"           # Casbin p and g lines (empty: the packaged default)
-settings = "policy.toml"       # level defaults, rule obligations, pricing (empty: default)
+settings = "policy.toml"       # level defaults, rule obligations (empty: default)
+prices = ""                    # the price catalogue a first start logs (empty: default_prices.toml)
 
 [log]
 origin = "yumen.example/log"   # checkpoint origin line
@@ -61,6 +62,7 @@ class BrokerConfig:
     policy_model: Path
     policy_rules: Path
     policy_settings: Path
+    policy_prices: Path = Path()
     log_origin: str
     log_key: Path
     ticket_ttl_s: int = 600
@@ -115,6 +117,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
         policy_model=p(pol["model"]) if pol.get("model") else model_default,
         policy_rules=p(pol["rules"]) if pol.get("rules") else rules_default,
         policy_settings=p(pol["settings"]) if pol.get("settings") else settings_default,
+        policy_prices=p(pol["prices"]) if pol.get("prices") else settings_default.with_name("default_prices.toml"),  # noqa: E501
         log_origin=str(lg.get("origin", "yumen.local/log")),
         log_key=p(lg["key"]) if lg.get("key") else state_dir / "log.key",
         ticket_ttl_s=int(b.get("ticket_ttl_s", 600)),

@@ -116,6 +116,9 @@ class Broker:
         self._job_locks_guard = threading.Lock()
         self._reexecutions: dict[tuple[str, str], "queue.Queue[tuple[bytes, bytes]]"] = {}
         self.steward: Any = None  # yumen.broker._stewardship.BrokerStewardship, set by build_broker
+        from yumen.broker._billing import BrokerBilling
+
+        self.billing = BrokerBilling(self)  # the catalogue, holds and settlements (docs/billing.md)
 
     # -- policy and licenses (see also yumen.broker._admin) -------------------------
     @property
@@ -354,7 +357,7 @@ class Broker:
         # in the order the ledger saw it (module docstring).
         refusal: YumenError | None = None
         created_now = False
-        with self.recorded():
+        with self.recorded() as conn:
             if self.max_queued_per_license:
                 queued = self.store.count_jobs(identity.license, JobState.PENDING, JobState.RUNNING)
                 if queued >= self.max_queued_per_license:
@@ -397,6 +400,8 @@ class Broker:
                                               for (r, d), res in zip(decisions, reservations)}},
                     created_ms=created, updated_ms=created, he_context=request.he_context,
                 )
+                # the quote at the catalogue in force now, kept with the job: it is never repriced
+                record.decision["charge"] = self.billing.hold(conn, record)
                 try:
                     record, created_now = self.store.create_job(record, reservations)
                 except YumenError as e:
@@ -407,6 +412,7 @@ class Broker:
                 else:
                     if created_now:
                         self.audit.job_allowed(request, identity, decisions, reservations)
+                        self.billing.log_hold(record)
         if refusal is not None:
             raise refusal
         if created_now:
@@ -438,11 +444,14 @@ class Broker:
             "allowed": decision.allowed, "reason": decision.reason, "gate": decision.gate,
             "matched_rule": decision.rule, "policy_version": decision.policy_version,
             "obligations": decision.obligations.to_dict() if decision.obligations else {},
-            "epsilon_requested": format_epsilon(request.epsilon), "price": str(decision.price),
+            "epsilon_requested": format_epsilon(request.epsilon), "price": "0.00",
             "epsilon_remaining": "", "epsilon_remaining_after": "", "runs_remaining": 0, "period": "",
             "accounting": unit.accounting.value, "delta": reg.privacy_unit.to_dict().get("delta", ""),
             "cost": "", "accounts": [],
         }
+        quote = self.billing.quote(product=reg.price_class, purpose=request.purpose.value, epsilon=request.epsilon,
+                                   datasets=len(request.datasets) or 1)
+        out.update(price=quote["amount"], quote=quote)
         if decision.obligations is None:
             return out
         r = self._reservation(identity.license, reg, request.epsilon, decision)
@@ -567,6 +576,7 @@ class Broker:
                     return
                 self.store.release_reservation(job.job_id)
                 self.audit.job_cancelled(job, reason)
+                self.billing.close(job)  # nothing ran: the hold is released
             self._notify()
 
     def _dispatch(self, job: JobRecord) -> None:
@@ -690,9 +700,11 @@ class Broker:
             # back (datasets of the same job that did run keep their charge).
             self.store.release_reservation(job.job_id, dataset=receipt.dataset)
             self.store.set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
+            self.billing.close(job)  # settled for datasets that ran, released when none did
             return False
         if receipt.status == "failed":
             self.store.set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
+            self.billing.close(job)  # the department read data: settled on its metering
             return False
         partials = self.store.partials(job.job_id)
         if set(partials) != set(job.request["datasets"]):
@@ -718,7 +730,11 @@ class Broker:
                 return  # another replica finished it meanwhile
             if result is None:
                 self.store.set_state(job_id, JobState.FAILED, f"the partial results could not be combined: {failure.message}")
+                self.billing.close(current)
             else:
+                bill = self.billing.close(current)
+                if bill is not None:
+                    result["bill"] = bill
                 result["log_index_executed"] = index
                 result["log_index"] = self.audit.job_released(job, result)
                 self.store.set_state(job_id, JobState.SUCCEEDED, "result released", result=result)
