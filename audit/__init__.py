@@ -18,6 +18,8 @@ from ._entries import (
     LicenseChanged,
     PolicyChanged,
     StewardshipRecorded,
+    CatalogueChanged,
+    ChargeRecorded,
     decode_entry,
     encode_entry,
     entry_from_dict,
@@ -43,6 +45,9 @@ from ._note import (
     sign_note,
 )
 from ._replay import Accumulator, BillTotals, BudgetLedger, ReplayContext, ReplayReport, replay
+from ._billing import BillingBook, compare_statements, logged_statements, revenue_report
+from ._disclosure import disclosure, query_log, render_html, write_disclosure
+from ._reconcile import entries_from_export
 from ._service import AuditServicer, add_audit_service
 from ._storage import LogStorage, SQLiteLogStorage
 from ._storage_postgres import PostgresLogStorage
@@ -56,6 +61,8 @@ __all__ = [
     "DatasetRegistered",
     "PolicyChanged",
     "StewardshipRecorded",
+    "CatalogueChanged",
+    "ChargeRecorded",
     "LicenseChanged",
     "JobDecided",
     "JobExecuted",
@@ -99,6 +106,16 @@ __all__ = [
     "SignedCheckpoint",
     # replay
     "replay",
+    "entries_from_export",
+    # billing (docs/billing.md)
+    "BillingBook",
+    "compare_statements",
+    "logged_statements",
+    "revenue_report",
+    "disclosure",
+    "query_log",
+    "render_html",
+    "write_disclosure",
     "ReplayContext",
     "ReplayReport",
     "Accumulator",

@@ -149,6 +149,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     """Verify an export, replay it (re-deciding every decision), and compare the books."""
     from yumen.errors import Code, YumenError
 
+    from ._billing import BillingBook, compare_statements, logged_statements
     from ._reconcile import Bills, Ledger, compare_accounts, entries_from_export, reevaluate
     from ._replay import replay
     from ._verify import verify_export
@@ -157,23 +158,36 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     as_json = getattr(args, "json", False)
     if not as_json:
         print(report.summary())
-    ledger, bills = Ledger(), Bills()
+    ledger, bills, book = Ledger(), Bills(), BillingBook()
+    entries = entries_from_export(args.from_dir)
     result = replay(
-        entries_from_export(args.from_dir),
+        entries,
         reevaluate=lambda entry, ctx: reevaluate(entry, ctx, ledger),
-        accumulators={"ledger": ledger, "bills": bills},
+        accumulators={"ledger": ledger, "bills": bills, "billing": book},
     )
+    # every charge recomputed from the catalogue and the signed metering, against the broker's statements
+    charge_differences = book.differences + compare_statements(logged_statements(entries), book.statements)
+    jobs = sum(len(v) for v in book.statements.values())
     out: dict[str, Any] = {
         "verified": _report_json(report), "entries": result.entries, "decisions_reevaluated": result.decisions_reevaluated,
         "ledger": [{"license": lic, "dataset": ds, "period": period, "spent": f"{eps.numerator}/{eps.denominator}",
                     "runs": runs} for (lic, ds, period), (eps, runs) in sorted(ledger.result().items())],
         "bills": [{"operator": op, "currency": cur, "amount": str(amount), "jobs": n}
                   for (op, cur), (amount, n) in sorted(bills.result().items())],
-        "compared_with_broker": False, "differences": [],
+        "statements": {"count": len(book.statements), "jobs": jobs, "catalogue_changes": len(book.catalogue.history)},
+        "compared_with_broker": False, "differences": charge_differences,
     }
     if not as_json:
         print(f"replayed {result.entries} entries; {result.decisions_reevaluated} decisions re-evaluated "
               "under the policy versions they name, all reached the same result")
+        for d in charge_differences:
+            print(f"difference: {d}")
+    if charge_differences:
+        raise YumenError(Code.VERIFICATION_FAILED, f"{len(charge_differences)} differences between the logged charges "
+                                                   "and those rebuilt from the catalogue and the metering")
+    if not as_json:
+        print(f"{len(book.statements)} statements ({jobs} jobs) rebuilt from the log match the broker's to the fen; "
+              f"{len(book.catalogue.history)} catalogue changes re-validated")
     if not (args.ca and args.cert and args.key):
         if as_json:
             _emit(args, out, "")

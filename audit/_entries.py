@@ -39,6 +39,8 @@ __all__ = [
     "JobExecuted",
     "JobReleased",
     "StewardshipRecorded",
+    "CatalogueChanged",
+    "ChargeRecorded",
     "ENTRY_TYPES",
     "encode_entry",
     "decode_entry",
@@ -318,10 +320,59 @@ class StewardshipRecorded(Entry):
             raise _bad(f"stewardship.kind {self.kind!r} is not one of {', '.join(_STEWARDSHIP_KINDS)}")
 
 
+_CATALOGUE_KINDS = ("cap", "price", "revenue_rule", "allowed_revenue", "authorization")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CatalogueChanged(Entry):
+    """A change of the price catalogue (docs/billing.md): a cap or revenue setting by the
+    authorizing body's administrator, an actual price by the operating body. ``fields`` are
+    the change's values as strings; the entry's ``time`` is when it was made."""
+
+    TYPE: ClassVar[str] = "catalogue_changed"
+
+    kind: str = _f(_ID)
+    changed_by: str = _f(_ID)
+    role: str = _f(_ID)
+    fields: dict[str, Any] = _f(_MAP, default_factory=dict)
+    details: dict[str, Any] = _f(_MAP, default_factory=dict)
+
+    def _validate(self) -> None:
+        if self.kind not in _CATALOGUE_KINDS:
+            raise _bad(f"catalogue_changed.kind {self.kind!r} is not one of {', '.join(_CATALOGUE_KINDS)}")
+
+
+_CHARGE_KINDS = ("hold", "settle", "release")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChargeRecorded(Entry):
+    """A step of a job's charge: the ``hold`` of its quote at acceptance, its ``settle``ment from
+    the departments' signed metering, or the ``release`` of the hold when it failed before any
+    data was touched. ``amount`` is exact CNY; ``details.lines`` the priced units (quantity,
+    unit price, cap, amount), ``details.shares`` a settlement's revenue per dataset."""
+
+    TYPE: ClassVar[str] = "charge"
+
+    job_id: str = _f(_ID)
+    kind: str = _f(_ID)
+    license_id: str = _f(_ID)
+    operator: str = _f(_ID)
+    product: str = _f(_TEXT)
+    purpose: str = _f(_ID)
+    amount: str = _f(_DECIMAL_K)
+    currency: str = _f(_ID)
+    details: dict[str, Any] = _f(_MAP, default_factory=dict)
+
+    def _validate(self) -> None:
+        if self.kind not in _CHARGE_KINDS:
+            raise _bad(f"charge.kind {self.kind!r} is not one of {', '.join(_CHARGE_KINDS)}")
+
+
 ENTRY_TYPES: dict[str, type[Entry]] = {
     cls.TYPE: cls
     for cls in (DatasetRegistered, PolicyChanged, LicenseChanged, JobDecided, JobExecuted, JobReleased,
-                StewardshipRecorded)
+                StewardshipRecorded, CatalogueChanged, ChargeRecorded)
 }
 _SPECS: dict[type[Entry], tuple[tuple[str, str], ...]] = {
     cls: tuple((f.name, f.metadata["kind"]) for f in dataclasses.fields(cls)) for cls in ENTRY_TYPES.values()
@@ -335,6 +386,8 @@ _FAST_RULES: dict[str, str] = {
     "job_decided": '(d["allowed"] or d["reason"] != "")',
     "license_changed": 'd["action"] in _LICENSE_ACTIONS',
     "stewardship": 'd["kind"] in _STEWARDSHIP_KINDS',
+    "catalogue_changed": 'd["kind"] in _CATALOGUE_KINDS',
+    "charge": 'd["kind"] in _CHARGE_KINDS',
 }
 
 _FAST_EXPR = {
@@ -376,6 +429,8 @@ def _compile_validator(cls: type[Entry]) -> Any:
         "_b64": _BASE64.match,
         "_LICENSE_ACTIONS": _LICENSE_ACTIONS,
         "_STEWARDSHIP_KINDS": _STEWARDSHIP_KINDS,
+        "_CATALOGUE_KINDS": _CATALOGUE_KINDS,
+        "_CHARGE_KINDS": _CHARGE_KINDS,
     }
     exec(compile(source, f"<validator {cls.TYPE}>", "exec"), namespace)  # noqa: S102 - source built from the field table above
     return namespace["valid"]

@@ -104,6 +104,17 @@ class BrokerAudit:
             return self.tlog.append_within(conn, [entry])[0]
         return self.tlog.append(entry)
 
+    def billing(self, entry: Any) -> int:
+        """Append a ``catalogue_changed`` or ``charge`` entry, which yumen.broker._billing builds
+        from the catalogue and the job's records (see that module)."""
+        from yumen.audit import CatalogueChanged, ChargeRecorded
+
+        if not isinstance(entry, (CatalogueChanged, ChargeRecorded)):
+            from yumen.errors import Code, YumenError
+
+            raise YumenError(Code.INTERNAL, f"not a billing entry: {type(entry).__name__}")
+        return self._append(entry)
+
     def dataset_registered(self, reg: DatasetRegistration, connector: Identity, *, certificate_pem: str = "") -> int:
         """Log a version's registration; ``certificate_pem`` carries the connector's certificate the
         first time the log meets it, so auditors check its signatures offline (audit/_statements)."""

@@ -24,7 +24,8 @@ key = "pki/broker.key"
 [policy]                       # seeds the first policy version; later versions are set
 model = ""                     # with `yumen admin policy set` and kept in the state
 rules = "policy.csv"           # Casbin p and g lines (empty: the packaged default)
-settings = "policy.toml"       # level defaults, rule obligations, pricing (empty: default)
+settings = "policy.toml"       # level defaults, rule obligations (empty: default)
+prices = ""                    # the price catalogue a first start logs (empty: default_prices.toml)
 
 [log]
 origin = "yumen.local/log"     # checkpoint origin line
@@ -62,6 +63,7 @@ class BrokerConfig:
     policy_rules: Path
     policy_settings: Path
     log_key: Path  # default: state_dir/log.key
+    policy_prices: Path = Path()  # default: the packaged default_prices.toml
     id: str = "broker"
     listen: str = "127.0.0.1:7443"
     log_origin: str = "yumen.local/log"
@@ -112,7 +114,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
             raise unknown_key_error(name, _TABLES, where="", source=source)
     b = Table(doc.get("broker"), _BROKER_KEYS, where="[broker]", source=source)
     tls = Table(doc.get("tls"), ("ca", "cert", "key"), where="[tls]", source=source)
-    pol = Table(doc.get("policy"), ("model", "rules", "settings"), where="[policy]", source=source)
+    pol = Table(doc.get("policy"), ("model", "rules", "settings", "prices"), where="[policy]", source=source)
     lg = Table(doc.get("log"), ("origin", "key"), where="[log]", source=source)
     lim = Table(doc.get("limits"), [f.name for f in dataclasses.fields(Limits)], where="[limits]", source=source)
 
@@ -130,7 +132,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
     if "origin" in lg:
         kwargs["log_origin"] = lg.get("origin", "str")
     limits = {key: lim.get(key, "int") for key in lim.raw}
-    model, rules, settings = (pol.get(k, "str", "") for k in ("model", "rules", "settings"))
+    model, rules, settings, prices = (pol.get(k, "str", "") for k in ("model", "rules", "settings", "prices"))
     try:
         return BrokerConfig(
             state_dir=state_dir,
@@ -138,6 +140,7 @@ def load_broker_config(path: Path) -> BrokerConfig:
             policy_model=p(model) if model else model_default,
             policy_rules=p(rules) if rules else rules_default,
             policy_settings=p(settings) if settings else settings_default,
+            policy_prices=p(prices) if prices else settings_default.with_name("default_prices.toml"),
             log_key=p(lg.get("key", "str")) if lg.get("key", "str", "") else state_dir / "log.key",
             limits=Limits(**limits),
             **kwargs,

@@ -138,6 +138,9 @@ class Broker:
         self._job_locks_guard = threading.Lock()
         self._reexecutions: dict[tuple[str, str], "queue.Queue[tuple[bytes, bytes]]"] = {}
         self.steward: Any = None  # yumen.broker._stewardship.BrokerStewardship, set by build_broker
+        from yumen.broker._billing import BrokerBilling
+
+        self.billing = BrokerBilling(self)  # the catalogue, holds and settlements (docs/billing.md)
 
     # -- policy and licenses (see also yumen.broker._admin) -------------------------
     @property
@@ -376,7 +379,7 @@ class Broker:
         # in the order the ledger saw it (module docstring).
         refusal: YumenError | None = None
         created_now = False
-        with self.recorded():
+        with self.recorded() as conn:
             if self.max_queued_per_license:
                 queued = self.store.count_jobs(identity.license, JobState.PENDING, JobState.RUNNING)
                 if queued >= self.max_queued_per_license:
@@ -419,6 +422,8 @@ class Broker:
                                               for (r, d), res in zip(decisions, reservations)}},
                     created_ms=created, updated_ms=created, he_context=request.he_context,
                 )
+                # the quote at the catalogue in force now, kept with the job: it is never repriced
+                record.decision["charge"] = self.billing.hold(conn, record)
                 try:
                     record, created_now = self.store.create_job(record, reservations)
                 except YumenError as e:
@@ -429,6 +434,7 @@ class Broker:
                 else:
                     if created_now:
                         self.audit.job_allowed(request, identity, decisions, reservations)
+                        self.billing.log_hold(record)
         if refusal is not None:
             raise refusal
         if created_now:
@@ -460,11 +466,14 @@ class Broker:
             "allowed": decision.allowed, "reason": decision.reason, "gate": decision.gate,
             "matched_rule": decision.rule, "policy_version": decision.policy_version,
             "obligations": decision.obligations.to_dict() if decision.obligations else {},
-            "epsilon_requested": format_epsilon(request.epsilon), "price": str(decision.price),
+            "epsilon_requested": format_epsilon(request.epsilon), "price": "0.00",
             "epsilon_remaining": "", "epsilon_remaining_after": "", "runs_remaining": 0, "period": "",
             "accounting": unit.accounting.value, "delta": reg.privacy_unit.to_dict().get("delta", ""),
             "cost": "", "accounts": [],
         }
+        quote = self.billing.quote(product=reg.price_class, purpose=request.purpose.value, epsilon=request.epsilon,
+                                   datasets=len(request.datasets) or 1)
+        out.update(price=quote["amount"], quote=quote)
         if decision.obligations is None:
             return out
         r = self._reservation(identity.license, reg, request.epsilon, decision)
@@ -593,6 +602,7 @@ class Broker:
                     return
                 refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
                 self.audit.job_cancelled(job, reason, refunded=refunded)
+                self.billing.close(job)  # nothing ran: the hold is released
             self._notify(job.job_id)
 
     # -- cancellation, ticket expiry and the start handshake ----------------------------
@@ -629,6 +639,7 @@ class Broker:
                     refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
                     self.audit.job_cancelled(current, "cancelled by its operator", gate="operator",
                                              refunded=refunded, by=identity.name)
+                    self.billing.close(current)  # settled on metering already received, else the hold is released
                     break
                 else:
                     raise YumenError(Code.CONFLICT, f"job {job.job_id} kept changing state; cancel it again")
@@ -708,6 +719,7 @@ class Broker:
                     refunded = [ds for ds, _ in self.store.release_reservation(job.job_id, keep_started=True)]
                     self.audit.job_cancelled(current, message, gate="expired", refunded=refunded, by=self.id,
                                              expires={ds: st.expires_ms for ds, st in states.items()})
+                    self.billing.close(current)
                 failed += 1
             log.warning("job %s failed: %s (expired %s, overdue %s)", job.job_id,
                         "overdue" if overdue else "ticket expired", ",".join(expired), ",".join(overdue))
@@ -854,9 +866,11 @@ class Broker:
             return False
         if receipt.status == "refused":
             self.store.set_state(job.job_id, JobState.REFUSED, f"refused by department {dept}: {receipt.error}")
+            self.billing.close(job)  # settled for datasets that ran, released when none did
             return False
         if receipt.status == "failed":
             self.store.set_state(job.job_id, JobState.FAILED, f"failed at department {dept}: {receipt.error}")
+            self.billing.close(job)  # the department read data: settled on its metering
             return False
         partials = self.store.partials(job.job_id)
         if set(partials) != set(job.request["datasets"]):
@@ -882,7 +896,11 @@ class Broker:
                 return  # another replica finished it meanwhile
             if result is None:
                 self.store.set_state(job_id, JobState.FAILED, f"the partial results could not be combined: {failure.message}")
+                self.billing.close(current)
             else:
+                bill = self.billing.close(current)
+                if bill is not None:
+                    result["bill"] = bill
                 result["log_index_executed"] = index
                 result["log_index"] = self.audit.job_released(job, result)
                 self.store.set_state(job_id, JobState.SUCCEEDED, "result released", result=result)

@@ -128,6 +128,11 @@ def method_rules(limits: Limits) -> dict[str, MethodRule]:
         "/yumen.v1.StewardshipService/GetStewardship": MethodRule(roles=ANYONE, max_bytes=small),
         "/yumen.v1.StewardshipService/SubmitFeedback": MethodRule(roles=_OPERATOR, max_bytes=small),
         "/yumen.v1.StewardshipService/Verify": MethodRule(roles=_OPERATOR, max_bytes=small),
+        # caps and revenue settings by the administrator, actual prices by the operating body
+        # (the catalogue refuses a kind the caller's role may not change); prices are public
+        "/yumen.v1.BillingService/ChangeCatalogue": MethodRule(roles=frozenset({Role.ADMIN, Role.OPERATING_BODY}),
+                                                               max_bytes=small),
+        "/yumen.v1.BillingService/GetCatalogue": MethodRule(roles=ANYONE, max_bytes=small),
         "/grpc.health.v1.Health/Check": MethodRule(roles=ANYONE, max_bytes=small),
         "/grpc.health.v1.Health/Watch": MethodRule(roles=ANYONE, max_bytes=small, stream="health"),
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": MethodRule(roles=ANYONE, max_bytes=small,

@@ -106,6 +106,13 @@ def build_broker(config: BrokerConfig) -> Broker:
     broker.steward = BrokerStewardship(broker, steward_store)
     audit.quality_of = broker.steward.quality_of
     broker.recover(seed)  # under the log's write lock: never races a live replica
+    from yumen.broker._billing import seed_catalogue
+
+    from yumen.policy import default_policy_paths
+
+    prices = config.policy_prices if str(config.policy_prices) not in ("", ".") else \
+        default_policy_paths()[2].with_name("default_prices.toml")
+    broker.billing.seed(seed_catalogue(prices))  # a first start only: afterwards the log holds the catalogue
     return broker
 
 
@@ -151,6 +158,10 @@ class BrokerServer:
         from yumen.v1 import stewardship_pb2, stewardship_pb2_grpc
 
         stewardship_pb2_grpc.add_StewardshipServiceServicer_to_server(StewardshipServicer(self.broker), self.server)
+        from yumen.broker._billing_service import BillingServicer
+        from yumen.v1 import billing_pb2, billing_pb2_grpc
+
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(self.broker), self.server)
         self._add_audit_service()
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -160,6 +171,7 @@ class BrokerServer:
             connector_pb2.DESCRIPTOR.services_by_name["ConnectorService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             stewardship_pb2.DESCRIPTOR.services_by_name["StewardshipService"].full_name,
+            billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
             "yumen.v1.AuditService",
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,

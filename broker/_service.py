@@ -49,6 +49,7 @@ def _status(job: JobRecord) -> jobs_pb2.JobStatus:
         license=job.license, datasets=req["datasets"], tier=req["tier"], epsilon=req["epsilon"],
         created_unix_ms=job.created_ms, updated_unix_ms=job.updated_ms,
         matched_rule=job.decision.get("rule", ""), policy_version=job.decision.get("policy_version", ""),
+        price_held=(job.decision.get("charge") or {}).get("amount", ""),
     )
 
 
@@ -94,6 +95,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         out = self.broker.explain(self.broker.identify(context), job_from_proto(request.job))
         out["obligations"] = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in out["obligations"].items()}
         out["accounts"] = [jobs_pb2.BudgetAccount(**a) for a in out["accounts"]]
+        quote = out.pop("quote", None) or {}
+        out["price_lines"] = [jobs_pb2.PriceLine(**line) for line in quote.get("lines", [])]
+        out["product"] = quote.get("product", "")
         return jobs_pb2.Explanation(**out)
 
     @rpc_method

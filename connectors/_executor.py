@@ -715,7 +715,9 @@ class Executor:
             if is_algorithm:
                 fields = self._run_algorithm(pinned, ticket, algorithm_source, salt, schedule, scratch=scratch.create())
             else:
+                cpu = time.process_time()
                 fields = self._run_query(pinned, ticket, salt)
+                fields.setdefault("metering", {}).update(query_metering(pinned, time.process_time() - cpu))
             if he_digest and fields.get("status") == "ok":
                 fields, ciphertext = self._encrypt(fields, he_context)
         except Exception as e:  # noqa: BLE001 - every failure after data was read gets a fixed public message
@@ -954,3 +956,17 @@ class Executor:
             "values": tuple(values),
             "commitment": _commitment(salt, dict(release.exact)),
         }
+
+
+def query_metering(pinned: Pinned, cpu_s: float) -> dict[str, int]:
+    """What a query's charge is metered by (docs/billing.md): the connector's CPU time while it
+    ran (the whole process: work of jobs running beside it is counted too) and the rows of the
+    pinned version it scanned, rounded up to whole thousands so the receipt does not carry the
+    dataset's exact size. The operator already sees a query's latency; an algorithm's receipt
+    carries neither (its time is a channel, docs/privacy.md) and is metered by its limits."""
+    import math
+
+    import polars as pl
+
+    rows = int(pl.scan_parquet(pinned.snapshot).select(pl.len()).collect().item())
+    return {"cpu_ms": int(cpu_s * 1000), "rows_scanned": math.ceil(rows / 1000) * 1000}

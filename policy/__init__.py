@@ -26,8 +26,32 @@ from yumen.policy._engine import (
     default_policy_paths,
 )
 from yumen.licenses import License, LicenseStatus, format_time, parse_time
+from yumen.policy._prices import (
+    FREE_PURPOSES,
+    UNITS,
+    Catalogue,
+    CatalogueChange,
+    metered_quantities,
+    money,
+    plain,
+    price_lines,
+    quoted_quantities,
+    split_fen,
+    total_of,
+)
 
 __all__ = [
+    "FREE_PURPOSES",
+    "UNITS",
+    "Catalogue",
+    "CatalogueChange",
+    "metered_quantities",
+    "money",
+    "plain",
+    "price_lines",
+    "quoted_quantities",
+    "split_fen",
+    "total_of",
     "LIFETIME",
     "Account",
     "Charge",

@@ -33,6 +33,7 @@ class JobInfo:
     epsilon: str
     matched_rule: str
     policy_version: str
+    price_held: str = ""  # yuan held at acceptance ("" for jobs accepted before charges were held)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,7 +99,7 @@ def _info(s: jobs_pb2.JobStatus) -> JobInfo:
     return JobInfo(
         job_id=s.job_id, state=s.state, message=s.message, operator=s.operator, license=s.license,
         datasets=tuple(s.datasets), tier=s.tier, epsilon=s.epsilon, matched_rule=s.matched_rule,
-        policy_version=s.policy_version,
+        policy_version=s.policy_version, price_held=s.price_held,
     )
 
 
@@ -141,7 +142,9 @@ class YumenClient:
             "epsilon_requested": e.epsilon_requested, "epsilon_remaining": e.epsilon_remaining,
             "epsilon_remaining_after": e.epsilon_remaining_after, "runs_remaining": e.runs_remaining,
             "price": e.price, "period": e.period, "accounting": e.accounting or "pure", "delta": e.delta,
-            "cost": e.cost,
+            "cost": e.cost, "product": e.product,
+            "quote": {"lines": [{"unit": x.unit, "quantity": x.quantity, "unit_price": x.unit_price, "cap": x.cap,
+                                 "amount": x.amount} for x in e.price_lines]},
             "accounts": [{"kind": a.kind, "window": a.window, "cap": a.cap, "remaining": a.remaining,
                           "remaining_after": a.remaining_after, "runs_remaining": a.runs_remaining} for a in e.accounts],
         }

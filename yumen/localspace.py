@@ -124,6 +124,7 @@ class LocalSpace:
         issue(self.pki, role=Role.OPERATOR, name="operator-1", license=OPERATOR_LICENSE)
         issue(self.pki, role=Role.AUDITOR, name="auditor-1")
         issue(self.pki, role=Role.ADMIN, name="admin-1")
+        issue(self.pki, role=Role.OPERATING_BODY, name="operating-body-1")
         _, rules_default, settings_default = default_policy_paths()
         (self.root / "policy.csv").write_text(rules_default.read_text() + self.extra_policy)
         (self.root / "policy.toml").write_text(settings_default.read_text())

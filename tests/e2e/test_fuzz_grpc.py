@@ -30,7 +30,7 @@ from yumen.broker._guard import Limits, method_rules
 from yumen.identity import Role, init_ca, issue
 from yumen.localspace import Department, LocalSpace
 from yumen.rpc import TlsFiles, secure_channel
-from yumen.v1 import admin_pb2, audit_pb2, catalog_pb2, connector_pb2, jobs_pb2, stewardship_pb2
+from yumen.v1 import admin_pb2, audit_pb2, billing_pb2, catalog_pb2, connector_pb2, jobs_pb2, stewardship_pb2
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,8 @@ class Method:
 
 def _methods() -> list[Method]:
     out = []
-    for module in (catalog_pb2, jobs_pb2, connector_pb2, admin_pb2, audit_pb2, stewardship_pb2, health_pb2, reflection_pb2):
+    for module in (catalog_pb2, jobs_pb2, connector_pb2, admin_pb2, audit_pb2, stewardship_pb2, billing_pb2, health_pb2,
+                   reflection_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in service.methods:
                 out.append(Method(path=f"/{service.full_name}/{m.name}",

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "yumen.cli._dev",
     "yumen.sandbox._cli",
     "yumen.audit._cli",
+    "yumen.cli._billing",
     "yumen.cli._demo",
 )
 

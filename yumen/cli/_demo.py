@@ -79,9 +79,32 @@ def _demo(args: argparse.Namespace) -> int:
         _yumen(audit_env, "audit", "verify", "--from", str(out), "--vkey", str(vkey), "--state", str(root / "auditor-state"))
         _step("the auditor replays the log: every decision re-decided, the ledger and bills rebuilt")
         _yumen(audit_env, "audit", "replay", "--from", str(out), "--vkey", str(vkey))
+        _billing(space, root, out)
     _step("done")
     print(f"  state (certificates, databases, log, process logs) is in {root}")
     return 0
+
+
+def _billing(space: "object", root: Path, export: Path) -> None:
+    """Prices, a statement, a department's revenue and the yearly disclosure (docs/billing.md)."""
+    import time
+
+    month, year = time.strftime("%Y-%m", time.gmtime()), time.strftime("%Y", time.gmtime())
+    admin, body = space.cli_env("admin-1"), space.cli_env("operating-body-1")  # type: ignore[attr-defined]
+    audit_env = space.cli_env("auditor-1")  # type: ignore[attr-defined]
+    _step("the posted price catalogue: caps by the authorizing body, actual prices by the operating body")
+    _yumen(body, "billing", "catalogue")
+    _step("the operating body tries a price above the cap: refused, nothing logged")
+    _yumen(body, "billing", "price", "--product", "standard", "--purpose", "commercial", "--unit", "job",
+           "--amount", "75", expect=2)
+    _step("the operator's statement for this month: one line per job, with the log entries behind it")
+    _yumen(admin, "billing", "statement", "--license", "LIC-2026-0001", "--period", month)
+    _step("revenue credited to the departments that served the jobs (in proportion to the ε each spent)")
+    _yumen(admin, "billing", "revenue", "--period", month, "--department", "transport-dept")
+    _yumen(admin, "billing", "revenue", "--period", month)
+    _step("the yearly public disclosure (JSON and one self-contained HTML page), from the verified export")
+    _yumen(audit_env, "report", "disclosure", "--year", year, "--from", str(export), "--out", str(root / "disclosure"))
+    print(f"  open {root / 'disclosure' / f'disclosure-{year}.html'} in a browser (it needs no network)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -230,7 +230,8 @@ def _run(args: argparse.Namespace, request: JobRequest, secret_context: bytes = 
         info = c.submit(request)
         if not args.json:
             print(f"job {info.job_id} accepted under rule {info.matched_rule} "
-                  f"(policy {info.policy_version[:19]}…); ε {info.epsilon} reserved", file=sys.stderr)
+                  f"(policy {info.policy_version[:19]}…); ε {info.epsilon} reserved"
+                  + (f"; {info.price_held} yuan held" if info.price_held else ""), file=sys.stderr)
         if args.no_wait:
             if args.json:
                 _print_json({"job": info.to_dict()})
@@ -392,7 +393,9 @@ def _explain(args: argparse.Namespace) -> int:
               + f"; this job costs {e['cost']} on each account:")
         for a in e["accounts"]:
             print(f"    {a['kind']:<9} {a['window']:<10} cap {a['cap']}: {a['remaining']} left, {a['remaining_after']} after")
-    print(f"  price: {e['price']} yuan")
+    print(f"  price: {e['price']} yuan" + (f" ({e['product']}: " + "; ".join(
+        f"{x['unit']} {x['quantity']} × {x['unit_price']} (cap {x['cap']}) = {x['amount']}" for x in e["quote"]["lines"]) + ")"
+        if e.get("quote", {}).get("lines") else ""))
     return 0
 
 

@@ -33,6 +33,7 @@ class Role(enum.Enum):
     OPERATOR = "operator"
     AUDITOR = "auditor"
     ADMIN = "admin"
+    OPERATING_BODY = "operating-body"  # the operator of authorized operation: sets actual prices (docs/billing.md)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

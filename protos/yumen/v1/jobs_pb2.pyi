@@ -91,7 +91,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "message", "operator", "license", "datasets", "tier", "epsilon", "created_unix_ms", "updated_unix_ms", "matched_rule", "policy_version")
+    __slots__ = ("job_id", "state", "message", "operator", "license", "datasets", "tier", "epsilon", "created_unix_ms", "updated_unix_ms", "matched_rule", "policy_version", "price_held")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class JobStatus(_message.Message):
     UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_RULE_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRICE_HELD_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     message: str
@@ -116,7 +117,8 @@ class JobStatus(_message.Message):
     updated_unix_ms: int
     matched_rule: str
     policy_version: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., operator: _Optional[str] = ..., license: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., epsilon: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ...) -> None: ...
+    price_held: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., operator: _Optional[str] = ..., license: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., epsilon: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., price_held: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "state", "message", "at_unix_ms")
@@ -197,7 +199,7 @@ class Result(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., values: _Optional[_Iterable[_Union[ReleasedValue, _Mapping]]] = ..., mechanism: _Optional[str] = ..., epsilon_spent: _Optional[str] = ..., result_digest: _Optional[str] = ..., provenance: _Optional[_Iterable[_Union[Provenance, _Mapping]]] = ..., log_index: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., bill: _Optional[_Mapping[str, str]] = ..., suppressed_groups: _Optional[_Iterable[str]] = ..., loss: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period", "accounting", "delta", "cost", "accounts")
+    __slots__ = ("allowed", "reason", "gate", "matched_rule", "policy_version", "obligations", "epsilon_requested", "epsilon_remaining", "epsilon_remaining_after", "runs_remaining", "price", "period", "accounting", "delta", "cost", "accounts", "price_lines", "product")
     class ObligationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -221,6 +223,8 @@ class Explanation(_message.Message):
     DELTA_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    PRICE_LINES_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     reason: str
     gate: str
@@ -237,7 +241,23 @@ class Explanation(_message.Message):
     delta: str
     cost: str
     accounts: _containers.RepeatedCompositeFieldContainer[BudgetAccount]
-    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., obligations: _Optional[_Mapping[str, str]] = ..., epsilon_requested: _Optional[str] = ..., epsilon_remaining: _Optional[str] = ..., epsilon_remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ..., price: _Optional[str] = ..., period: _Optional[str] = ..., accounting: _Optional[str] = ..., delta: _Optional[str] = ..., cost: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BudgetAccount, _Mapping]]] = ...) -> None: ...
+    price_lines: _containers.RepeatedCompositeFieldContainer[PriceLine]
+    product: str
+    def __init__(self, allowed: bool = ..., reason: _Optional[str] = ..., gate: _Optional[str] = ..., matched_rule: _Optional[str] = ..., policy_version: _Optional[str] = ..., obligations: _Optional[_Mapping[str, str]] = ..., epsilon_requested: _Optional[str] = ..., epsilon_remaining: _Optional[str] = ..., epsilon_remaining_after: _Optional[str] = ..., runs_remaining: _Optional[int] = ..., price: _Optional[str] = ..., period: _Optional[str] = ..., accounting: _Optional[str] = ..., delta: _Optional[str] = ..., cost: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BudgetAccount, _Mapping]]] = ..., price_lines: _Optional[_Iterable[_Union[PriceLine, _Mapping]]] = ..., product: _Optional[str] = ...) -> None: ...
+
+class PriceLine(_message.Message):
+    __slots__ = ("unit", "quantity", "unit_price", "cap", "amount")
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    unit: str
+    quantity: str
+    unit_price: str
+    cap: str
+    amount: str
+    def __init__(self, unit: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., cap: _Optional[str] = ..., amount: _Optional[str] = ...) -> None: ...
 
 class BudgetAccount(_message.Message):
     __slots__ = ("kind", "window", "cap", "remaining", "remaining_after", "runs_remaining")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from yumen.audit import ENTRY_TYPES, JobDecided, decode_entry, encode_entry, entry_from_dict
+from yumen.audit import ENTRY_TYPES, CatalogueChanged, ChargeRecorded, JobDecided, decode_entry, encode_entry, entry_from_dict
 from yumen.canonical import canonical_json
 from yumen.errors import Code, YumenError
 
@@ -15,7 +15,16 @@ from audit_samples import T, destroyed_entry, digest, sample_entries, verificati
 
 def test_every_type_round_trips_through_its_leaf():
     seen = set()
-    for entry in [*sample_entries(1), verification_entry("v-1"), destroyed_entry(digest("ds1"))]:
+    billing = [
+        CatalogueChanged(kind="cap", changed_by="admin-1", role="admin",
+                         fields={"product": "standard", "purpose": "commercial", "unit": "job", "amount": "60",
+                                 "start": "2026-01-01T00:00:00Z"}),
+        ChargeRecorded(job_id="job-1", kind="hold", license_id="LIC-1", operator="op-1", product="standard",
+                       purpose="commercial", amount="250.5", currency="CNY",
+                       details={"lines": [{"unit": "job", "quantity": "1", "unit_price": "50", "cap": "60",
+                                           "amount": "50.00"}]}),
+    ]
+    for entry in [*sample_entries(1), verification_entry("v-1"), destroyed_entry(digest("ds1")), *billing]:
         leaf = encode_entry(entry)
         assert leaf == canonical_json(entry.to_dict())
         assert decode_entry(leaf) == entry

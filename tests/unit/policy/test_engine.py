@@ -107,10 +107,31 @@ def test_denial_names_the_missing_condition_and_what_would_satisfy_it(engine):
     assert "allowed tiers: query, approved-algorithm" in d.reason
 
 
-def test_public_interest_is_free_and_commercial_pays_the_guided_price(engine):
-    assert engine.decide(req("L1", purpose="public-interest", eps="2"), lic()).price == Decimal("0.00")
-    assert engine.decide(req("L1", purpose="commercial", eps="0.5"), lic()).price == Decimal("250.00")
-    assert engine.decide(req("L1", purpose="research", eps="0.25", price_class="free"), lic()).price == Decimal("0.00")
+_LEGACY_PRICING = """
+[pricing.standard]
+public-interest = { base = "0", per_epsilon = "0" }
+research = { base = "0", per_epsilon = "20" }
+commercial = { base = "50", per_epsilon = "400" }
+
+[pricing.free]
+public-interest = { base = "0", per_epsilon = "0" }
+research = { base = "0", per_epsilon = "0" }
+commercial = { base = "0", per_epsilon = "0" }
+"""
+
+
+def test_prices_left_the_policy_for_the_catalogue(engine):
+    # the default policy prices nothing: charges come from the price catalogue (docs/billing.md)
+    assert engine.decide(req("L1", purpose="commercial", eps="0.5"), lic()).price == Decimal("0.00")
+
+
+def test_a_logged_policy_with_pricing_tables_still_prices_as_it_did(engine):
+    """Older logs carry policy versions with [pricing] tables; replay re-decides under them."""
+    b = engine.bundle
+    legacy = PolicyEngine(PolicyBundle(model=b.model, rules=b.rules, settings=b.settings + _LEGACY_PRICING))
+    assert legacy.decide(req("L1", purpose="public-interest", eps="2"), lic()).price == Decimal("0.00")
+    assert legacy.decide(req("L1", purpose="commercial", eps="0.5"), lic()).price == Decimal("250.00")
+    assert legacy.decide(req("L1", purpose="research", eps="0.25", price_class="free"), lic()).price == Decimal("0.00")
 
 
 def test_policy_version_is_content_addressed():
@@ -125,8 +146,9 @@ def test_invalid_policy_is_refused_with_the_reason():
         PolicyEngine(PolicyBundle(model=a.model, rules="p, licensed, *, *, ^L1$, ^query$, ^research$, missing", settings=a.settings))
     with pytest.raises(YumenError, match="public-interest use is free"):
         PolicyEngine(PolicyBundle(model=a.model, rules=a.rules,
-                                  settings=a.settings.replace('public-interest = { base = "0", per_epsilon = "0" }',
-                                                              'public-interest = { base = "1", per_epsilon = "0" }', 1)))
+                                  settings=(a.settings + _LEGACY_PRICING).replace(
+                                      'public-interest = { base = "0", per_epsilon = "0" }',
+                                      'public-interest = { base = "1", per_epsilon = "0" }', 1)))
 
 
 def test_a_rule_requiring_homomorphic_delivery_denies_plaintext_jobs():
