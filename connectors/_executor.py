@@ -717,7 +717,8 @@ class Executor:
             else:
                 cpu = time.process_time()
                 fields = self._run_query(pinned, ticket, salt)
-                fields.setdefault("metering", {}).update(query_metering(pinned, time.process_time() - cpu))
+                fields.setdefault("metering", {}).update(
+                    query_metering(time.process_time() - cpu, self._published_rows(pinned)))
             if he_digest and fields.get("status") == "ok":
                 fields, ciphertext = self._encrypt(fields, he_context)
         except Exception as e:  # noqa: BLE001 - every failure after data was read gets a fixed public message
@@ -804,6 +805,17 @@ class Executor:
         hidden = tuple(ReleasedValue(name=v.name, group=v.group, value=0.0, noise_scale=v.noise_scale, ci95=v.ci95)
                        for v in values)
         return {**fields, "values": hidden, "ciphertext_digest": "sha256:" + hashlib.sha256(ciphertext).hexdigest()}, ciphertext
+
+    def _published_rows(self, pinned: Pinned) -> float | None:
+        """The version's row count as its quality report released it (DP noise), if it did."""
+        from yumen.connectors._quality import QualityReport
+
+        reg = pinned.registration
+        stored = self.steward.published_report(reg.id, reg.version)
+        if stored is None:
+            return None
+        rows = (QualityReport.from_payload(stored[0]).body.get("table") or {}).get("rows")
+        return None if rows is None else float(rows)
 
     def _run_query(self, pinned: Pinned, ticket: Ticket, salt: bytes) -> dict[str, Any]:
         """Answer the ticket's query on the pinned version, in the release shape the broker chose.
@@ -958,15 +970,19 @@ class Executor:
         }
 
 
-def query_metering(pinned: Pinned, cpu_s: float) -> dict[str, int]:
+def query_metering(cpu_s: float, published_rows: float | None) -> dict[str, int]:
     """What a query's charge is metered by (docs/billing.md): the connector's CPU time while it
-    ran (the whole process: work of jobs running beside it is counted too) and the rows of the
-    pinned version it scanned, rounded up to whole thousands so the receipt does not carry the
-    dataset's exact size. The operator already sees a query's latency; an algorithm's receipt
-    carries neither (its time is a channel, docs/privacy.md) and is metered by its limits."""
+    ran (the whole process: work of jobs running beside it is counted too) and the rows scanned.
+
+    The rows are not the snapshot's exact size, which is a function of every person in it: they
+    are the row count the version's quality report already released with DP noise (so metering
+    them costs no further privacy loss), rounded up to whole thousands. A version whose report
+    released no noisy figures meters no rows. The operator already sees a query's latency; an
+    algorithm's receipt carries neither (its time is a channel, docs/privacy.md) and is metered
+    by its limits."""
     import math
 
-    import polars as pl
-
-    rows = int(pl.scan_parquet(pinned.snapshot).select(pl.len()).collect().item())
-    return {"cpu_ms": int(cpu_s * 1000), "rows_scanned": math.ceil(rows / 1000) * 1000}
+    out = {"cpu_ms": int(cpu_s * 1000)}
+    if published_rows is not None:
+        out["rows_scanned"] = math.ceil(max(float(published_rows), 0.0) / 1000) * 1000
+    return out

@@ -364,7 +364,8 @@ def metered_quantities(receipts: Iterable[tuple[str, Decimal, Mapping[str, Any]]
     A refused dataset read nothing and adds nothing. An algorithm's receipt carries no wall
     or CPU time (a timing channel, docs/privacy.md): its seconds and CPU seconds are the time
     its limits held (``held_ms``), fixed before any data was read. Queries meter their wall
-    time, CPU time and rows scanned (in whole thousands, rounded up by the connector).
+    time, CPU time and rows scanned (the version's DP-released row count, in whole thousands,
+    rounded up by the connector).
     """
     q = {u: Decimal(0) for u in UNITS}
     touched = False
