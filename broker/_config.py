@@ -14,6 +14,7 @@ postgres_dsn_env = "YUMEN_BROKER_DSN"   # the environment variable holding the D
 postgres_schema = "public"
 postgres_max_connections = 16
 sweep_interval_s = 30          # how often queued jobs are re-checked (lapsed licenses, replicas)
+health = ""                    # plaintext HTTP /healthz and /readyz for kubelet probes (empty: off)
 
 [tls]
 ca = "pki/ca.crt"
@@ -69,6 +70,7 @@ class BrokerConfig:
     postgres_schema: str = "public"
     postgres_max_connections: int = 16
     sweep_interval_s: float = 30.0
+    health_listen: str = ""  # plaintext /healthz and /readyz (yumen.health), e.g. "0.0.0.0:8080"
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -123,5 +125,6 @@ def load_broker_config(path: Path) -> BrokerConfig:
         postgres_schema=str(b.get("postgres_schema", "public")),
         postgres_max_connections=int(b.get("postgres_max_connections", 16)),
         sweep_interval_s=float(b.get("sweep_interval_s", 30)),
+        health_listen=str(b.get("health", "")),
         limits=Limits(**lim),
     )

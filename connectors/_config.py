@@ -11,6 +11,7 @@ max_parallel_jobs = 2
 snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
 allow_reexecution = true         # the department consents to auditors re-running logged jobs
 metrics = "127.0.0.1:9464"       # Prometheus /metrics (empty: off)
+health = ""                      # plaintext HTTP /healthz and /readyz for kubelet probes (empty: off)
 
 [tls]
 ca = "pki/ca.crt"
@@ -110,6 +111,7 @@ class ConnectorConfig:
     snapshot_retention_days: float = 90.0
     allow_reexecution: bool = True
     metrics_listen: str = ""
+    health_listen: str = ""  # /healthz, and /readyz while the stream to the broker is up (yumen.health)
     timing: Timing = Timing()
     quality: QualityConfig = QualityConfig()
     scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
@@ -200,6 +202,7 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         snapshot_retention_days=float(c.get("snapshot_retention_days", 90)),
         allow_reexecution=bool(c.get("allow_reexecution", True)),
         metrics_listen=str(c.get("metrics", "")),
+        health_listen=str(c.get("health", "")),
         timing=timing,
         quality=quality,
         scratch_dir=p(str(c["scratch_dir"])) if c.get("scratch_dir") else None,
