@@ -21,6 +21,7 @@ from ._counts import release_counts
 from ._partition import partition_blocks
 from ._aggregate import MAX_ROWS
 from ._bounding import BoundedFrame, bound_contributions
+from ._engine import AggregateEngine, PolarsEngine
 from ._query import AccuracyForecast, dp_accuracy, dp_queries, dp_query
 from ._record import UNGROUPED, Component, DPRelease
 from ._spec import Filter, FilterOp, QuerySpec, Statistic, validate as validate_query
@@ -36,6 +37,8 @@ __all__ = [
     "SLOTS",
     "UNGROUPED",
     "AccuracyForecast",
+    "AggregateEngine",
+    "PolarsEngine",
     "BoundedFrame",
     "Component",
     "DPRelease",
