@@ -148,7 +148,10 @@ def test_an_algorithm_on_a_pushdown_dataset_fails_without_reading_rows(executor)
     ex, run, tmp = executor
     import hashlib
 
-    work = {"algorithm": {"digest": "sha256:" + hashlib.sha256(b"").hexdigest(), "outputs": [], "timeout_s": 1}}
+    digest = "sha256:" + hashlib.sha256(b"").hexdigest()
+    ex.state.request_approval(digest, b"", {})
+    assert ex.state.decide_approval(digest, "approved", limits={}, note="", by="test")
+    work = {"algorithm": {"digest": digest, "outputs": [], "timeout_s": 1}}
     receipt = run("j3", work, tier="approved-algorithm")
     assert receipt.status == "failed" and not receipt.values
     detail = (tmp / "state").rglob("*")
