@@ -67,7 +67,8 @@ def spark_session(spec: SourceSpec) -> Any:
                                    hint="give every spark source of one connector the same master")
             return active
         builder = SparkSession.builder.master(spec.master).appName("yumen-connector")
-        defaults = {"spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}
+        defaults = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                    "spark.sql.session.timeZone": "UTC", "spark.sql.ansi.enabled": "true"}
         if spec.master.startswith("local"):
             defaults["spark.driver.host"] = "127.0.0.1"
             defaults["spark.driver.bindAddress"] = "127.0.0.1"
