@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET = "bus-trips"
 DSN_ENV = "YUMEN_BENCH_PUSHDOWN_DSN"
 TUMULT = "0.21.0"
-TUMULT_CAP_S = 900
+TUMULT_CAP_S = 600
 
 
 def _best(fn: Callable[[], object], runs: int = 3) -> float:
@@ -224,9 +224,12 @@ def _spark(results: dict[str, float], parquet: Path, n: int) -> None:
     col = reg.column("fare_yuan")
     started = time.perf_counter()
     try:
-        out = subprocess.run([str(_tumult_python()), "-c", TUMULT_SCRIPT, str(parquet), lines,
+        py = str(_tumult_python())
+        # Spark's Python workers must be Tumult's interpreter too, not whatever python3 is on PATH
+        env = dict(os.environ, PYSPARK_PYTHON=py, PYSPARK_DRIVER_PYTHON=py)
+        out = subprocess.run([py, "-c", TUMULT_SCRIPT, str(parquet), lines,
                               str(reg.privacy_unit.max_contributions), str(col.lower), str(col.upper)],
-                             capture_output=True, text=True, timeout=TUMULT_CAP_S)
+                             capture_output=True, text=True, timeout=TUMULT_CAP_S, env=env)
     except subprocess.TimeoutExpired:
         results[f"tumult_spark_{tag}.timed_out_s"] = float(TUMULT_CAP_S)
         print(f"   Tumult did not finish within {TUMULT_CAP_S} s", flush=True)
