@@ -229,12 +229,14 @@ class PostgresEngine:
         return assemble_candidates(plan, key, rows)
 
     def fingerprint(self) -> str:
-        """The table's content in this snapshot, computed in the engine: ``pg-rows:sha256:…``.
+        """The table's content in this snapshot, computed in the engine, as ``sha256:<hex>``.
 
         Two 64-bit hashes of each row's text summed over all rows (order-independent), with
         the row count, the table and the column types. Cheaper than the connector's ordered
-        content digest (no row leaves the server) and a different thing: it names a
-        version for receipts and audits, and is not the digest of a snapshot file.
+        content digest (no row leaves the server) and a different thing: the SHA-256 of
+        "pg-rows|table|columns|count|sum1|sum2", in the ``sha256:<hex>`` form the broker and
+        the log require of a version; it names a version for receipts and audits and is not
+        the digest of a snapshot file.
         """
         from psycopg import sql
 
@@ -255,8 +257,8 @@ class PostgresEngine:
             "coalesce(sum(hashtextextended(r::text, 1)::numeric), 0) FROM (SELECT ROW({cols}) AS r FROM {t}) s"
         ).format(cols=cols, t=self._table()), [])[0]
         shape = ",".join(f"{c.name}:{c.typname}" for c in self.layout.columns)
-        text = f"{self.source.spec.table}|{shape}|{row[0]}|{row[1]}|{row[2]}"
-        digest = "pg-rows:sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        text = f"pg-rows|{self.source.spec.table}|{shape}|{row[0]}|{row[1]}|{row[2]}"
+        digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         if quiet and lsn is not None:
             VERSION_CACHE.put((key, lsn), digest)
         return digest

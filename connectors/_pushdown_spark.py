@@ -162,7 +162,7 @@ class SparkEngine:
         return assemble_candidates(plan, key, self._collect(out))
 
     def fingerprint(self) -> str:
-        """The dataset's content computed in Spark: ``spark-rows:sha256:…`` (row count and two
+        """The dataset's content computed in Spark, as ``sha256:<hex>`` (row count and two
         order-independent sums of per-row hashes, with the schema); see the PostgreSQL one."""
         from pyspark.sql import functions as F
 
@@ -173,5 +173,5 @@ class SparkEngine:
             F.coalesce(F.sum(F.hash(*cols).cast("decimal(38,0)")), F.lit(0)),
         ))[0]
         shape = ",".join(f"{n}:{t}" for n, t in self.df.dtypes)
-        text = f"{self.source.spec.describe()}|{shape}|{row[0]}|{row[1]}|{row[2]}"
-        return "spark-rows:sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        text = f"spark-rows|{self.source.spec.describe()}|{shape}|{row[0]}|{row[1]}|{row[2]}"
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
