@@ -44,9 +44,7 @@ from typing import Any
 
 from yumen.catalog import ColumnType, DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.privacy import MAX_ROWS, FilterOp, Statistic
-from yumen.privacy._aggregate import grouping
-from yumen.privacy._plan import Plan
+from yumen.privacy import MAX_ROWS, FilterOp, Plan, Statistic, grouping
 
 __all__ = ["Pass", "Component", "KeySpec", "describe_pass", "describe_quantile", "assemble", "needed_columns"]
 

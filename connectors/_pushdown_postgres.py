@@ -31,7 +31,7 @@ from typing import Any
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
-from yumen.privacy._plan import Plan
+from yumen.privacy import Plan
 
 from ._pushdown import (
     NUMERIC_OPS,
