@@ -15,6 +15,7 @@ postgres_dsn_env = "YUMEN_BROKER_DSN"   # the environment variable holding the D
 postgres_schema = "public"
 postgres_max_connections = 16
 sweep_interval_s = 30          # how often queued jobs are re-checked (lapsed licenses, replicas)
+health = ""                    # plaintext HTTP /healthz and /readyz for kubelet probes (empty: off)
 
 [tls]
 ca = "pki/ca.crt"
@@ -73,6 +74,7 @@ class BrokerConfig:
     postgres_schema: str = "public"
     postgres_max_connections: int = 16
     sweep_interval_s: float = 30.0
+    health_listen: str = ""  # plaintext /healthz and /readyz (yumen.health), e.g. "0.0.0.0:8080"
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -100,7 +102,7 @@ _BROKER_KEYS = {"id": ("str", "id"), "listen": ("str", "listen"), "state_dir": (
                 "ticket_ttl_s": ("int", "ticket_ttl_s"), "store": ("str", "store"),
                 "postgres_dsn_env": ("str", "postgres_dsn_env"), "postgres_schema": ("str", "postgres_schema"),
                 "postgres_max_connections": ("int", "postgres_max_connections"),
-                "sweep_interval_s": ("number", "sweep_interval_s")}
+                "sweep_interval_s": ("number", "sweep_interval_s"), "health": ("str", "health_listen")}
 _TABLES = ("broker", "tls", "policy", "log", "limits")
 
 

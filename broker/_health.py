@@ -44,6 +44,11 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             self._status[service] = status
             self._changed.notify_all()
 
+    def serving(self) -> bool:
+        """Whether the server as a whole reports SERVING (the kubelet's readiness, yumen.health)."""
+        with self._changed:
+            return self._status.get("") == _Status.SERVING and not self._shutting_down
+
     def enter_graceful_shutdown(self) -> None:
         """Every service reports NOT_SERVING from now on, and watches end."""
         with self._changed:

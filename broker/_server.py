@@ -202,11 +202,19 @@ class BrokerServer:
         threading.Thread(target=self._sweep, name="sweeper", daemon=True).start()
         self.server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.probes = None
+        if self.config.health_listen:
+            from yumen.health import HealthEndpoint
+
+            self.probes = HealthEndpoint(self.config.health_listen, self.health.serving)
+            self.probes.start()
         log.info("broker %s listening on %s", self.config.id, self.config.listen)
 
     def stop(self, grace: float = 2.0) -> None:
         self._stopping.set()
         self.health.enter_graceful_shutdown()
+        if getattr(self, "probes", None) is not None:
+            self.probes.stop()
         self.server.stop(grace).wait()
 
     def serve_forever(self) -> None:

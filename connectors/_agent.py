@@ -273,6 +273,10 @@ class ConnectorAgent:
     def run_forever(self) -> None:
         if self.config.metrics_listen:
             self.executor.metrics.serve(self.config.metrics_listen)
+        if self.config.health_listen:
+            from yumen.health import HealthEndpoint
+
+            HealthEndpoint(self.config.health_listen, self.connected.is_set).start()
         backoff = _BACKOFF_START_S
         while not self._stop.is_set():
             started = time.monotonic()

@@ -11,6 +11,7 @@ max_parallel_jobs = 2
 snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
 allow_reexecution = false        # true: the department consents to auditors re-running logged jobs
 metrics = "127.0.0.1:9464"       # Prometheus /metrics (empty: off)
+health = ""                      # plaintext HTTP /healthz and /readyz for kubelet probes (empty: off)
 
 [tls]
 ca = "pki/ca.crt"
@@ -116,6 +117,7 @@ class ConnectorConfig:
     # touches the data again, so it happens only when the department says so.
     allow_reexecution: bool = False
     metrics_listen: str = ""
+    health_listen: str = ""  # /healthz, and /readyz while the stream to the broker is up (yumen.health)
     timing: Timing = Timing()
     quality: QualityConfig = QualityConfig()
     scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
@@ -137,7 +139,7 @@ SANDBOXES = ("bwrap", "docker", "gvisor")
 _TOP = ("connector", "tls", "timing", "local_policy", "quality", "datasets")
 _CONNECTOR = {"id": "str", "department": "str", "broker": "str", "state_dir": "str", "sandbox": "str",
               "max_parallel_jobs": "int", "snapshot_retention_days": "number", "allow_reexecution": "bool",
-              "metrics": "str", "scratch_dir": "str"}
+              "metrics": "str", "health": "str", "scratch_dir": "str"}
 _TLS = ("ca", "cert", "key", "broker_certificate")
 _LOCAL_POLICY = {"max_epsilon_per_job": "decimal", "tiers": "list", "purposes": "list",
                  "dataset_epsilon_cap": "decimal", "period_days": "int"}
@@ -266,6 +268,8 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         kw["snapshot_retention_days"] = float(v["snapshot_retention_days"])
     if "metrics" in v:
         kw["metrics_listen"] = v["metrics"]
+    if "health" in v:
+        kw["health_listen"] = v["health"]
     if v.get("scratch_dir"):
         kw["scratch_dir"] = p(v["scratch_dir"])
     try:

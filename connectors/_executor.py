@@ -108,7 +108,10 @@ class Pinned:
     """
 
     registration: DatasetRegistration
-    snapshot: Path
+    snapshot: Path | None
+    # a source whose queries run in its own engine (``pushdown = true``): no snapshot is taken,
+    # the version is the engine's fingerprint of the rows, and only queries are served
+    pushdown: Any = None
     _bounded: list[Any] = dataclasses.field(default_factory=list, compare=False, repr=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -118,6 +121,9 @@ class Pinned:
 
         from yumen.privacy import bound_contributions
 
+        if self.snapshot is None:
+            raise YumenError(Code.DEPARTMENT_REFUSED, f"dataset {self.registration.id} is served by pushdown: "
+                             "its rows stay in the department's engine, so only queries can run on it")
         with self._lock:
             if not self._bounded:
                 self._bounded.append(bound_contributions(pl.scan_parquet(self.snapshot), self.registration))
@@ -162,6 +168,8 @@ class ServedDataset:
         return self.pin()
 
     def pin(self) -> Pinned:
+        if getattr(self.source.spec, "pushdown", False):
+            return self._pin_pushdown()
         version = self.source.version()
         with self._lock:
             self._checked = time.monotonic()
@@ -182,6 +190,23 @@ class ServedDataset:
             self._pinned = pinned
         self._prune(keep=path)
         return pinned
+
+    def _pin_pushdown(self, version: str = "") -> Pinned:
+        """Pin a pushdown source by its engine's fingerprint; no rows leave the engine.
+
+        No snapshot exists, so the quality gate (which measures a snapshot) does not run on
+        such a dataset, and audit re-execution and verification lookups are not offered for
+        it (docs/pushdown.md).
+        """
+        if not version:
+            with self.source.pushdown_engine() as engine:
+                version = engine.fingerprint()
+        with self._lock:
+            self._checked = time.monotonic()
+            if self._pinned is None or self._pinned.registration.version != version:
+                self._pinned = Pinned(registration=dataclasses.replace(self.base, version=version), snapshot=None,
+                                      pushdown=self.source)
+            return self._pinned
 
     def _still_pinned(self, withheld: str) -> Pinned:
         """The version served while ``withheld`` is refused by the department's quality thresholds."""
@@ -457,10 +482,18 @@ class Executor:
         receipt = Receipt.from_dict(json.loads(receipt_payload))
         if receipt.status != "ok" or not salt:
             raise YumenError(Code.INVALID_ARGUMENT, f"job {ticket.job_id} released nothing here ({receipt.status})")
-        snapshot = served.snapshot_of(receipt.dataset_version)
-        if snapshot is None:
-            raise YumenError(Code.NOT_FOUND, f"version {receipt.dataset_version} is no longer kept (snapshot retention)")
-        pinned = Pinned(registration=dataclasses.replace(served.base, version=receipt.dataset_version), snapshot=snapshot)
+        if getattr(served.source.spec, "pushdown", False):
+            # no snapshot: the job can be re-run only while the engine still holds the same rows
+            pinned = served._pin_pushdown()
+            if pinned.registration.version != receipt.dataset_version or "query" not in ticket.work:
+                raise YumenError(Code.NOT_FOUND, f"version {receipt.dataset_version} is no longer in the department's "
+                                 "engine (a pushdown source keeps no snapshots)")
+        else:
+            snapshot = served.snapshot_of(receipt.dataset_version)
+            if snapshot is None:
+                raise YumenError(Code.NOT_FOUND, f"version {receipt.dataset_version} is no longer kept (snapshot retention)")
+            pinned = Pinned(registration=dataclasses.replace(served.base, version=receipt.dataset_version),
+                            snapshot=snapshot)
         if "query" in ticket.work:
             fields = self._run_query(pinned, ticket, salt)
         else:
@@ -746,7 +779,8 @@ class Executor:
             # channel, so the receipt meters only what its limits fixed in advance.
             metering["held_ms"] = int(schedule.duration_s * 1000)
         log.info("job %s on %s took %d ms", ticket.job_id, ticket.dataset, int(elapsed * 1000))
-        receipt = self._receipt(ticket, digest, metering=metering, dataset_version=served.registration.version, **fields)
+        version = fields.pop("dataset_version", served.registration.version)
+        receipt = self._receipt(ticket, digest, metering=metering, dataset_version=version, **fields)
         return self._finish(ticket, receipt, salt, ciphertext, started=started, schedule=schedule, destroyed=not left)
 
     def _scratch(self, ticket: Ticket, *, owner: int | None = None) -> Any:
@@ -827,10 +861,22 @@ class Executor:
         histogram values are counts already, and mean and variance measure one (releasing it
         is free); a sum or a quantile spends half its ε on a count.
         """
+        if pinned.pushdown is not None:
+            # The engine computes the aggregates in one snapshot of the source, and the version
+            # the receipt names is its fingerprint in that same snapshot.
+            with pinned.pushdown.pushdown_engine() as engine:
+                version = engine.fingerprint()
+                if version != pinned.registration.version:
+                    pinned = self.datasets[ticket.dataset]._pin_pushdown(version)
+                fields = self._answer(engine, pinned.registration, ticket, salt)
+            return {**fields, "dataset_version": version}
+        return self._answer(pinned.frame(), pinned.registration, ticket, salt)
+
+    def _answer(self, frame: Any, reg: DatasetRegistration, ticket: Ticket, salt: bytes) -> dict[str, Any]:
+        """The ticket's query on ``frame`` (a bounded frame, or a pushdown engine)."""
         from yumen.jobs import Aggregate
         from yumen.privacy import QuerySpec, dp_query
 
-        reg = pinned.registration
         _, loss = self._loss(ticket)
         query = Query.from_dict(ticket.work["query"])
         grouped = bool(query.group_by) or query.aggregate is Aggregate.HISTOGRAM
@@ -838,7 +884,7 @@ class Executor:
         split = ticket.work.get("partial") == "sum+count" or (
             counts and query.aggregate in (Aggregate.SUM, Aggregate.QUANTILE))
         if not split:
-            release = dp_query(pinned.frame(), reg, QuerySpec.from_query(query), loss)
+            release = dp_query(frame, reg, QuerySpec.from_query(query), loss)
             out = self._released(release, query.aggregate.value, salt, grouped=grouped)
             if counts and query.aggregate in (Aggregate.MEAN, Aggregate.VARIANCE):
                 out["values"] = out["values"] + self._count_values(release)
@@ -850,7 +896,7 @@ class Executor:
             # The count is of the rows the statistic used (the column present), not of all
             # rows: whoever divides a sum by it must divide by the number of values summed.
             q = dataclasses.replace(query, aggregate=agg, quantile=query.quantile if agg is Aggregate.QUANTILE else None)
-            parts.append(self._released(dp_query(pinned.frame(), reg, QuerySpec.from_query(q), half),
+            parts.append(self._released(dp_query(frame, reg, QuerySpec.from_query(q), half),
                                         agg.value, salt, grouped=bool(query.group_by)))
         both = dict(parts[0])
         both["values"] = parts[0]["values"] + parts[1]["values"]
@@ -878,6 +924,9 @@ class Executor:
         from yumen.privacy import aggregate_blocks, release_outputs
         from yumen.sandbox import SandboxRequest, Status
 
+        if pinned.snapshot is None:
+            raise YumenError(Code.DEPARTMENT_REFUSED, f"dataset {pinned.registration.id} is served by pushdown; "
+                             "algorithms need a snapshot of its rows, which this connector does not take")
         algo = ticket.work["algorithm"]
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")

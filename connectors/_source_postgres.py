@@ -157,6 +157,13 @@ class PostgresSource:
         path = self._hash_or_snapshot(Path(dest_dir))
         return Path(path)
 
+    def pushdown_engine(self):  # -> contextmanager of PostgresEngine
+        """An engine computing a query's aggregates in PostgreSQL, in one read-only snapshot
+        (``_pushdown_postgres``); only per-group aggregates leave the server."""
+        from ._pushdown_postgres import PostgresEngine
+
+        return PostgresEngine.open(self)
+
     # -- connection
     def _conninfo(self) -> str:
         if self.spec.dsn_env:

@@ -50,7 +50,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("csv", "parquet", "sqlite", "postgres")
+SOURCE_KINDS = ("csv", "parquet", "sqlite", "postgres", "spark")
+SPARK_FORMATS = ("parquet", "table", "jdbc")
 _FILE_KINDS = ("csv", "parquet", "sqlite")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -84,12 +85,27 @@ class SourceSpec:
     # database options
     order_by: tuple[str, ...] = ()
     batch_rows: int = 65_536
+    # queries run in the source's engine (postgres, spark; docs/pushdown.md)
+    pushdown: bool = False
+    # spark options: what to read (a Parquet path, a catalog/Hive table, a JDBC table whose
+    # URL is in the environment variable dsn_env), the cluster, and any Spark settings
+    format: str = ""
+    master: str = "local[*]"
+    spark_conf: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
             raise config_error(
                 f"source kind {self.kind!r} is unknown", hint=f"use one of {', '.join(SOURCE_KINDS)}"
             )
+        if self.pushdown and self.kind not in ("postgres", "spark"):
+            raise config_error(f"a {self.kind} source cannot push queries down",
+                               hint="pushdown applies to postgres and spark sources; remove 'pushdown'")
+        if self.kind == "spark":
+            self._check_spark()
+            return
+        if self.format or self.master != "local[*]" or self.spark_conf:
+            raise config_error(f"a {self.kind} source takes no 'format', 'master' or 'spark_conf'")
         if self.kind in _FILE_KINDS and not self.path:
             raise config_error(f"a {self.kind} source needs 'path'", hint="give the file's path")
         if self.kind not in _FILE_KINDS and self.path:
@@ -124,6 +140,36 @@ class SourceSpec:
         if self.kind in ("csv", "parquet") and self.order_by:
             raise config_error("order_by applies to database sources only; files keep their row order")
 
+    def _check_spark(self) -> None:
+        if self.format not in SPARK_FORMATS:
+            raise config_error(f"a spark source needs 'format', one of {', '.join(SPARK_FORMATS)}",
+                               hint='e.g. format = "parquet" with path, or format = "table" with table')
+        if self.format == "parquet":
+            if not self.path or self.table or self.dsn_env:
+                raise config_error("a spark parquet source takes 'path' only (a file or a folder of Parquet files)")
+        else:
+            if self.path or not self.table:
+                raise config_error(f"a spark {self.format} source takes 'table' and no 'path'")
+            parts = self.table.split(".")
+            if len(parts) > 3 or not all(_IDENT.match(p) for p in parts):
+                raise config_error(f"table name {self.table!r} is not a plain (database.)table identifier")
+        if self.format == "jdbc":
+            if not self.dsn_env or not _ENV_NAME.match(self.dsn_env):
+                raise config_error("a spark jdbc source needs 'dsn_env', the environment variable holding its JDBC URL",
+                                   hint="the URL carries the credentials, so it never goes in the file")
+        elif self.dsn_env or self.dsn:
+            raise config_error(f"a spark {self.format} source takes no 'dsn' or 'dsn_env'")
+        if self.dsn:
+            raise config_error("a spark source takes its JDBC URL from 'dsn_env' only")
+        if not self.master or any(c.isspace() for c in self.master):
+            raise config_error(f"spark master {self.master!r} is not a master URL", hint='e.g. "local[*]" or "spark://host:7077"')
+        for key, _ in self.spark_conf:
+            if not re.fullmatch(r"spark\.[A-Za-z0-9_.\-]+", key):
+                raise config_error(f"spark_conf key {key!r} is not a Spark setting", hint='keys start with "spark."')
+        for col in self.order_by:
+            if not _IDENT.match(col):
+                raise config_error(f"order_by column {col!r} is not a plain identifier")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, base_dir: Path | None = None) -> "SourceSpec":
         """Parse the source keys of a TOML table; relative paths resolve against ``base_dir``."""
@@ -142,10 +188,16 @@ class SourceSpec:
                 if isinstance(value, str) or not isinstance(value, (list, tuple)):
                     raise config_error(f"source key {key!r} must be a list of strings")
                 kwargs[key] = tuple(str(v) for v in value)
-            elif key == "has_header":
+            elif key in ("has_header", "pushdown"):
                 if not isinstance(value, bool):
-                    raise config_error("source key 'has_header' must be true or false")
+                    raise config_error(f"source key {key!r} must be true or false")
                 kwargs[key] = value
+            elif key == "spark_conf":
+                if not isinstance(value, Mapping) or not all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+                    raise config_error("source key 'spark_conf' must be a table of Spark settings",
+                                       hint='e.g. spark_conf = { "spark.executor.memory" = "4g" }')
+                kwargs[key] = tuple(sorted((str(k), str(v).lower() if isinstance(v, bool) else str(v))
+                                           for k, v in value.items()))
             elif key in ("infer_rows", "batch_rows"):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise config_error(f"source key {key!r} must be an integer")
@@ -167,6 +219,9 @@ class SourceSpec:
             return f"{self.kind} file {self.path}"
         if self.kind == "sqlite":
             return f"sqlite table {self.table!r} in {self.path}"
+        if self.kind == "spark":
+            what = f"Parquet {self.path}" if self.format == "parquet" else f"{self.format} table {self.table!r}"
+            return f"spark {what} on {self.master}"
         where = f"${self.dsn_env}" if self.dsn_env else _dsn_summary(self.dsn)
         return f"postgres table {self.table!r} at {where}"
 
@@ -253,6 +308,10 @@ def open_source(spec: SourceSpec) -> DataSource:
         from ._source_postgres import PostgresSource
 
         return PostgresSource(spec)
+    if spec.kind == "spark":
+        from ._source_spark import SparkSource
+
+        return SparkSource(spec)
     raise YumenError(Code.INTERNAL, f"no implementation for source kind {spec.kind!r}")
 
 

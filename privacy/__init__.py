@@ -19,8 +19,10 @@ from ._he import (
 from ._outputs import aggregate_blocks, release_outputs
 from ._counts import release_counts
 from ._partition import partition_blocks
-from ._aggregate import MAX_ROWS
+from ._aggregate import MAX_ROWS, grouping
+from ._plan import Plan
 from ._bounding import BoundedFrame, bound_contributions
+from ._engine import AggregateEngine, PolarsEngine
 from ._query import AccuracyForecast, dp_accuracy, dp_queries, dp_query
 from ._record import UNGROUPED, Component, DPRelease
 from ._spec import Filter, FilterOp, QuerySpec, Statistic, validate as validate_query
@@ -36,6 +38,9 @@ __all__ = [
     "SLOTS",
     "UNGROUPED",
     "AccuracyForecast",
+    "AggregateEngine",
+    "Plan",
+    "PolarsEngine",
     "BoundedFrame",
     "Component",
     "DPRelease",
@@ -48,6 +53,7 @@ __all__ = [
     "dp_accuracy",
     "dp_queries",
     "dp_query",
+    "grouping",
     "he_decrypt",
     "he_encrypt",
     "he_check_public_context",

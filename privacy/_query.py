@@ -59,6 +59,7 @@ from yumen.jobs import Query
 
 from ._aggregate import aggregate, candidate_counts, grouping
 from ._bounding import BoundedFrame, check_columns, truncate
+from ._engine import AggregateEngine, PolarsEngine
 from ._mechanisms import CONFIDENCE, GEOMETRIC, NOISY_MAX, check_epsilon
 from ._plan import Grid, Plan, make_plan, need_grid
 from ._record import Component, DPRelease
@@ -244,7 +245,7 @@ def _bounded(
 
 
 def dp_queries(
-    frame: pl.LazyFrame | BoundedFrame,
+    frame: pl.LazyFrame | BoundedFrame | AggregateEngine,
     registration: DatasetRegistration,
     queries: Sequence[Query | QuerySpec],
     epsilons: Sequence[Fraction],
@@ -254,25 +255,34 @@ def dp_queries(
     Contribution bounding runs once; queries with the same grouping and filters share one
     aggregation pass. The releases compose sequentially: the total ε spent is the sum of the
     releases' ε (each at most its request). Everything else is as in ``dp_query``.
+
+    ``frame`` may also be an :class:`~yumen.privacy._engine.AggregateEngine` that computes the
+    bounded aggregates where the data lives (pushdown); planning and noise are the same.
     """
     if len(queries) != len(epsilons) or not queries:
         raise _bad("give one ε per query, and at least one query")
     plans = [make_plan(registration, as_spec(q), check_epsilon(e)) for q, e in zip(queries, epsilons)]
     used = {c for p in plans for c in (p.spec.column, p.spec.group_by, *(f.column for f in p.spec.filters)) if c}
-    lf = _bounded(frame, registration, used)
-    for plan in plans:
-        spec = plan.spec
-        check_columns(lf, registration, [spec.column, spec.group_by, *(f.column for f in spec.filters)])
+    if isinstance(frame, (pl.LazyFrame, BoundedFrame)):
+        lf = _bounded(frame, registration, used)
+        for plan in plans:
+            spec = plan.spec
+            check_columns(lf, registration, [spec.column, spec.group_by, *(f.column for f in spec.filters)])
+        engine: AggregateEngine = PolarsEngine(lf)
+    elif isinstance(frame, AggregateEngine):
+        engine = frame
+    else:
+        raise _bad(f"dp_query takes a polars LazyFrame, a BoundedFrame or an engine, not {type(frame).__name__}")
     passes: dict[tuple[object, ...], list[int]] = {}
     for i, plan in enumerate(plans):
         if plan.spec.statistic is not Statistic.QUANTILE:
             passes.setdefault(grouping(plan), []).append(i)
     aggregates: dict[int, dict[str, list[int]]] = {}
     for indices in passes.values():
-        for i, agg in zip(indices, aggregate(lf, registration, [plans[i] for i in indices])):
+        for i, agg in zip(indices, engine.aggregate(registration, [plans[i] for i in indices])):
             aggregates[i] = agg
     releases = [
-        _release_quantile(plan, candidate_counts(lf, registration, plan))
+        _release_quantile(plan, engine.candidate_counts(registration, plan))
         if plan.spec.statistic is Statistic.QUANTILE
         else _release(plan, aggregates[i])
         for i, plan in enumerate(plans)
@@ -289,7 +299,7 @@ def dp_queries(
 
 
 def dp_query(
-    frame: pl.LazyFrame | BoundedFrame,
+    frame: pl.LazyFrame | BoundedFrame | AggregateEngine,
     registration: DatasetRegistration,
     query: Query | QuerySpec,
     epsilon: Fraction,
