@@ -63,8 +63,8 @@ class BrokerConfig:
     policy_model: Path  # defaults: the packaged policy (yumen.policy.default_policy_paths)
     policy_rules: Path
     policy_settings: Path
+    policy_prices: Path  # default: the packaged default_prices.toml
     log_key: Path  # default: state_dir/log.key
-    policy_prices: Path = Path()  # default: the packaged default_prices.toml
     id: str = "broker"
     listen: str = "127.0.0.1:7443"
     log_origin: str = "yumen.local/log"

@@ -108,11 +108,7 @@ def build_broker(config: BrokerConfig) -> Broker:
     broker.recover(seed)  # under the log's write lock: never races a live replica
     from yumen.broker._billing import seed_catalogue
 
-    from yumen.policy import default_policy_paths
-
-    prices = config.policy_prices if str(config.policy_prices) not in ("", ".") else \
-        default_policy_paths()[2].with_name("default_prices.toml")
-    broker.billing.seed(seed_catalogue(prices))  # a first start only: afterwards the log holds the catalogue
+    broker.billing.seed(seed_catalogue(config.policy_prices))  # a first start only: afterwards the log holds the catalogue
     return broker
 
 

@@ -197,7 +197,8 @@ def test_connector_check_reports_a_misspelt_key_without_a_traceback(tmp_path):
 @pytest.mark.parametrize(("before", "after", "key", "closest"), [
     ('max_runs = 500', 'max_run = 500', "max_run", "max_runs"),
     ("min_group_size = 5", "min_groupsize = 5", "min_groupsize", "min_group_size"),
-    ('research = { base = "0", per_epsilon = "20" }', 'research = { base = "0", per_epsilom = "20" }', "per_epsilom",
+    # a pricing table of a policy version logged before the price catalogue existed
+    ("[levels.L3]", '[pricing.standard]\nresearch = { base = "0", per_epsilom = "20" }\n\n[levels.L3]', "per_epsilom",
      "per_epsilon"),
     ("[levels.L3]", "[levels.L5]", "L5", "L3"),
     ("[rules.open-data]", "[ruels.open-data]", "ruels", "rules"),
