@@ -318,6 +318,19 @@ class TransparencyLog:
             for index, leaf in zip(range(lo, hi), self._storage.leaves(lo, hi)):
                 yield index, decode_entry(leaf)
 
+    def stored_size(self) -> int:
+        """The size the storage has committed, read now (other replicas' appends included)."""
+        return self._storage.size()
+
+    def entries_within(self, conn: object, start: int, end: int) -> Iterator[tuple[int, Entry]]:
+        """``(index, decoded entry)`` for ``[start, end)`` read on ``conn`` inside the caller's
+        transaction, so entries it appended and has not committed yet are seen too."""
+        within = self._storage.within(conn)  # type: ignore[attr-defined]
+        for lo in range(start, end, _READ_CHUNK):
+            hi = min(end, lo + _READ_CHUNK)
+            for index, leaf in zip(range(lo, hi), within.leaves(lo, hi)):
+                yield index, decode_entry(leaf)
+
     def size_within(self, conn: object) -> int:
         """The stored size, read on ``conn`` inside the caller's transaction (see :meth:`append_within`)."""
         return self._storage.within(conn).size()  # type: ignore[attr-defined]

@@ -226,6 +226,14 @@ class _SQLiteWithin:
     def size(self) -> int:
         return SQLiteLogStorage._size(self._conn)
 
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaves ``[start, end)`` as this transaction sees them (its own appends included)."""
+        rows = self._conn.execute("SELECT leaf FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                                  (start, end)).fetchall()
+        if len(rows) != max(0, end - start):
+            raise YumenError(Code.INTERNAL, f"the log has no entries {start}..{end - 1} in this transaction")
+        return [bytes(r[0]) for r in rows]
+
     def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         found: dict[NodeKey, bytes] = {}
         for level, idx in keys:

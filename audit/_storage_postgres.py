@@ -180,6 +180,15 @@ class _PostgresWithin:
     def size(self) -> int:
         return self._storage._size(self._conn)
 
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaves ``[start, end)`` as this transaction sees them (its own appends included)."""
+        rows = self._conn.execute(
+            f"SELECT leaf FROM {self._storage._entries} WHERE idx >= %s AND idx < %s ORDER BY idx", (start, end)
+        ).fetchall()
+        if len(rows) != max(0, end - start):
+            raise YumenError(Code.INTERNAL, f"the log has no entries {start}..{end - 1} in this transaction")
+        return [bytes(r[0]) for r in rows]
+
     def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         return self._storage._nodes_on(self._conn, keys)
 

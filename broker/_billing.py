@@ -86,10 +86,22 @@ class BrokerBilling:
 
     def _catalogue_within(self, conn: Any) -> Catalogue:
         """The catalogue as the shared log has it now, read under the caller's transaction (which
-        holds the log's write lock, so no other replica can change it meanwhile). Only before the
-        transaction appends anything: the size read on ``conn`` counts its own uncommitted
-        entries, which the reads here (on other connections) cannot see."""
-        return self.catalogue(self.broker.audit.tlog.size_within(conn))
+        holds the log's write lock, so no other replica can change it meanwhile). Entries this
+        transaction appended and has not committed yet (with group commit, other requests'
+        entries of the same batch too) count, in log order, but never reach the cache: the
+        batch may still roll back."""
+        tlog = self.broker.audit.tlog
+        end = tlog.size_within(conn)
+        committed = min(tlog.stored_size(), end)
+        catalogue = self.catalogue(committed)
+        pending = [(i, e) for i, e in tlog.entries_within(conn, committed, end) if isinstance(e, CatalogueChanged)]
+        if not pending:
+            return catalogue
+        catalogue = copy.deepcopy(catalogue)
+        for index, entry in pending:
+            change = CatalogueChange(kind=entry.kind, by=entry.changed_by, role=entry.role, fields=entry.fields)
+            catalogue.apply(change, at=dt.datetime.fromisoformat(entry.time.replace("Z", "+00:00")), index=index)
+        return catalogue
 
     def change(self, identity: Identity, kind: str, fields: dict[str, str]) -> dict[str, Any]:
         """Validate one catalogue change against the catalogue in force and log it; refused whole otherwise."""
