@@ -181,7 +181,7 @@ def test_broker_defaults_come_from_the_dataclass(tmp_path):
 def test_broker_serve_reports_a_type_error_without_a_traceback(tmp_path, line, says):
     path = _write(tmp_path, "broker.toml", BROKER.replace('listen = "127.0.0.1:7443"', line))
     proc = subprocess.run([sys.executable, "-m", "yumen", "broker", "serve", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == exit_code(Code.CONFIG), proc.stderr
     assert "Traceback" not in proc.stderr and says in proc.stderr and str(path) in proc.stderr, proc.stderr
 
@@ -189,7 +189,7 @@ def test_broker_serve_reports_a_type_error_without_a_traceback(tmp_path, line, s
 def test_connector_check_reports_a_misspelt_key_without_a_traceback(tmp_path):
     path = _write(tmp_path, "c.toml", CONNECTOR.replace("privacy_unit = {", "privacy_unt = {"))
     proc = subprocess.run([sys.executable, "-m", "yumen", "connector", "check", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == exit_code(Code.CONFIG)
     assert "Traceback" not in proc.stderr and "privacy_unt" in proc.stderr and "privacy_unit" in proc.stderr
 
