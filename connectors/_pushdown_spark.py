@@ -135,7 +135,6 @@ class SparkEngine:
 
     # -- AggregateEngine ----------------------------------------------------------------
     def aggregate(self, registration: DatasetRegistration, plans: list[Plan]) -> list[dict[str, list[int]]]:
-        from pyspark.sql import functions as F
 
         p = describe_pass(registration, plans)
         df = self._filtered(registration, self._bounded(registration, needed_columns(registration, plans)), p.filters)

@@ -31,8 +31,8 @@ def _filter_expr(registration: DatasetRegistration, f: Filter) -> pl.Expr:
     if f.op is FilterOp.IN:
         return s.is_in(list(f.value))  # type: ignore[arg-type]
     if f.op is FilterOp.EQ:
-        return s == f.value
-    return s != f.value
+        return s.eq(f.value)
+    return s.ne(f.value)
 
 
 def _key_expr(registration: DatasetRegistration, plan: Plan) -> tuple[pl.Expr, bool] | None:
@@ -60,7 +60,7 @@ def _key_expr(registration: DatasetRegistration, plan: Plan) -> tuple[pl.Expr, b
 def grouping(plan: Plan) -> tuple[object, ...]:
     """Plans with equal groupings share one pass over the data."""
     spec = plan.spec
-    key = (spec.group_by,) if spec.group_by else ()
+    key: tuple[object, ...] = (spec.group_by,) if spec.group_by else ()
     if spec.statistic is Statistic.HISTOGRAM:
         key = ("histogram", spec.column, spec.bins)
     return (key, spec.filters)

@@ -129,7 +129,7 @@ def he_encrypt(public_ctx: bytes, values: Sequence[float]) -> bytes:
     if not all(math.isfinite(v) and abs(v) <= MAX_ABS_VALUE for v in values):
         raise _bad(f"values to encrypt must be finite and at most {MAX_ABS_VALUE:g} in magnitude")
     try:
-        data = ts.ckks_vector(ctx, values).serialize()
+        data: bytes = ts.ckks_vector(ctx, values).serialize()
     except Exception:
         raise YumenError(Code.INTERNAL, "CKKS encryption failed") from None
     return data
@@ -149,7 +149,8 @@ def he_sum(public_ctx: bytes, ciphertexts: Sequence[bytes]) -> bytes:
     for v in vectors[1:]:
         total = total + v
     logger.info("added %d ciphertexts of %d slots", len(vectors), size)
-    return total.serialize()
+    out: bytes = total.serialize()
+    return out
 
 
 def he_decrypt(secret_ctx: bytes, ciphertext: bytes) -> list[float]:

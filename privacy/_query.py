@@ -57,10 +57,10 @@ from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.jobs import Query
 
-from ._aggregate import aggregate, candidate_counts, grouping
+from ._aggregate import grouping
 from ._bounding import BoundedFrame, check_columns, truncate
 from ._engine import AggregateEngine, PolarsEngine
-from ._mechanisms import CONFIDENCE, GEOMETRIC, NOISY_MAX, check_epsilon
+from ._mechanisms import CONFIDENCE, NOISY_MAX, check_epsilon
 from ._plan import Grid, Plan, make_plan, need_grid
 from ._record import Component, DPRelease
 from ._spec import QuerySpec, Statistic, as_spec
@@ -197,7 +197,7 @@ def _variance_of(g: Grid, c: int | Fraction, s: int | Fraction, q: int | Fractio
     shift = 2**g.square_shift
     v = Fraction(q) * shift / Fraction(c) - (Fraction(s) / Fraction(c)) ** 2
     v = min(max(v, Fraction(0)), Fraction(g.centered_bound) ** 2)
-    return v * g.step**2
+    return Fraction(v * g.step**2)
 
 
 def _variance(g: Grid, c: int, s: int, q: int, a_c: float, a_s: float, a_2: float) -> tuple[float, float]:

@@ -8,6 +8,8 @@ it, so no call site picks a status by hand.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import enum
 
 import grpc
@@ -121,10 +123,11 @@ class YumenError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
     @classmethod
-    def from_status(cls, status: grpc.StatusCode, details: str, metadata: object = ()) -> "YumenError":
+    def from_status(cls, status: grpc.StatusCode, details: str,
+                    metadata: "Iterable[tuple[str, str | bytes]] | None" = ()) -> "YumenError":
         """Rebuild an error on the client side from a gRPC status, its details and its
         trailing metadata (see ``CODE_KEY``): exactly the code and hint the server raised."""
-        pairs = {}
+        pairs: dict[str, str | bytes] = {}
         for item in metadata or ():
             key, value = item[0], item[1]
             pairs[key] = value

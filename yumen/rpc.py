@@ -79,7 +79,7 @@ def secure_channel(target: str, tls: TlsFiles, *, server_name: str = "") -> grpc
         ("grpc.http2.max_pings_without_data", 0),
     ]
     if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
+        options.append(("grpc.ssl_target_name_override", server_name))  # type: ignore[arg-type]  # gRPC options take str or int values
     return grpc.secure_channel(target, creds, options=options)
 
 
@@ -117,9 +117,9 @@ def _internal(context: grpc.ServicerContext) -> None:
 
 def error_of(e: grpc.RpcError) -> YumenError:
     """The :class:`YumenError` a failed call carries (see :func:`abort`)."""
-    status = e.code()  # type: ignore[attr-defined]
-    metadata = e.trailing_metadata() if hasattr(e, "trailing_metadata") else ()  # type: ignore[attr-defined]
-    err = YumenError.from_status(status, e.details() or "", metadata)  # type: ignore[attr-defined]
+    status = e.code()
+    metadata = e.trailing_metadata() if hasattr(e, "trailing_metadata") else ()
+    err = YumenError.from_status(status, e.details() or "", metadata)
     if err.code is Code.UNAVAILABLE and not err.hint:
         err.hint = "is the broker running, and are --broker and the certificates right?"
     return err

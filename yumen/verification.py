@@ -129,21 +129,20 @@ def check_offer(offer_payload: bytes, signature: bytes, certificate_pem: bytes, 
     """The offer, once its signature verifies against a connector certificate of ``department``
     issued by the data space CA (``ca_pem``); raises VERIFICATION_FAILED otherwise."""
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     from yumen.identity import Role, identity_from_pem, verify_payload
 
     try:
         cert = x509.load_pem_x509_certificate(certificate_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)
-        ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        cert.verify_directly_issued_by(ca)
     except Exception:  # noqa: BLE001 - any failure means the certificate is not the CA's
         raise YumenError(Code.VERIFICATION_FAILED, "the department's certificate was not issued by the data space CA") from None
     who = identity_from_pem(certificate_pem)
     if who.role is not Role.CONNECTOR or who.department != department:
         raise YumenError(Code.VERIFICATION_FAILED, f"the offer is not signed by a connector of department {department}")
     verify_payload(cert, OFFER_PURPOSE, offer_payload, signature)
-    offer = json.loads(offer_payload)
+    offer: dict[str, Any] = json.loads(offer_payload)
     if offer.get("dataset") != dataset:
         raise YumenError(Code.VERIFICATION_FAILED, f"the offer is for dataset {offer.get('dataset')!r}, not {dataset!r}")
     return offer

@@ -7,6 +7,8 @@ generated classes; everything else works with the frozen records of ``yumen.cata
 
 from __future__ import annotations
 
+import enum
+
 import json
 from typing import Any
 
@@ -112,7 +114,7 @@ def job_to_proto(req: JobRequest) -> jobs_pb2.Job:
     return msg
 
 
-def _enum(kind: type, value: str, what: str) -> Any:
+def _enum(kind: type[enum.Enum], value: str, what: str) -> Any:
     try:
         return kind(value)
     except ValueError:

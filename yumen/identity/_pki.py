@@ -52,6 +52,14 @@ class Identity:
         return f"{self.role.value}:{self.name}" + (f"({extra})" if extra else "")
 
 
+def _issuer_key(ca_cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    """The CA's public key; this PKI issues from ECDSA keys only."""
+    key = ca_cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise YumenError(Code.CONFIG, "the CA certificate's key is not an ECDSA key", hint="create the CA with `yumen pki init`")
+    return key
+
+
 def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -176,7 +184,7 @@ def issue(
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(_issuer_key(ca_cert)), critical=False
         )
         .sign(ca_key, hashes.SHA256())
     )
