@@ -6,6 +6,7 @@ inside the sandbox, so it uses the standard library only. It:
 1. forks; the child lowers its resource limits (they cannot be raised again without
    privileges the sandbox does not have), points stdout/stderr at pipes, and executes
    ``/data/algorithm.py`` as ``__main__`` in the same interpreter (no second start-up);
+   (a warm sandbox first blocks reading its limits from stdin; see ``_pool``);
 2. the parent drains both pipes, keeping at most ``log_limit`` bytes of each and counting
    the rest (so 1 GiB of output costs CPU, never memory or disk), and waits for the child
    through a pidfd, so a daemon that keeps the pipes open cannot hold the job;
@@ -124,6 +125,17 @@ def _set_dumpable(value):
     ctypes.CDLL(None).prctl(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
+def _read_job_settings():
+    """A warm sandbox's settings: one JSON line on stdin, sent by the host when a job takes it."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 4096)
+        if not chunk or len(data) > 1 << 16:
+            os._exit(125)  # the host went away before sending a job: nothing ran
+        data += chunk
+    return json.loads(data)
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     if cfg.get("protect"):
@@ -131,6 +143,11 @@ def main():
         # non-dumpable launcher cannot be traced or have its fds opened via /proc by the
         # algorithm, which runs as the same user. The child becomes dumpable again.
         _set_dumpable(0)
+    if cfg.get("from_stdin"):
+        # A warm sandbox: started before any job existed, it waits here for one.
+        settings = _read_job_settings()
+        settings["protect"] = cfg.get("protect", False)
+        cfg = settings
     cap = cfg["log_limit"]
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -16,6 +16,7 @@ import pytest
 from yumen.errors import YumenError
 from yumen.sandbox import get_backend
 from yumen.sandbox._docker import OWNER_LABEL, _owner
+from yumen.sandbox._pool import POOL_LABEL, pools, reaper
 
 
 def pytest_configure(config):
@@ -40,6 +41,12 @@ _CHECKED: dict[str, object] = {}
 JOB_UID_RANGE = range(2_100_000_000, 2_100_100_000)
 STAGING_DIR = tempfile.mkdtemp(prefix="yumen-escape-suite-")
 os.chmod(STAGING_DIR, 0o711)  # job users must traverse it to reach staged inputs
+# The Docker and gVisor backends run with warm sandboxes on (as connectors do by default),
+# so every escape test below runs in a container taken from the pool; their private
+# directories live apart from STAGING_DIR, which must be empty after each job.
+POOL_SIZE = 2
+POOL_DIR = tempfile.mkdtemp(prefix="yumen-escape-pool-")
+os.chmod(POOL_DIR, 0o711)
 
 
 def _backend(name: str):
@@ -47,9 +54,13 @@ def _backend(name: str):
         options = {"staging_dir": STAGING_DIR}
         if name == "bwrap":
             options.update(uid_base=JOB_UID_RANGE.start, uid_count=len(JOB_UID_RANGE))
+        else:
+            options.update(pool_size=POOL_SIZE, pool_dir=POOL_DIR)
         backend = get_backend(name, **options)
         try:
             backend.check()
+            if name != "bwrap":
+                backend.warm_up().wait_full(120)
             _CHECKED[name] = backend
         except YumenError as e:
             _CHECKED[name] = f"{name} backend unavailable: {e}"
@@ -108,11 +119,16 @@ def assert_no_trace(backend) -> None:
     Container engines tear down their shim and (gVisor) sentry processes asynchronously
     after a container is removed, so processes get a short grace period to finish dying.
     """
+    if backend.name != "bwrap":
+        assert reaper().drain(60.0), "used sandbox containers were not removed"
     grace = time.monotonic() + (1.0 if backend.name == "bwrap" else 5.0)
     while leftover_sandbox_processes() and time.monotonic() < grace:
         time.sleep(0.05)
     assert leftover_sandbox_processes() == []
     assert os.listdir(STAGING_DIR) == []
     if backend.name != "bwrap":
+        # Warm containers not yet taken (idle or still starting) are this process's too, but
+        # have run nothing; every container a job used must be gone.
+        used = set().union(*(p.taken_ids for p in pools()))
         left = backend.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
-        assert left == []
+        assert [c for c in left if c.labels.get(POOL_LABEL) != "1" or c.id in used] == []
