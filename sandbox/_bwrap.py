@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import secrets
+import select
 import selectors
 import shutil
 import signal
@@ -43,7 +44,8 @@ from yumen.errors import Code, YumenError
 from ._cgroup import JobCgroup, cgroup_support
 from ._outcome import HostFacts, classify, parse_bundle
 from ._runtime import Runtime, load_runtime
-from ._seccomp import seccomp_memfd
+from ._blocks import BlockChannel, blocks_config, drive_blocks, run_in_batches
+from ._seccomp import block_seccomp_bpf, seccomp_memfd
 from ._types import SandboxReport, SandboxRequest
 
 __all__ = ["BwrapBackend", "launcher_source", "sandbox_env"]
@@ -271,7 +273,8 @@ class BwrapBackend:
         return binds
 
     def _argv(self, request: SandboxRequest, *, seccomp_fd: int, algo_fd: int, params_fd: int,
-              binds: list[tuple[int, str]], as_bytes: int | None) -> list[str]:
+              binds: list[tuple[int, str]], as_bytes: int | None, input_dir: str | None = None,
+              blocks: dict | None = None) -> list[str]:
         runtime = self.runtime
         scratch = str(request.scratch_mb << 20)
         output = str(max(request.output_limit_bytes * 2, 1 << 20))
@@ -291,8 +294,9 @@ class BwrapBackend:
             "--size", str(1 << 20), "--tmpfs", "/data",
             "--ro-bind-data", str(algo_fd), "/data/algorithm.py",
             "--ro-bind-data", str(params_fd), "/data/params.json",
-            "--dir", "/data/input",
         ]
+        # blocks mode: the host puts one block's file at a time into input_dir
+        argv += ["--ro-bind", input_dir, "/data/input"] if input_dir else ["--dir", "/data/input"]
         for source, dest in binds:
             argv += ["--ro-bind", source, dest]
         argv += [
@@ -304,7 +308,11 @@ class BwrapBackend:
         for key, value in sandbox_env(request).items():
             argv += ["--setenv", key, value]
         argv += ["--seccomp", str(seccomp_fd), "--", "/usr/bin/python3", "-I", "-c", launcher_source()]
-        argv.append(json.dumps(launcher_config(request, as_bytes=as_bytes)))
+        config = launcher_config(request, as_bytes=as_bytes)
+        if blocks is not None:
+            # the launcher and each block's supervisor hold other processes' pipes: not readable via /proc
+            config.update(blocks=blocks, protect=True)
+        argv.append(json.dumps(config))
         return argv
 
     def run(self, request: SandboxRequest) -> SandboxReport:
@@ -418,6 +426,91 @@ class BwrapBackend:
             for path in staging:
                 shutil.rmtree(path, ignore_errors=True)
 
+    # -- sample-and-aggregate blocks ----------------------------------------------------
+
+    def run_blocks(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
+        """Run ``request`` once per block file, blocks one after another in as few sandboxes as
+        possible (see ``_blocks``); ``request.inputs`` must be empty, each block is ``dataset``."""
+        if request.inputs:
+            raise YumenError(Code.INTERNAL, "run_blocks takes its input from the block files")
+        return run_in_batches(list(paths), lambda rest: self._block_batch(request, dataset, rest))
+
+    def _block_batch(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
+        runtime = self.runtime
+        job_id = secrets.token_hex(6)
+        uid = self._job_uid()
+        fds: list[int] = []
+        cgroup: JobCgroup | None = None
+        proc: subprocess.Popen | None = None
+        input_dir = tempfile.mkdtemp(prefix="yumen-blocks-", dir=self._staging_dir)
+        try:
+            os.chmod(input_dir, 0o755)
+            if uid is not None and not _traversable(Path(input_dir).parent):
+                raise YumenError(
+                    Code.CONFIG,
+                    f"the sandbox staging directory {Path(input_dir).parent} is not traversable by other users",
+                    hint="choose a staging_dir whose every parent has o+x (e.g. chmod 711)",
+                )
+            seccomp_fd = seccomp_memfd()
+            fds.append(seccomp_fd)
+            algo_fd = _memfd("algorithm", bytes(request.algorithm))
+            fds.append(algo_fd)
+            params_fd = _memfd("params", request.params_json)
+            fds.append(params_fd)
+            layout = cgroup_support() if self._use_cgroups and uid is not None else None
+            as_bytes = None
+            if layout is not None:
+                cgroup = JobCgroup(layout, job_id, memory_bytes=request.memory_mb << 20,
+                                   max_pids=request.max_processes, owner_uid=uid)
+            else:
+                as_bytes = (request.memory_mb + 1024) << 20
+            argv = self._argv(request, seccomp_fd=seccomp_fd, algo_fd=algo_fd, params_fd=params_fd, binds=[],
+                              as_bytes=as_bytes, input_dir=input_dir,
+                              blocks=blocks_config(request, block_seccomp_bpf()))
+            if uid is not None:
+                argv = [_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
+            if cgroup is not None:
+                join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+                argv = ["/bin/sh", "-c", join, "sh", *cgroup.procs_files, "--", *argv]
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    pass_fds=fds, env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+            channel = _PipeChannel(proc, bundle_cap(request))
+            oom_seen = [0]
+
+            def facts(wall_ms: int, timed_out: bool) -> HostFacts:
+                kills = cgroup.oom_kills() if cgroup is not None else 0
+                oom = kills < 0 or kills > oom_seen[0]
+                oom_seen[0] = max(kills, oom_seen[0])
+                return HostFacts(backend=self.name, runtime_digest=runtime.digest, wall_ms=wall_ms,
+                                 timed_out=timed_out, oom_killed=oom)
+
+            reports, usable = drive_blocks(channel, request, paths, input_dir=input_dir, dataset=dataset, facts=facts)
+            if not usable and len(reports) == 1:
+                try:
+                    proc.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                if proc.returncode in (1, 125) and (channel.stderr.startswith(b"bwrap:") or proc.returncode == 125):
+                    log.warning("blocks sandbox %s failed to start: %r", job_id, bytes(channel.stderr[:2000]))
+                    raise YumenError(Code.SANDBOX, "the bubblewrap sandbox could not be created",
+                                     hint="see the connector's log; `yumen sandbox check` tests the set-up")
+            log.info("blocks sandbox %s (%s) ran %d of %d blocks", job_id, self.name, len(reports), len(paths))
+            return reports
+        finally:
+            if proc is not None:
+                self._kill(proc, cgroup, uid)
+                proc.wait()
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            if cgroup is not None:
+                cgroup.remove()
+            for fd in fds:
+                os.close(fd)
+            shutil.rmtree(input_dir, ignore_errors=True)
+
     @staticmethod
     def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:
         """Wait for bwrap to exit without reaping it (wait4 collects its rusage afterwards)."""
@@ -440,6 +533,53 @@ class BwrapBackend:
             cgroup.kill_all()
         elif uid is not None:
             kill_uid(uid)
+
+
+class _PipeChannel(BlockChannel):
+    """A blocks-mode launcher's stdin and stdout; its stderr is drained on the side (capped)."""
+
+    def __init__(self, proc: subprocess.Popen, cap: int) -> None:
+        self._in = proc.stdin.fileno()
+        self._out = proc.stdout.fileno()
+        self._err = proc.stderr.fileno()
+        os.set_blocking(self._out, False)
+        os.set_blocking(self._err, False)
+        self._buffer = bytearray()
+        self._cap = cap
+        self.stderr = bytearray()
+        self._open = {self._out, self._err}
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._in, view):]
+
+    def read_line(self, deadline: float) -> bytes | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if self._out not in self._open:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select(list(self._open), [], [], remaining)
+            for fd in ready:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    self._open.discard(fd)
+                elif fd == self._err:
+                    self.stderr += chunk[: max(0, _BWRAP_STDERR_CAP - len(self.stderr))]
+                else:
+                    self._buffer += chunk
+                    if len(self._buffer) > self._cap and self._buffer.find(b"\n") < 0:
+                        del self._buffer[: len(self._buffer) - self._cap]  # an over-long line: keep its tail
 
 
 def _traversable(directory: Path) -> bool:

@@ -18,6 +18,7 @@ host kernel, so a Linux kernel bug reachable from a system call is not enough to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +33,9 @@ from yumen.errors import Code, YumenError
 
 from ._bwrap import bundle_cap, launcher_config, launcher_source, sandbox_env
 from ._outcome import HostFacts, classify, parse_bundle
-from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, reaper
+from ._blocks import BlockChannel, blocks_config, drive_blocks, run_in_batches
+from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, private_dir, reaper
+from ._seccomp import block_seccomp_bpf
 from ._runtime import Runtime, load_runtime
 from ._types import SandboxReport, SandboxRequest
 
@@ -331,6 +334,58 @@ class DockerBackend:
             reaper().put(_remove, container)
             pool.done()
 
+    # -- sample-and-aggregate blocks ----------------------------------------------------
+
+    def run_blocks(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
+        """Run ``request`` once per block file, one after another in as few containers as possible
+        (see ``_blocks``); ``request.inputs`` must be empty, each block is ``dataset``."""
+        if request.inputs:
+            raise YumenError(Code.INTERNAL, "run_blocks takes its input from the block files")
+        self._sweep()
+        return run_in_batches(list(paths), lambda rest: self._block_batch(request, dataset, rest))
+
+    def _block_batch(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
+        shape = PoolShape.of(request)
+        pool = self.pool(shape)
+        warm = pool.take() if pool is not None else None
+        if warm is None:
+            # No warm container: start one the same way, for this batch only.
+            directory = private_dir(self._staging_dir or tempfile.gettempdir())
+            try:
+                container, attachment = self._create_warm(shape, directory)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            warm = WarmContainer(container=container, directory=directory, attachment=attachment)
+        container = warm.container
+        try:
+            self._fill_directory(dataclasses.replace(request, inputs={}), warm.directory)
+            config = launcher_config(request, as_bytes=None, protect=True)
+            config["blocks"] = blocks_config(request, block_seccomp_bpf())
+            raw = getattr(warm.attachment, "_sock", warm.attachment)
+            raw.sendall(json.dumps(config).encode() + b"\n")
+            channel = _AttachChannel(raw, bundle_cap(request))
+            oom_seen = [_oom_kills(container.id)]
+
+            def facts(wall_ms: int, timed_out: bool) -> HostFacts:
+                kills = _oom_kills(container.id)
+                oom = kills > oom_seen[0]
+                oom_seen[0] = max(kills, oom_seen[0])
+                return HostFacts(backend=self.name, runtime_digest=self.runtime.digest, wall_ms=wall_ms,
+                                 timed_out=timed_out, oom_killed=oom)
+
+            reports, _ = drive_blocks(channel, request, paths, input_dir=os.path.join(warm.directory, "input"),
+                                      dataset=dataset, facts=facts)
+            log.info("blocks sandbox %s (%s) ran %d of %d blocks", container.short_id, self.name, len(reports),
+                     len(paths))
+            return reports
+        finally:
+            warm.attachment.close()
+            shutil.rmtree(warm.directory, ignore_errors=True)
+            reaper().put(_remove, container)
+            if pool is not None and pool.taken_ids and pool.taken_ids[-1] == container.id:
+                pool.done()
+
     # -- one execution ----------------------------------------------------------------
 
     def run(self, request: SandboxRequest) -> SandboxReport:
@@ -443,6 +498,67 @@ def _read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
         if out.endswith(b"\n") and parse_bundle(bytes(out)) is not None:
             return bytes(out), False
     return bytes(out), False
+
+
+class _AttachChannel(BlockChannel):
+    """A blocks-mode launcher's attached stdin and (multiplexed) stdout."""
+
+    def __init__(self, sock: Any, cap: int) -> None:
+        self._sock = sock
+        self._frames = bytearray()
+        self._lines = bytearray()
+        self._cap = cap
+        self._eof = False
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def read_line(self, deadline: float) -> bytes | None:
+        while True:
+            end = self._lines.find(b"\n")
+            if end >= 0:
+                line = bytes(self._lines[:end])
+                del self._lines[: end + 1]
+                return line
+            if self._eof:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                continue
+            self._frames += chunk
+            while len(self._frames) >= 8:
+                size = int.from_bytes(self._frames[4:8], "big")
+                if len(self._frames) < 8 + size:
+                    break
+                if self._frames[0] == 1:
+                    self._lines += self._frames[8 : 8 + size]
+                    if len(self._lines) > self._cap and self._lines.find(b"\n") < 0:
+                        del self._lines[: len(self._lines) - self._cap]
+                del self._frames[: 8 + size]
+
+
+def _oom_kills(container_id: str) -> int:
+    """The container's memory cgroup's OOM-kill count, where the host shows it (cgroup v1 or v2)."""
+    for path in (f"/sys/fs/cgroup/memory/docker/{container_id}/memory.oom_control",
+                 f"/sys/fs/cgroup/docker/{container_id}/memory.events",
+                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.events"):
+        try:
+            with open(path) as f:
+                fields = dict(line.split() for line in f if line.strip())
+            return int(fields.get("oom_kill", "0"))
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _kill(container: Any) -> None:

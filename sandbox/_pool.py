@@ -159,7 +159,7 @@ class WarmPool:
                     self._lock.wait()
                 if self._closed:
                     return
-            directory = _private_dir(self._root)
+            directory = private_dir(self._root)
             try:
                 container, attachment = self._create(self.shape, directory)
             except Exception as e:  # noqa: BLE001 - an engine hiccup must not end the refill thread
@@ -192,7 +192,7 @@ class WarmPool:
             self._refill.join(timeout_s)
 
 
-def _private_dir(root: str) -> str:
+def private_dir(root: str) -> str:
     """A fresh directory laid out as the container's ``/data``: empty ``input``, two mount points."""
     directory = tempfile.mkdtemp(prefix="yumen-warm-", dir=root)
     os.chmod(directory, 0o755)
