@@ -7,6 +7,7 @@ department = "weather-bureau"
 broker = "127.0.0.1:7443"        # the connector dials out; it opens no port of its own
 state_dir = "state"              # local ledger, receipts, snapshots
 sandbox = "bwrap"                # bwrap | docker | gvisor
+sandbox_pool = 2                 # docker/gvisor: started, never-used containers kept ready (0: off)
 max_parallel_jobs = 2
 snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
 allow_reexecution = true         # the department consents to auditors re-running logged jobs
@@ -113,6 +114,7 @@ class ConnectorConfig:
     timing: Timing = Timing()
     quality: QualityConfig = QualityConfig()
     scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
+    sandbox_pool: int = 2  # warm containers per shape for docker/gvisor (docs/sandbox.md); 0 turns it off
 
 
 def _err(path: Path, what: str, hint: str = "") -> YumenError:
@@ -190,6 +192,10 @@ def load_connector_config(path: Path) -> ConnectorConfig:
     sandbox = str(c.get("sandbox", "bwrap"))
     if sandbox not in ("bwrap", "docker", "gvisor"):
         raise _err(path, f"sandbox {sandbox!r} is unknown", "use bwrap, docker or gvisor")
+    pool = c.get("sandbox_pool", 2)
+    if isinstance(pool, bool) or not isinstance(pool, int) or not 0 <= pool <= 64:
+        raise _err(path, f"sandbox_pool must be an integer from 0 to 64, got {pool!r}",
+                   "it is the number of warm Docker/gVisor sandboxes kept ready; 0 turns them off")
     return ConnectorConfig(
         id=str(c["id"]), department=str(c["department"]), broker=str(c["broker"]),
         state_dir=p(str(c.get("state_dir", "state"))), sandbox=sandbox,
@@ -203,4 +209,5 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         timing=timing,
         quality=quality,
         scratch_dir=p(str(c["scratch_dir"])) if c.get("scratch_dir") else None,
+        sandbox_pool=pool,
     )

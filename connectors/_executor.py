@@ -330,7 +330,7 @@ class Executor:
         if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
             name = required
         if name not in self._sandboxes:
-            backend = get_backend(name)
+            backend = get_backend(name, **self._pool_option(name))
             backend.check()  # raises SANDBOX_UNAVAILABLE saying what is missing
             self._sandboxes[name] = backend
         return self._sandboxes[name]
@@ -680,7 +680,11 @@ class Executor:
         name = getattr(backend, "name", "")
         if scratch is None or name not in BACKENDS:
             return backend
-        return get_backend(name, staging_dir=scratch.sandbox)
+        return get_backend(name, staging_dir=scratch.sandbox, **self._pool_option(name))
+
+    def _pool_option(self, name: str) -> dict[str, int]:
+        """Warm sandboxes for the container backends; the pool itself is shared by the process."""
+        return {"pool_size": self.config.sandbox_pool} if name in ("docker", "gvisor") else {}
 
     @staticmethod
     def _encrypt(fields: dict[str, Any], he_context: bytes) -> tuple[dict[str, Any], bytes]:

@@ -342,12 +342,20 @@ class DockerBackend:
         if request.inputs:
             raise YumenError(Code.INTERNAL, "run_blocks takes its input from the block files")
         self._sweep()
+        if self.oci_runtime == "runsc":
+            # gVisor lets a process open a non-dumpable process's files through /proc/<pid>/fd
+            # (Linux refuses), so a block could talk to the launcher's host stream and forge its
+            # "ready" while still running. Under gVisor every block gets a container of its own
+            # (warm, from the pool), which no other block ever shares.
+            return [self.run(dataclasses.replace(request, inputs={dataset: Path(p() if callable(p) else p)}))
+                    for p in paths]
         return run_in_batches(list(paths), lambda rest: self._block_batch(request, dataset, rest))
 
     def _block_batch(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
         shape = PoolShape.of(request)
         pool = self.pool(shape)
         warm = pool.take() if pool is not None else None
+        from_pool = warm is not None
         if warm is None:
             # No warm container: start one the same way, for this batch only.
             directory = private_dir(self._staging_dir or tempfile.gettempdir())
@@ -383,7 +391,7 @@ class DockerBackend:
             warm.attachment.close()
             shutil.rmtree(warm.directory, ignore_errors=True)
             reaper().put(_remove, container)
-            if pool is not None and pool.taken_ids and pool.taken_ids[-1] == container.id:
+            if from_pool:
                 pool.done()
 
     # -- one execution ----------------------------------------------------------------

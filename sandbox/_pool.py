@@ -259,6 +259,7 @@ class Reaper:
 
 _registry_lock = threading.Lock()
 _pools: dict[tuple, WarmPool] = {}
+_roots: list[str] = []  # directories made here for pools' private directories
 _reaper: Reaper | None = None
 
 
@@ -282,6 +283,7 @@ def pool_for(key: tuple, shape: PoolShape, *, size: int, root: str | None,
         if root is None:
             root = tempfile.mkdtemp(prefix="yumen-warm-root-")
             os.chmod(root, 0o711)
+            _roots.append(root)
         pool = WarmPool(size=size, shape=shape, root=root, create=create, remove=remove, name=name)
         _pools[(key, shape)] = pool
         return pool
@@ -302,6 +304,11 @@ def close_pools() -> None:
         pool.close()
     if rip is not None:
         rip.drain(30.0)
+    while _roots:
+        try:
+            os.rmdir(_roots.pop())
+        except OSError:
+            pass  # a private directory is still in use by a running job
 
 
 atexit.register(close_pools)
