@@ -494,6 +494,10 @@ class BwrapBackend:
                     log.warning("blocks sandbox %s failed to start: %r", job_id, bytes(channel.stderr[:2000]))
                     raise YumenError(Code.SANDBOX, "the bubblewrap sandbox could not be created",
                                      hint="see the connector's log; `yumen sandbox check` tests the set-up")
+            if not usable:
+                # the rest of the blocks run in a new sandbox; say why this one ended, for the department
+                log.warning("blocks sandbox %s ended after %d of %d blocks (exit %s): %r", job_id, len(reports),
+                            len(paths), proc.poll(), bytes(channel.stderr[-2000:]))
             log.info("blocks sandbox %s (%s) ran %d of %d blocks", job_id, self.name, len(reports), len(paths))
             return reports
         finally:
