@@ -29,7 +29,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +40,8 @@ from typing import Any
 from ._outcome import HostFacts, classify
 from ._types import SandboxReport, SandboxRequest
 
-__all__ = ["BLOCK_PRELOAD", "BlockChannel", "drive_blocks", "blocks_config", "place_block"]
+__all__ = ["BLOCK_PRELOAD", "BlockChannel", "PipeChannel", "blocks_config", "drive_blocks", "place_block",
+           "run_in_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ BLOCK_PRELOAD = ("numpy", "polars")
 RESET_DIRS = ("/tmp", "/dev/shm", "/data/output", "/data/scratch")
 # How long past a block's own time limit the host waits for the launcher's "ready".
 _GRACE_S = 5.0
+_STDERR_CAP = 16 * 1024
 
 
 class BlockChannel:
@@ -60,6 +64,53 @@ class BlockChannel:
     def read_line(self, deadline: float) -> bytes | None:
         """The next line, or None at the end of the stream or the deadline."""
         raise NotImplementedError
+
+
+class PipeChannel(BlockChannel):
+    """A blocks-mode launcher's stdin and stdout; its stderr is drained on the side (capped)."""
+
+    def __init__(self, proc: subprocess.Popen, cap: int) -> None:
+        self._in = proc.stdin.fileno()
+        self._out = proc.stdout.fileno()
+        self._err = proc.stderr.fileno()
+        os.set_blocking(self._out, False)
+        os.set_blocking(self._err, False)
+        self._buffer = bytearray()
+        self._cap = cap
+        self.stderr = bytearray()
+        self._open = {self._out, self._err}
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._in, view):]
+
+    def read_line(self, deadline: float) -> bytes | None:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                return line
+            if self._out not in self._open:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select(list(self._open), [], [], remaining)
+            for fd in ready:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    self._open.discard(fd)
+                elif fd == self._err:
+                    self.stderr += chunk[: max(0, _STDERR_CAP - len(self.stderr))]
+                else:
+                    self._buffer += chunk
+                    if len(self._buffer) > self._cap and self._buffer.find(b"\n") < 0:
+                        del self._buffer[: len(self._buffer) - self._cap]  # an over-long line: keep its tail
 
 
 def blocks_config(request: SandboxRequest, filter_bpf: bytes) -> dict[str, Any]:

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import secrets
-import select
 import selectors
 import shutil
 import signal
@@ -44,7 +43,7 @@ from yumen.errors import Code, YumenError
 from ._cgroup import JobCgroup, cgroup_support
 from ._outcome import HostFacts, classify, parse_bundle
 from ._runtime import Runtime, load_runtime
-from ._blocks import BlockChannel, blocks_config, drive_blocks, run_in_batches
+from ._blocks import PipeChannel, blocks_config, drive_blocks, run_in_batches
 from ._seccomp import block_seccomp_bpf, seccomp_memfd
 from ._types import SandboxReport, SandboxRequest
 
@@ -474,7 +473,7 @@ class BwrapBackend:
                 argv = ["/bin/sh", "-c", join, "sh", *cgroup.procs_files, "--", *argv]
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=fds, env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
-            channel = _PipeChannel(proc, bundle_cap(request))
+            channel = PipeChannel(proc, bundle_cap(request))
             oom_seen = [0]
 
             def facts(wall_ms: int, timed_out: bool) -> HostFacts:
@@ -537,53 +536,6 @@ class BwrapBackend:
             cgroup.kill_all()
         elif uid is not None:
             kill_uid(uid)
-
-
-class _PipeChannel(BlockChannel):
-    """A blocks-mode launcher's stdin and stdout; its stderr is drained on the side (capped)."""
-
-    def __init__(self, proc: subprocess.Popen, cap: int) -> None:
-        self._in = proc.stdin.fileno()
-        self._out = proc.stdout.fileno()
-        self._err = proc.stderr.fileno()
-        os.set_blocking(self._out, False)
-        os.set_blocking(self._err, False)
-        self._buffer = bytearray()
-        self._cap = cap
-        self.stderr = bytearray()
-        self._open = {self._out, self._err}
-
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._in, view):]
-
-    def read_line(self, deadline: float) -> bytes | None:
-        while True:
-            end = self._buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buffer[:end])
-                del self._buffer[: end + 1]
-                return line
-            if self._out not in self._open:
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select(list(self._open), [], [], remaining)
-            for fd in ready:
-                try:
-                    chunk = os.read(fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    self._open.discard(fd)
-                elif fd == self._err:
-                    self.stderr += chunk[: max(0, _BWRAP_STDERR_CAP - len(self.stderr))]
-                else:
-                    self._buffer += chunk
-                    if len(self._buffer) > self._cap and self._buffer.find(b"\n") < 0:
-                        del self._buffer[: len(self._buffer) - self._cap]  # an over-long line: keep its tail
 
 
 def _traversable(directory: Path) -> bool:

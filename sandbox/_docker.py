@@ -33,7 +33,8 @@ from yumen.errors import Code, YumenError
 
 from ._bwrap import bundle_cap, launcher_config, launcher_source, sandbox_env
 from ._outcome import HostFacts, classify, parse_bundle
-from ._blocks import BlockChannel, blocks_config, drive_blocks, run_in_batches
+from ._attach import AttachChannel, oom_kills, read_attached
+from ._blocks import blocks_config, drive_blocks, run_in_batches
 from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, private_dir, reaper
 from ._seccomp import block_seccomp_bpf
 from ._runtime import Runtime, load_runtime
@@ -313,7 +314,7 @@ class DockerBackend:
             except OSError as e:
                 log.warning("warm sandbox %s was unusable (%s); starting a cold one", container.short_id, e)
                 return None
-            stdout, timed_out = _read_attached(raw, started + request.timeout_s, bundle_cap(request))
+            stdout, timed_out = read_attached(raw, started + request.timeout_s, bundle_cap(request))
             if timed_out:
                 _kill(container)
             wall_ms = int((time.monotonic() - started) * 1000)
@@ -372,11 +373,11 @@ class DockerBackend:
             config["blocks"] = blocks_config(request, block_seccomp_bpf())
             raw = getattr(warm.attachment, "_sock", warm.attachment)
             raw.sendall(json.dumps(config).encode() + b"\n")
-            channel = _AttachChannel(raw, bundle_cap(request))
-            oom_seen = [_oom_kills(container.id)]
+            channel = AttachChannel(raw, bundle_cap(request))
+            oom_seen = [oom_kills(container.id)]
 
             def facts(wall_ms: int, timed_out: bool) -> HostFacts:
-                kills = _oom_kills(container.id)
+                kills = oom_kills(container.id)
                 oom = kills > oom_seen[0]
                 oom_seen[0] = max(kills, oom_seen[0])
                 return HostFacts(backend=self.name, runtime_digest=self.runtime.digest, wall_ms=wall_ms,
@@ -469,106 +470,6 @@ def _input_file(dataset: str, path: Path | str) -> Path:
     return source
 
 
-def _read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
-    """Read an attached container's multiplexed stdout until the launcher's report; keep the last ``cap`` bytes.
-
-    Returns ``(stdout, timed_out)``. Stops at the end of the stream (the container exited)
-    or as soon as a whole report line has arrived: the launcher writes it as its last act,
-    and waiting for the engine to notice the exit would add tens of milliseconds. Anything
-    the job left running is killed when the container is removed. Frames are Docker's: one
-    byte stream type, three zero bytes, a big-endian 32-bit length, then the payload.
-    """
-    buffer = bytearray()
-    out = bytearray()
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return bytes(out), True
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(1 << 16)
-        except TimeoutError:
-            return bytes(out), True
-        except OSError:
-            chunk = b""
-        if not chunk:
-            break
-        buffer += chunk
-        while len(buffer) >= 8:
-            size = int.from_bytes(buffer[4:8], "big")
-            if len(buffer) < 8 + size:
-                break
-            if buffer[0] == 1:
-                out += buffer[8 : 8 + size]
-                if len(out) > cap:
-                    del out[: len(out) - cap]
-            del buffer[: 8 + size]
-        if out.endswith(b"\n") and parse_bundle(bytes(out)) is not None:
-            return bytes(out), False
-    return bytes(out), False
-
-
-class _AttachChannel(BlockChannel):
-    """A blocks-mode launcher's attached stdin and (multiplexed) stdout."""
-
-    def __init__(self, sock: Any, cap: int) -> None:
-        self._sock = sock
-        self._frames = bytearray()
-        self._lines = bytearray()
-        self._cap = cap
-        self._eof = False
-
-    def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def read_line(self, deadline: float) -> bytes | None:
-        while True:
-            end = self._lines.find(b"\n")
-            if end >= 0:
-                line = bytes(self._lines[:end])
-                del self._lines[: end + 1]
-                return line
-            if self._eof:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self._sock.settimeout(left)
-            try:
-                chunk = self._sock.recv(1 << 16)
-            except TimeoutError:
-                return None
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._eof = True
-                continue
-            self._frames += chunk
-            while len(self._frames) >= 8:
-                size = int.from_bytes(self._frames[4:8], "big")
-                if len(self._frames) < 8 + size:
-                    break
-                if self._frames[0] == 1:
-                    self._lines += self._frames[8 : 8 + size]
-                    if len(self._lines) > self._cap and self._lines.find(b"\n") < 0:
-                        del self._lines[: len(self._lines) - self._cap]
-                del self._frames[: 8 + size]
-
-
-def _oom_kills(container_id: str) -> int:
-    """The container's memory cgroup's OOM-kill count, where the host shows it (cgroup v1 or v2)."""
-    for path in (f"/sys/fs/cgroup/memory/docker/{container_id}/memory.oom_control",
-                 f"/sys/fs/cgroup/docker/{container_id}/memory.events",
-                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.events"):
-        try:
-            with open(path) as f:
-                fields = dict(line.split() for line in f if line.strip())
-            return int(fields.get("oom_kill", "0"))
-        except (OSError, ValueError):
-            continue
-    return 0
-
-
 def _kill(container: Any) -> None:
     import docker.errors
 
@@ -605,14 +506,18 @@ def _remove(container: Any) -> None:
 
 
 def sweep_orphans(client: Any) -> int:
-    """Remove sandbox containers (warm or used) whose owning process is gone; return how many."""
+    """Remove sandbox containers (warm or used) whose owning process is gone; return how many.
+
+    Lists without inspecting each container (the SDK's ``containers.list`` inspects them one
+    by one and fails when another process removes one in between).
+    """
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": f"{SANDBOX_LABEL}=1"}):
-        if _owner_alive(container.labels.get(OWNER_LABEL, "")):
+    for entry in client.api.containers(all=True, filters={"label": f"{SANDBOX_LABEL}=1"}):
+        if _owner_alive((entry.get("Labels") or {}).get(OWNER_LABEL, "")):
             continue  # another live Yumen process on this host is running it
-        log.warning("removing orphaned sandbox container %s", container.short_id)
+        log.warning("removing orphaned sandbox container %s", entry["Id"][:12])
         try:
-            container.remove(force=True)
+            client.api.remove_container(entry["Id"], force=True)
             removed += 1
         except Exception:  # noqa: BLE001 - already gone
             pass

@@ -130,5 +130,5 @@ def assert_no_trace(backend) -> None:
         # Warm containers not yet taken (idle or still starting) are this process's too, but
         # have run nothing; every container a job used must be gone.
         used = set().union(*(p.taken_ids for p in pools()))
-        left = backend.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
-        assert [c for c in left if c.labels.get(POOL_LABEL) != "1" or c.id in used] == []
+        left = backend.client.api.containers(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
+        assert [c["Id"] for c in left if (c.get("Labels") or {}).get(POOL_LABEL) != "1" or c["Id"] in used] == []

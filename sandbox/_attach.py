@@ -1,0 +1,115 @@
+"""The host's end of a container's attached stdin and stdout (Docker's multiplexed stream).
+
+Warm containers receive their job's settings on stdin and send the launcher's report on
+stdout; a blocks-mode container keeps both for its whole batch (``_blocks``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._blocks import BlockChannel
+from ._outcome import parse_bundle
+
+__all__ = ["AttachChannel", "oom_kills", "read_attached"]
+
+
+def read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
+    """Read an attached container's multiplexed stdout until the launcher's report; keep the last ``cap`` bytes.
+
+    Returns ``(stdout, timed_out)``. Stops at the end of the stream (the container exited)
+    or as soon as a whole report line has arrived: the launcher writes it as its last act,
+    and waiting for the engine to notice the exit would add tens of milliseconds. Anything
+    the job left running is killed when the container is removed. Frames are Docker's: one
+    byte stream type, three zero bytes, a big-endian 32-bit length, then the payload.
+    """
+    buffer = bytearray()
+    out = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return bytes(out), True
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            return bytes(out), True
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        buffer += chunk
+        while len(buffer) >= 8:
+            size = int.from_bytes(buffer[4:8], "big")
+            if len(buffer) < 8 + size:
+                break
+            if buffer[0] == 1:
+                out += buffer[8 : 8 + size]
+                if len(out) > cap:
+                    del out[: len(out) - cap]
+            del buffer[: 8 + size]
+        if out.endswith(b"\n") and parse_bundle(bytes(out)) is not None:
+            return bytes(out), False
+    return bytes(out), False
+
+
+class AttachChannel(BlockChannel):
+    """A blocks-mode launcher's attached stdin and (multiplexed) stdout."""
+
+    def __init__(self, sock: Any, cap: int) -> None:
+        self._sock = sock
+        self._frames = bytearray()
+        self._lines = bytearray()
+        self._cap = cap
+        self._eof = False
+
+    def send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def read_line(self, deadline: float) -> bytes | None:
+        while True:
+            end = self._lines.find(b"\n")
+            if end >= 0:
+                line = bytes(self._lines[:end])
+                del self._lines[: end + 1]
+                return line
+            if self._eof:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self._sock.settimeout(left)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._eof = True
+                continue
+            self._frames += chunk
+            while len(self._frames) >= 8:
+                size = int.from_bytes(self._frames[4:8], "big")
+                if len(self._frames) < 8 + size:
+                    break
+                if self._frames[0] == 1:
+                    self._lines += self._frames[8 : 8 + size]
+                    if len(self._lines) > self._cap and self._lines.find(b"\n") < 0:
+                        del self._lines[: len(self._lines) - self._cap]
+                del self._frames[: 8 + size]
+
+
+def oom_kills(container_id: str) -> int:
+    """The container's memory cgroup's OOM-kill count, where the host shows it (cgroup v1 or v2)."""
+    for path in (f"/sys/fs/cgroup/memory/docker/{container_id}/memory.oom_control",
+                 f"/sys/fs/cgroup/docker/{container_id}/memory.events",
+                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.events"):
+        try:
+            with open(path) as f:
+                fields = dict(line.split() for line in f if line.strip())
+            return int(fields.get("oom_kill", "0"))
+        except (OSError, ValueError):
+            continue
+    return 0
