@@ -45,9 +45,10 @@ __all__ = ["BLOCK_PRELOAD", "BlockChannel", "PipeChannel", "blocks_config", "dri
 
 log = logging.getLogger(__name__)
 
-# Imported once per sandbox before any block (the runtime's heavy libraries; pyarrow is left
-# out: most algorithms read parquet through polars, and it would take memory from every block).
-BLOCK_PRELOAD = ("numpy", "polars")
+# Imported once per sandbox before any block: those of the runtime's heavy libraries the
+# algorithm's source names (each costs tens of milliseconds per block otherwise, and memory
+# the block's limit also covers when imported but unused).
+BLOCK_PRELOAD = ("numpy", "polars", "pyarrow")
 # Writable places a block could leave something in; the launcher empties them between blocks.
 RESET_DIRS = ("/tmp", "/dev/shm", "/data/output", "/data/scratch")
 # How long past a block's own time limit the host waits for the launcher's "ready".
@@ -116,7 +117,8 @@ class PipeChannel(BlockChannel):
 def blocks_config(request: SandboxRequest, filter_bpf: bytes) -> dict[str, Any]:
     import binascii
 
-    return {"timeout_s": request.timeout_s, "preload": list(BLOCK_PRELOAD), "reset": list(RESET_DIRS),
+    preload = [name for name in BLOCK_PRELOAD if name.encode() in bytes(request.algorithm)]
+    return {"timeout_s": request.timeout_s, "preload": preload, "reset": list(RESET_DIRS),
             "filter_b64": binascii.b2a_base64(filter_bpf, newline=False).decode()}
 
 
