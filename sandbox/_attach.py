@@ -1,7 +1,7 @@
 """The host's end of a container's attached stdin and stdout (Docker's multiplexed stream).
 
 Warm containers receive their job's settings on stdin and send the launcher's report on
-stdout; a blocks-mode container keeps both for its whole batch (``_blocks``).
+stdout.
 """
 
 from __future__ import annotations
@@ -9,10 +9,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._blocks import BlockChannel
 from ._outcome import parse_bundle
 
-__all__ = ["AttachChannel", "oom_kills", "read_attached"]
+__all__ = ["WAITING", "oom_kills", "read_attached", "wait_until_waiting"]
+
+WAITING = b"waiting\n"  # what a warm launcher writes once it has imported its libraries
+
+
+def wait_until_waiting(sock: Any, deadline: float) -> bool:
+    """Read an attached warm container's stdout up to the launcher's ``waiting`` line (False: it never came)."""
+    out, _ = _read_frames(sock, deadline, len(WAITING), lambda out: out.endswith(WAITING))
+    return out.endswith(WAITING)
 
 
 def read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
@@ -24,6 +31,10 @@ def read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
     the job left running is killed when the container is removed. Frames are Docker's: one
     byte stream type, three zero bytes, a big-endian 32-bit length, then the payload.
     """
+    return _read_frames(sock, deadline, cap, lambda out: out.endswith(b"\n") and parse_bundle(bytes(out)) is not None)
+
+
+def _read_frames(sock: Any, deadline: float, cap: int, done: Any) -> tuple[bytes, bool]:
     buffer = bytearray()
     out = bytearray()
     while True:
@@ -49,56 +60,9 @@ def read_attached(sock: Any, deadline: float, cap: int) -> tuple[bytes, bool]:
                 if len(out) > cap:
                     del out[: len(out) - cap]
             del buffer[: 8 + size]
-        if out.endswith(b"\n") and parse_bundle(bytes(out)) is not None:
+        if done(out):
             return bytes(out), False
     return bytes(out), False
-
-
-class AttachChannel(BlockChannel):
-    """A blocks-mode launcher's attached stdin and (multiplexed) stdout."""
-
-    def __init__(self, sock: Any, cap: int) -> None:
-        self._sock = sock
-        self._frames = bytearray()
-        self._lines = bytearray()
-        self._cap = cap
-        self._eof = False
-
-    def send(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def read_line(self, deadline: float) -> bytes | None:
-        while True:
-            end = self._lines.find(b"\n")
-            if end >= 0:
-                line = bytes(self._lines[:end])
-                del self._lines[: end + 1]
-                return line
-            if self._eof:
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            self._sock.settimeout(left)
-            try:
-                chunk = self._sock.recv(1 << 16)
-            except TimeoutError:
-                return None
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._eof = True
-                continue
-            self._frames += chunk
-            while len(self._frames) >= 8:
-                size = int.from_bytes(self._frames[4:8], "big")
-                if len(self._frames) < 8 + size:
-                    break
-                if self._frames[0] == 1:
-                    self._lines += self._frames[8 : 8 + size]
-                    if len(self._lines) > self._cap and self._lines.find(b"\n") < 0:
-                        del self._lines[: len(self._lines) - self._cap]
-                del self._frames[: 8 + size]
 
 
 def oom_kills(container_id: str) -> int:

@@ -33,10 +33,8 @@ from yumen.errors import Code, YumenError
 
 from ._bwrap import bundle_cap, launcher_config, launcher_source, sandbox_env
 from ._outcome import HostFacts, classify, parse_bundle
-from ._attach import AttachChannel, oom_kills, read_attached
-from ._blocks import blocks_config, drive_blocks, run_in_batches
-from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, private_dir, reaper
-from ._seccomp import block_seccomp_bpf
+from ._attach import read_attached, wait_until_waiting
+from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, reaper
 from ._runtime import Runtime, load_runtime
 from ._types import SandboxReport, SandboxRequest
 
@@ -47,6 +45,7 @@ log = logging.getLogger(__name__)
 SANDBOX_LABEL = "org.yumen.sandbox"
 OWNER_LABEL = "org.yumen.owner"
 _SENTRY_THREADS = 256
+_WARM_START_S = 120.0  # how long a warm container may take to start and import its libraries
 _SWEPT: set[str | None] = set()
 _SWEEP_LOCK = threading.Lock()
 
@@ -258,13 +257,17 @@ class DockerBackend:
         from docker.types import Mount
 
         job_id = new_id()
-        command = ["/usr/bin/python3", "-I", "-c", launcher_source(), json.dumps({"from_stdin": True, "protect": True})]
+        command = ["/usr/bin/python3", "-I", "-c", launcher_source(), json.dumps({"from_stdin": True, "protect": True,
+                                                                           "preload": list(shape.preload)})]
         mounts = [Mount("/data", directory, type="bind", read_only=True)]
         container = self._start(self._container_kwargs(shape, command=command, mounts=mounts, job_id=job_id,
                                                        warm=True), job_id)
         try:
             # Attached now, while nothing waits on it: the job then only writes to it.
             attachment = self.client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1})
+            # Ready only once its libraries are imported: a job that takes it must not wait for them.
+            if not wait_until_waiting(getattr(attachment, "_sock", attachment), time.monotonic() + _WARM_START_S):
+                raise YumenError(Code.SANDBOX, "a warm container's launcher did not start")
         except Exception:
             _remove(container)
             raise
@@ -334,66 +337,6 @@ class DockerBackend:
             shutil.rmtree(warm.directory, ignore_errors=True)
             reaper().put(_remove, container)
             pool.done()
-
-    # -- sample-and-aggregate blocks ----------------------------------------------------
-
-    def run_blocks(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
-        """Run ``request`` once per block file, one after another in as few containers as possible
-        (see ``_blocks``); ``request.inputs`` must be empty, each block is ``dataset``."""
-        if request.inputs:
-            raise YumenError(Code.INTERNAL, "run_blocks takes its input from the block files")
-        self._sweep()
-        if self.oci_runtime == "runsc":
-            # gVisor lets a process open a non-dumpable process's files through /proc/<pid>/fd
-            # (Linux refuses), so a block could talk to the launcher's host stream and forge its
-            # "ready" while still running. Under gVisor every block gets a container of its own
-            # (warm, from the pool), which no other block ever shares.
-            return [self.run(dataclasses.replace(request, inputs={dataset: Path(p() if callable(p) else p)}))
-                    for p in paths]
-        return run_in_batches(list(paths), lambda rest: self._block_batch(request, dataset, rest))
-
-    def _block_batch(self, request: SandboxRequest, dataset: str, paths: list[Path]) -> list[SandboxReport]:
-        shape = PoolShape.of(request)
-        pool = self.pool(shape)
-        warm = pool.take() if pool is not None else None
-        from_pool = warm is not None
-        if warm is None:
-            # No warm container: start one the same way, for this batch only.
-            directory = private_dir(self._staging_dir or tempfile.gettempdir())
-            try:
-                container, attachment = self._create_warm(shape, directory)
-            except BaseException:
-                shutil.rmtree(directory, ignore_errors=True)
-                raise
-            warm = WarmContainer(container=container, directory=directory, attachment=attachment)
-        container = warm.container
-        try:
-            self._fill_directory(dataclasses.replace(request, inputs={}), warm.directory)
-            config = launcher_config(request, as_bytes=None, protect=True)
-            config["blocks"] = blocks_config(request, block_seccomp_bpf())
-            raw = getattr(warm.attachment, "_sock", warm.attachment)
-            raw.sendall(json.dumps(config).encode() + b"\n")
-            channel = AttachChannel(raw, bundle_cap(request))
-            oom_seen = [oom_kills(container.id)]
-
-            def facts(wall_ms: int, timed_out: bool) -> HostFacts:
-                kills = oom_kills(container.id)
-                oom = kills > oom_seen[0]
-                oom_seen[0] = max(kills, oom_seen[0])
-                return HostFacts(backend=self.name, runtime_digest=self.runtime.digest, wall_ms=wall_ms,
-                                 timed_out=timed_out, oom_killed=oom)
-
-            reports, _ = drive_blocks(channel, request, paths, input_dir=os.path.join(warm.directory, "input"),
-                                      dataset=dataset, facts=facts)
-            log.info("blocks sandbox %s (%s) ran %d of %d blocks", container.short_id, self.name, len(reports),
-                     len(paths))
-            return reports
-        finally:
-            warm.attachment.close()
-            shutil.rmtree(warm.directory, ignore_errors=True)
-            reaper().put(_remove, container)
-            if from_pool:
-                pool.done()
 
     # -- one execution ----------------------------------------------------------------
 

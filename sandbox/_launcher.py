@@ -6,7 +6,8 @@ inside the sandbox, so it uses the standard library only. It:
 1. forks; the child lowers its resource limits (they cannot be raised again without
    privileges the sandbox does not have), points stdout/stderr at pipes, and executes
    ``/data/algorithm.py`` as ``__main__`` in the same interpreter (no second start-up);
-   (a warm sandbox first blocks reading its limits from stdin; see ``_pool``);
+   (a warm sandbox first imports the libraries the algorithm names, then blocks reading its
+   limits from stdin; see ``_pool``);
 2. the parent drains both pipes, keeping at most ``log_limit`` bytes of each and counting
    the rest (so 1 GiB of output costs CPU, never memory or disk), and waits for the child
    through a pidfd, so a daemon that keeps the pipes open cannot hold the job;
@@ -160,12 +161,14 @@ def main():
         # algorithm, which runs as the same user. The child becomes dumpable again.
         _set_dumpable(0)
     if cfg.get("from_stdin"):
-        # A warm sandbox: started before any job existed, it waits here for one.
+        # A warm sandbox: started before any job existed. It imports the libraries its job's
+        # algorithm names (so the job does not pay for them), then waits here for that job.
+        for name in cfg.get("preload", ()):
+            __import__(name)
+        os.write(1, b"waiting\n")  # the host counts it as warm only from here
         settings = _read_job_settings()
         settings["protect"] = cfg.get("protect", False)
         cfg = settings
-    if cfg.get("blocks"):
-        _blocks(cfg)
     _write_line(_run_once(cfg))
     os._exit(0)
 
@@ -176,8 +179,8 @@ def _write_line(obj):
         data = data[os.write(1, data) :]
 
 
-def _run_once(cfg, prepare=None):
-    """Run the algorithm once in a forked child; return the bundle (``prepare`` runs first in the child)."""
+def _run_once(cfg):
+    """Run the algorithm once in a forked child; return the bundle."""
     cap = cfg["log_limit"]
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -204,8 +207,6 @@ def _run_once(cfg, prepare=None):
             os.close(wake_w)
         os.close(out_r)
         os.close(err_r)
-        if prepare is not None:
-            prepare()
         _child(cfg, out_w, err_w)
     os.close(out_w)
     os.close(err_w)
@@ -268,182 +269,6 @@ def _run_once(cfg, prepare=None):
     }
     bundle.update(_read_result(cfg["output_limit"]))
     return bundle
-
-
-# -- sample-and-aggregate blocks: one sandbox, one fresh child per block ---------------------
-#
-# The launcher (pid 1 of the sandbox) imports the heavy libraries once, then for each block
-# the host names on stdin it forks a supervisor, which forks the algorithm exactly as above.
-# After the block, its supervisor kills every other process in the sandbox, empties every
-# writable directory and puts back its mode, times and extended attributes; the launcher
-# kills again, checks, and only then tells the host "ready"; only then does the host put
-# the next block's file into /data/input. So a block never coexists with another block's
-# file, process or scratch file. The killing and emptying are the supervisor's work because
-# their cost depends on what the block left: it is counted on a process that dies with the
-# block. SIGCHLD is ignored here (children are reaped by the kernel), so no block's CPU time
-# is ever added to this process's counters, which /proc shows to the next block.
-
-
-def _kill_others():
-    import signal
-    import time
-
-    spared = {"1", str(os.getpid())}  # kill(-1) spares the caller and the namespace's init
-    while True:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if not [p for p in os.listdir("/proc") if p.isdigit() and p not in spared]:
-            return
-        time.sleep(0.0005)
-
-
-def _empty(fd):
-    """Remove everything under the directory ``fd``; raises OSError when something stays."""
-    import stat
-
-    for entry in list(os.scandir(fd)):
-        name = entry.name
-        try:
-            os.unlink(name, dir_fd=fd)
-            continue
-        except IsADirectoryError:
-            pass
-        except PermissionError:
-            # an unwritable directory entry or a directory (EPERM from unlink on Linux)
-            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISDIR(st.st_mode):
-                raise
-        os.chmod(name, 0o700, dir_fd=fd)  # a directory, never a link here: unlink took those
-        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-        try:
-            _empty(sub)
-        finally:
-            os.close(sub)
-        os.rmdir(name, dir_fd=fd)
-
-
-def _reset(path, mode):
-    """Empty a writable mount point and put back its metadata; True when it is as it started."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        try:
-            os.fchmod(fd, 0o700 | (mode & 0o7777))
-        except PermissionError:
-            pass  # not ours (the engine's tmpfs): then a job could not change it either
-        _empty(fd)
-        try:
-            for name in os.listxattr(fd):
-                os.removexattr(fd, name)
-        except OSError:
-            pass
-        # Touch it, so its modification time says when it was reset, not what a job did.
-        probe = ".yumen-reset"
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd))
-        os.unlink(probe, dir_fd=fd)
-        try:
-            os.fchmod(fd, mode & 0o7777)
-            os.utime(fd, (0, 0))
-        except PermissionError:
-            pass
-        return not os.listdir(fd) and (os.fstat(fd).st_mode & 0o7777) == (mode & 0o7777)
-    finally:
-        os.close(fd)
-
-
-def _writable_dirs(cfg):
-    import stat
-
-    out = []
-    for path in cfg["blocks"]["reset"]:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            out.append((path, st.st_mode))
-    return out
-
-
-def _install_filter(bpf):
-    import ctypes
-
-    class _Prog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _Prog(len(bpf) // 8, ctypes.addressof(buf))
-    if libc.prctl(38, 1, 0, 0, 0) != 0 or libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # NO_NEW_PRIVS, SECCOMP
-        os.write(2, b"the block's system call filter could not be installed\n")
-        os._exit(125)
-
-
-def _prepare_block(bpf):
-    def prepare():
-        try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")  # under memory pressure the block dies, not the launcher
-        except OSError:
-            pass
-        _install_filter(bpf)
-
-    return prepare
-
-
-def _blocks(cfg):
-    import select
-    import signal
-
-    spec = cfg["blocks"]
-    if os.getpid() != 1:
-        os._exit(125)  # killing "everything else" is only safe as the sandbox's init
-    bpf = binascii.a2b_base64(spec["filter_b64"])
-    for name in spec.get("preload", []):
-        __import__(name)
-    dirs = _writable_dirs(cfg)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    block_cfg = dict(cfg, blocks=None)
-    while True:
-        msg = _next_line(4096)
-        if msg is None:
-            os._exit(0)
-        index = msg["block"]
-        done_r, done_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            # The block's supervisor: runs it, reports it, then (as the block's last act, so
-            # that the work it takes is counted against the block's own process, which dies
-            # with it) kills what the block left running and resets the writable places.
-            os.close(done_r)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            null = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-            bundle = _run_once(block_cfg, _prepare_block(bpf))
-            bundle["block"] = index
-            _write_line(bundle)
-            _kill_others()
-            clean = False
-            try:
-                clean = all(_reset(path, mode) for path, mode in dirs)
-            except BaseException:
-                pass
-            os.write(done_w, b"1" if clean else b"0")
-            os._exit(0)
-        os.close(done_w)
-        ready, _, _ = select.select([done_r], [], [], spec["timeout_s"])
-        verdict = os.read(done_r, 1) if ready else b""
-        os.close(done_r)
-        _kill_others()
-        if not ready:
-            _write_line({"v": 1, "block": index, "timed_out": True})
-        # Checked here too: a process of the block could have written after the reset.
-        clean = verdict == b"1" and all(not os.listdir(path) for path, _ in dirs)
-        _write_line({"ready": clean})
-        if not clean:
-            os._exit(0)
 
 
 main()

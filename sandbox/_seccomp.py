@@ -27,7 +27,7 @@ import tempfile
 
 from yumen.errors import Code, YumenError
 
-__all__ = ["BLOCK_DENIED_SYSCALLS", "DENIED_SYSCALLS", "block_seccomp_bpf", "seccomp_bpf", "seccomp_memfd"]
+__all__ = ["DENIED_SYSCALLS", "seccomp_bpf", "seccomp_memfd"]
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,6 @@ DENIED_SYSCALLS = (
     "io_uring_setup", "io_uring_enter", "io_uring_register",
 )
 
-# What a sample-and-aggregate block additionally may not do (blocks of one job share one
-# sandbox, one after another): System V IPC objects and POSIX message queues outlive the
-# processes that create them, so they could carry a block's data to the next block.
-BLOCK_DENIED_SYSCALLS = (
-    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl",
-    "semget", "semop", "semtimedop", "semctl",
-    "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
-)
-
 # clone() flags that create namespaces; clone with any of them is refused. clone3 passes
 # its flags in memory a filter cannot read, so it is refused outright (ENOSYS makes glibc
 # fall back to clone, which the flag check covers).
@@ -74,20 +65,6 @@ _TIOCSTI = 0x5412
 @functools.cache
 def seccomp_bpf() -> bytes:
     """Compile the filter to classic BPF (what ``bwrap --seccomp FD`` reads)."""
-    return _compile(DENIED_SYSCALLS)
-
-
-@functools.cache
-def block_seccomp_bpf() -> bytes:
-    """The filter each block's process installs on itself: the one above plus no IPC objects.
-
-    On every backend (under Docker and gVisor it stacks on the engine's own filter), so the
-    rules that keep one block from another do not depend on which backend runs them.
-    """
-    return _compile(DENIED_SYSCALLS + BLOCK_DENIED_SYSCALLS)
-
-
-def _compile(denied: tuple[str, ...]) -> bytes:
     try:
         import pyseccomp as seccomp
     except (ImportError, RuntimeError) as e:
@@ -98,7 +75,7 @@ def _compile(denied: tuple[str, ...]) -> bytes:
         ) from None
     flt = seccomp.SyscallFilter(seccomp.ALLOW)
     eperm = seccomp.ERRNO(errno.EPERM)
-    for name in denied:
+    for name in DENIED_SYSCALLS:
         try:
             flt.add_rule(eperm, name)
         except (OSError, ValueError, RuntimeError):
