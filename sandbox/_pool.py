@@ -106,7 +106,6 @@ class WarmPool:
         self._closed = False
         self._taken = 0
         self._missed = 0
-        self._busy = 0  # taken by a job that has not ended yet
         self.taken_ids: deque[str] = deque(maxlen=1024)  # the most recent, for tests and diagnostics
         self._refill = threading.Thread(target=self._fill_loop, name=f"warm-{name}", daemon=True)
         self._refill.start()
@@ -123,18 +122,16 @@ class WarmPool:
             warm = self._idle.popleft()
             self._taken += 1
             self.taken_ids.append(warm.container.id)
-            self._busy += 1
+            self._lock.notify_all()  # refill now
             return warm
 
     def done(self) -> None:
-        """The job that took a container has ended: refill now.
+        """The job that took a container has ended (nothing to do: the refill began when it was taken).
 
-        Refilling waits for the job so that starting the next container (hundreds of
-        milliseconds of engine and runtime work) does not compete with the job it is for.
+        The refill starts when a sandbox is taken, not when its job ends: when the next
+        sandbox starts (and so how long it has been up when a job takes it, which that job
+        can read) must not depend on how long the previous job ran.
         """
-        with self._lock:
-            self._busy -= 1
-            self._lock.notify_all()
 
     def idle_ids(self) -> set[str]:
         with self._lock:
@@ -161,8 +158,7 @@ class WarmPool:
     def _fill_loop(self) -> None:
         while True:
             with self._lock:
-                while not self._closed and (len(self._idle) >= self.size or
-                                            (self._busy and len(self._idle) + self._busy >= self.size)):
+                while not self._closed and len(self._idle) >= self.size:
                     self._lock.wait()
                 if self._closed:
                     return
@@ -197,6 +193,12 @@ class WarmPool:
             discard(self._remove, warm)
         if self._refill is not threading.current_thread():
             self._refill.join(timeout_s)
+
+
+    def idle(self) -> list[Any]:
+        """The idle sandboxes themselves (tests: told apart from a job's leftovers)."""
+        with self._lock:
+            return [w.container for w in self._idle]
 
 
 def private_dir(root: str) -> str:

@@ -41,8 +41,8 @@ _CHECKED: dict[str, object] = {}
 JOB_UID_RANGE = range(2_100_000_000, 2_100_100_000)
 STAGING_DIR = tempfile.mkdtemp(prefix="yumen-escape-suite-")
 os.chmod(STAGING_DIR, 0o711)  # job users must traverse it to reach staged inputs
-# The Docker and gVisor backends run with warm sandboxes on (as connectors do by default),
-# so every escape test below runs in a container taken from the pool; their private
+# Every backend runs with warm sandboxes on (as connectors do by default), so every escape
+# test below whose shape is warmed runs in a sandbox taken from the pool; their private
 # directories live apart from STAGING_DIR, which must be empty after each job.
 POOL_SIZE = 2
 POOL_DIR = tempfile.mkdtemp(prefix="yumen-escape-pool-")
@@ -54,13 +54,11 @@ def _backend(name: str):
         options = {"staging_dir": STAGING_DIR}
         if name == "bwrap":
             options.update(uid_base=JOB_UID_RANGE.start, uid_count=len(JOB_UID_RANGE))
-        else:
-            options.update(pool_size=POOL_SIZE, pool_dir=POOL_DIR)
+        options.update(pool_size=POOL_SIZE, pool_dir=POOL_DIR)
         backend = get_backend(name, **options)
         try:
             backend.check()
-            if name != "bwrap":
-                backend.warm_up().wait_full(120)
+            backend.warm_up().wait_full(120)
             _CHECKED[name] = backend
         except YumenError as e:
             _CHECKED[name] = f"{name} backend unavailable: {e}"
@@ -87,16 +85,22 @@ def _alive(pid: str) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def idle_bwrap_uids() -> set[int]:
+    """Host uids of idle warm bubblewrap sandboxes: started, never given a job, not a job's trace."""
+    return {sandbox.uid for pool in pools() if pool.name == "bwrap" for sandbox in pool.idle()}
+
+
 def leftover_sandbox_processes() -> list[int]:
     """Host processes still alive as one of this suite's job users, or of a sandbox container."""
     found = []
+    idle = idle_bwrap_uids()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             if not _alive(entry.name):
                 continue
-            if entry.stat().st_uid in JOB_UID_RANGE:
+            if entry.stat().st_uid in JOB_UID_RANGE and entry.stat().st_uid not in idle:
                 found.append(int(entry.name))
                 continue
             with open(f"/proc/{entry.name}/cmdline", "rb") as f:
@@ -119,8 +123,9 @@ def assert_no_trace(backend) -> None:
     Container engines tear down their shim and (gVisor) sentry processes asynchronously
     after a container is removed, so processes get a short grace period to finish dying.
     """
-    if backend.name != "bwrap":
-        assert reaper().drain(60.0), "used sandbox containers were not removed"
+    assert reaper().drain(60.0), "used sandbox containers were not removed"
+    for pool in pools():
+        pool.wait_full(120.0)  # a sandbox being started is not yet idle: let it finish
     grace = time.monotonic() + (1.0 if backend.name == "bwrap" else 5.0)
     while leftover_sandbox_processes() and time.monotonic() < grace:
         time.sleep(0.05)
