@@ -7,12 +7,13 @@ isolation at all; it falls back to ``sys.executable`` when that interpreter is m
 Each figure is the median of 20 runs. ``sandbox_mem.<backend>.kb`` is the median peak
 resident set of the sandboxed processes (the launcher and the algorithm).
 
-Docker and gVisor are measured twice in the same run: ``sandbox_start_cold.<backend>``
-creates and starts a container per job (warm sandboxes off), ``sandbox_start.<backend>``
-takes a started, never-used container from the warm pool (``pool_size=2``, as a connector
-runs by default). Before each warm run the pool is refilled and the used containers
-removed (neither is timed): the figure is the latency of a job that finds a warm
-sandbox, not the throughput of a burst larger than the pool (those start cold).
+Every backend is measured twice in the same run: ``sandbox_start_cold.<backend>`` creates
+and starts a sandbox per job (warm sandboxes off; ``algo_trivial_bwrap`` is bubblewrap's
+cold figure), ``sandbox_start.<backend>`` takes a started, never-used sandbox from the warm
+pool (``pool_size=2``, as a connector runs by default). Before each warm run the pool is
+refilled and the used sandboxes removed (neither is timed): the figure is the latency of a
+job that finds a warm sandbox, not the throughput of a burst larger than the pool (those
+start cold).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _backend_ms(name: str, *, pool_size: int = 0) -> tuple[float, float] | None:
     from yumen.errors import YumenError
     from yumen.sandbox import SandboxRequest, Status, get_backend
 
-    backend = get_backend(name, **({"pool_size": pool_size} if name != "bwrap" else {}))
+    backend = get_backend(name, pool_size=pool_size)
     try:
         backend.check()
     except YumenError as e:
@@ -83,20 +84,19 @@ def run(results: dict) -> None:
     for name in ("bwrap", "docker", "gvisor"):
         if name != "bwrap" and shutil.which("docker") is None:
             continue
-        if name != "bwrap":
-            cold = _backend_ms(name)
-            if cold is None:
-                continue
-            results[f"sandbox_start_cold.{name}.p50_ms"] = cold[0]
-        measured = _backend_ms(name, pool_size=0 if name == "bwrap" else 2)
+        cold = _backend_ms(name)
+        if cold is None:
+            continue
+        results[f"sandbox_start_cold.{name}.p50_ms"] = cold[0]
+        if name == "bwrap":
+            results["algo_trivial_bwrap.p50_ms"] = cold[0]
+        measured = _backend_ms(name, pool_size=2)
         if measured is None:
             continue
         ms, kb = measured
         results[f"sandbox_start.{name}.p50_ms"] = ms
         results[f"sandbox_overhead.{name}.p50_ms"] = ms - bare
         results[f"sandbox_mem.{name}.kb"] = kb
-        if name == "bwrap":
-            results["algo_trivial_bwrap.p50_ms"] = ms
 
 
 if __name__ == "__main__":
