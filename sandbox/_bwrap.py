@@ -45,7 +45,7 @@ from yumen.errors import Code, YumenError
 from ._cgroup import JobCgroup, cgroup_support
 from ._outcome import HostFacts, classify, parse_bundle
 from ._runtime import Runtime, load_runtime
-from ._pool import PoolShape, WarmContainer, WarmPool, pool_for
+from ._pool import PoolShape, WarmContainer, WarmPool, fresh, pool_for
 from ._seccomp import seccomp_memfd
 from ._types import SandboxReport, SandboxRequest
 
@@ -337,12 +337,20 @@ class BwrapBackend:
     def run(self, request: SandboxRequest) -> SandboxReport:
         """Run one job: in a warm sandbox when the pool has one of its shape, else in a cold one."""
         pool = self.pool(PoolShape.of(request))
-        warm = pool.take() if pool is not None else None
+        if pool is None:
+            return self._run_cold(request)
+        warm = pool.take()
         if warm is not None:
             report = self._run_warm(request, warm, pool)
             if report is not None:
                 return report
-        return self._run_cold(request)
+        # None ready: one started now the way the pool starts them, so that what the job finds
+        # inside does not depend on whether the pool had one (only when it starts does).
+        report = self._run_warm(request, fresh(pool), None)
+        if report is None:
+            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
+                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
+        return report
 
     def _run_cold(self, request: SandboxRequest) -> SandboxReport:
         runtime = self.runtime
@@ -517,7 +525,7 @@ class BwrapBackend:
             raise YumenError(Code.SANDBOX, f"a warm bubblewrap sandbox did not start (exit {proc.returncode})")
         return warm, None
 
-    def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool) -> SandboxReport | None:
+    def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool | None) -> SandboxReport | None:
         """Run on a warm sandbox; None when it turned out unusable before the job was sent."""
         sandbox: _Warm = warm.container
         proc = sandbox.proc
@@ -566,7 +574,8 @@ class BwrapBackend:
             # Used or not, a warm sandbox never runs a second job.
             _destroy(sandbox)
             shutil.rmtree(warm.directory, ignore_errors=True)
-            pool.done()
+            if pool is not None:
+                pool.done()
 
     @staticmethod
     def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:

@@ -34,7 +34,7 @@ from yumen.errors import Code, YumenError
 from ._bwrap import bundle_cap, launcher_config, launcher_source, sandbox_env
 from ._outcome import HostFacts, classify, parse_bundle
 from ._attach import read_attached, wait_until_waiting
-from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, new_id, pool_for, reaper
+from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, fresh, new_id, pool_for, reaper
 from ._runtime import Runtime, load_runtime
 from ._types import SandboxReport, SandboxRequest
 
@@ -264,7 +264,9 @@ class DockerBackend:
                                                        warm=True), job_id)
         try:
             # Attached now, while nothing waits on it: the job then only writes to it.
-            attachment = self.client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1})
+            attachment = self.client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1,
+                                                                                    "logs": 1})
+            # (logs: what it wrote before the attach, i.e. its "waiting" line, is replayed first)
             # Ready only once its libraries are imported: a job that takes it must not wait for them.
             if not wait_until_waiting(getattr(attachment, "_sock", attachment), time.monotonic() + _WARM_START_S):
                 raise YumenError(Code.SANDBOX, "a warm container's launcher did not start")
@@ -303,7 +305,7 @@ class DockerBackend:
                 shutil.copyfile(source, dest)
                 os.chmod(dest, 0o444)
 
-    def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool) -> SandboxReport | None:
+    def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool | None) -> SandboxReport | None:
         """Run on a warm container; None when it turned out unusable before the job was sent."""
         container = warm.container
         try:
@@ -336,19 +338,28 @@ class DockerBackend:
             warm.attachment.close()
             shutil.rmtree(warm.directory, ignore_errors=True)
             reaper().put(_remove, container)
-            pool.done()
+            if pool is not None:
+                pool.done()
 
     # -- one execution ----------------------------------------------------------------
 
     def run(self, request: SandboxRequest) -> SandboxReport:
         self._sweep()
         pool = self.pool(PoolShape.of(request))
-        warm = pool.take() if pool is not None else None
+        if pool is None:
+            return self._run_cold(request)
+        warm = pool.take()
         if warm is not None:
             report = self._run_warm(request, warm, pool)
             if report is not None:
                 return report
-        return self._run_cold(request)
+        # None ready: one started now the way the pool starts them, so that what the job finds
+        # inside does not depend on whether the pool had one (only when it starts does).
+        report = self._run_warm(request, fresh(pool), None)
+        if report is None:
+            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
+                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
+        return report
 
     def _run_cold(self, request: SandboxRequest) -> SandboxReport:
         import docker.errors

@@ -98,8 +98,8 @@ class WarmPool:
         self.size = size
         self.shape = shape
         self.name = name
-        self._root = root
-        self._create = create
+        self.root = root
+        self.create = create
         self._remove = remove
         self._idle: deque[WarmContainer] = deque()
         self._lock = threading.Condition()
@@ -162,9 +162,9 @@ class WarmPool:
                     self._lock.wait()
                 if self._closed:
                     return
-            directory = private_dir(self._root)
+            directory = private_dir(self.root)
             try:
-                container, attachment = self._create(self.shape, directory)
+                container, attachment = self.create(self.shape, directory)
             except Exception as e:  # noqa: BLE001 - an engine hiccup must not end the refill thread
                 shutil.rmtree(directory, ignore_errors=True)
                 log.warning("warm %s sandbox could not be started (%s); retrying in %.0f s", self.name, e, _RETRY_S)
@@ -199,6 +199,21 @@ class WarmPool:
         """The idle sandboxes themselves (tests: told apart from a job's leftovers)."""
         with self._lock:
             return [w.container for w in self._idle]
+
+
+def fresh(pool: WarmPool) -> WarmContainer:
+    """A sandbox of ``pool``'s shape started now for one job, exactly as the pool starts them.
+
+    What a job finds inside (the launcher's state, imported libraries, pids) is then the
+    same whether the pool had one ready or not; only how long the job waited differs.
+    """
+    directory = private_dir(pool.root)
+    try:
+        container, attachment = pool.create(pool.shape, directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return WarmContainer(container=container, directory=directory, attachment=attachment)
 
 
 def private_dir(root: str) -> str:

@@ -9,7 +9,8 @@ every writable place, and sleeps most of its time limit. The same job runs twice
 the connector's own ``run_blocks`` (fresh sandbox per block, waves at fixed offsets), once
 colluding and once not; every block must measure the same in both runs.
 
-Pids and inode numbers must be equal. Times can only be equal up to the machine's
+Inode numbers must be equal, pids equal up to the few threads the library imports start
+(a varying number under Docker and gVisor; a shared counter would move by ``FORKS``). Times can only be equal up to the machine's
 scheduling noise: the start-to-start offset between waves and each later block's sandbox
 age must agree within ``NOISE_S`` between the runs, while a collusion would move them by
 ``SLEEP_S``. (Not a speed assertion: both runs are held to the same fixed schedule.)
@@ -31,7 +32,8 @@ K = 4
 PARALLEL = 2
 BLOCK_TIMEOUT_S = 5.0
 WAVE_SLACK_S = 0.5
-SLEEP_S = 3.0
+SLEEP_S = 2.5
+FORKS = 60
 NOISE_S = 1.5  # start-up jitter of a sandbox on a busy 2-core machine (gVisor: ~1 s under load)
 
 MEASURE_AND_COLLUDE = rb'''
@@ -51,13 +53,13 @@ uptime = float(open("/proc/uptime").read().split()[0])
 pid1_start = int(open("/proc/1/stat").read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 out["age"] = uptime - pid1_start
 if params["collude"]:
-    for _ in range(100):  # move the pid counter
+    for _ in range(params["forks"]):  # move the pid counter
         pid = os.fork()
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
     for place in ("/tmp", "/dev/shm"):  # move the inode counters
-        for n in range(300):
+        for n in range(100):
             open(os.path.join(place, f"f{n}"), "w").close()
     time.sleep(params["sleep"])  # move every later start, if starts followed finishes
 json.dump(out, open("/data/output/result.json", "w"))
@@ -75,10 +77,10 @@ def _run(backend, data: Path, tmp_path: Path, *, collude: bool) -> list[dict[str
     assert pool.wait_full(120)
     block_dir = tmp_path / ("colluding" if collude else "quiet")
     block_dir.mkdir()
-    outputs, statuses, *_ = run_blocks(backend, MEASURE_AND_COLLUDE, reg, data, K, hashlib.sha256(b"channels").digest(),
-                                       params={"collude": collude, "sleep": SLEEP_S}, timeout_s=BLOCK_TIMEOUT_S,
+    outputs, statuses, _, _, _, reports = run_blocks(backend, MEASURE_AND_COLLUDE, reg, data, K, hashlib.sha256(b"channels").digest(),
+                                       params={"collude": collude, "sleep": SLEEP_S, "forks": FORKS}, timeout_s=BLOCK_TIMEOUT_S,
                                        memory_mb=512, parallel=PARALLEL, block_dir=block_dir, wave_slack_s=WAVE_SLACK_S)
-    assert statuses == {"ok": K}, statuses
+    assert statuses == {"ok": K}, [(r.status.value, r.error, r.usage.wall_ms, r.stderr[-300:]) for r in reports]
     return outputs
 
 
@@ -90,8 +92,11 @@ def test_no_counter_or_time_crosses_from_one_block_to_a_later_one(backend, no_tr
     for a, b in zip(quiet, colluding, strict=True):
         assert a["rows"] == b["rows"] > 0
         assert a["input_mtime"] == b["input_mtime"] == 0
-        # a fresh pid namespace and fresh tmpfs per block: the same numbers, whatever came before
-        assert (a["pid"], a["ino_0"], a["ino_1"], a["ino_2"]) == (b["pid"], b["ino_0"], b["ino_1"], b["ino_2"])
+        # a fresh tmpfs per block: the same inode numbers, whatever came before
+        assert (a["ino_0"], a["ino_1"], a["ino_2"]) == (b["ino_0"], b["ino_1"], b["ino_2"])
+        # a fresh pid namespace per block: the same pid up to the threads the imports start
+        # (racy under Docker and gVisor: a few), where a shared counter would be FORKS further
+        assert abs(a["pid"] - b["pid"]) < FORKS / 4, (a["pid"], b["pid"])
     for wave in range(1, K // PARALLEL):
         blocks = range(wave * PARALLEL, (wave + 1) * PARALLEL)
         for i in blocks:
