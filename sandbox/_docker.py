@@ -227,12 +227,16 @@ class DockerBackend:
             detach=True,
         )
 
-    def _start(self, kwargs: dict[str, Any], job_id: str) -> Any:
+    def _start(self, kwargs: dict[str, Any], job_id: str, attached: list[Any] | None = None) -> Any:
+        """Create and start a container; with ``attached``, attach its stdin/stdout first (nothing is missed)."""
         import docker.errors
 
         container = None
         try:
             container = self.client.containers.create(**kwargs)
+            if attached is not None:
+                attached.append(self.client.api.attach_socket(container.id,
+                                                              params={"stdin": 1, "stdout": 1, "stream": 1}))
             container.start()
             return container
         except docker.errors.ImageNotFound:
@@ -260,17 +264,21 @@ class DockerBackend:
         command = ["/usr/bin/python3", "-I", "-c", launcher_source(), json.dumps({"from_stdin": True, "protect": True,
                                                                            "preload": list(shape.preload)})]
         mounts = [Mount("/data", directory, type="bind", read_only=True)]
-        container = self._start(self._container_kwargs(shape, command=command, mounts=mounts, job_id=job_id,
-                                                       warm=True), job_id)
+        attached: list[Any] = []
         try:
-            # Attached now, while nothing waits on it: the job then only writes to it.
-            attachment = self.client.api.attach_socket(container.id, params={"stdin": 1, "stdout": 1, "stream": 1,
-                                                                                    "logs": 1})
-            # (logs: what it wrote before the attach, i.e. its "waiting" line, is replayed first)
+            container = self._start(self._container_kwargs(shape, command=command, mounts=mounts, job_id=job_id,
+                                                           warm=True), job_id, attached)
+        except BaseException:
+            for attachment in attached:
+                attachment.close()
+            raise
+        attachment = attached[0]
+        try:
             # Ready only once its libraries are imported: a job that takes it must not wait for them.
             if not wait_until_waiting(getattr(attachment, "_sock", attachment), time.monotonic() + _WARM_START_S):
                 raise YumenError(Code.SANDBOX, "a warm container's launcher did not start")
         except Exception:
+            attachment.close()
             _remove(container)
             raise
         return container, attachment
