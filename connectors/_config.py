@@ -7,6 +7,7 @@ department = "weather-bureau"
 broker = "127.0.0.1:7443"        # the connector dials out; it opens no port of its own
 state_dir = "state"              # local ledger, receipts, snapshots
 sandbox = "bwrap"                # bwrap | docker | gvisor
+sandbox_pool = 2                 # started, never-used sandboxes kept ready per job shape (0: off)
 max_parallel_jobs = 2
 snapshot_retention_days = 90     # keep pinned data versions this long, for audit re-execution
 allow_reexecution = false        # true: the department consents to auditors re-running logged jobs
@@ -121,6 +122,7 @@ class ConnectorConfig:
     timing: Timing = Timing()
     quality: QualityConfig = QualityConfig()
     scratch_dir: Path | None = None  # where jobs stage files (default /tmp/yumen-scratch-<id>)
+    sandbox_pool: int = 2  # warm sandboxes per job shape, every backend (docs/sandbox.md); 0 turns it off
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOXES:
@@ -130,6 +132,9 @@ class ConnectorConfig:
             raise YumenError(Code.CONFIG, "[connector] max_parallel_jobs must be from 1 to 256")
         if not self.snapshot_retention_days >= 0:
             raise YumenError(Code.CONFIG, "[connector] snapshot_retention_days must not be negative")
+        if not 0 <= self.sandbox_pool <= 64:
+            raise YumenError(Code.CONFIG, f"[connector] sandbox_pool must be an integer from 0 to 64, got {self.sandbox_pool}",
+                             hint="it is the number of warm sandboxes kept ready per job shape; 0 turns them off")
 
 
 SANDBOXES = ("bwrap", "docker", "gvisor")
@@ -139,7 +144,7 @@ SANDBOXES = ("bwrap", "docker", "gvisor")
 _TOP = ("connector", "tls", "timing", "local_policy", "quality", "datasets")
 _CONNECTOR = {"id": "str", "department": "str", "broker": "str", "state_dir": "str", "sandbox": "str",
               "max_parallel_jobs": "int", "snapshot_retention_days": "number", "allow_reexecution": "bool",
-              "metrics": "str", "health": "str", "scratch_dir": "str"}
+              "metrics": "str", "health": "str", "scratch_dir": "str", "sandbox_pool": "int"}
 _TLS = ("ca", "cert", "key", "broker_certificate")
 _LOCAL_POLICY = {"max_epsilon_per_job": "decimal", "tiers": "list", "purposes": "list",
                  "dataset_epsilon_cap": "decimal", "period_days": "int"}
@@ -261,7 +266,7 @@ def load_connector_config(path: Path) -> ConnectorConfig:
         raise _err(path, e.message, e.hint) from None
     kw: dict[str, Any] = {}
     v = _checked(c, _CONNECTOR)
-    for key in ("sandbox", "max_parallel_jobs", "allow_reexecution"):
+    for key in ("sandbox", "sandbox_pool", "max_parallel_jobs", "allow_reexecution"):
         if key in v:
             kw[key] = v[key]
     if "snapshot_retention_days" in v:

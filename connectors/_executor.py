@@ -238,14 +238,22 @@ def run_blocks(
     backend: Any, source: bytes, reg: DatasetRegistration, snapshot: Path, k: int, seed: bytes, *,
     params: dict[str, Any], timeout_s: float, memory_mb: int, parallel: int | None = None,
     block_dir: Path | None = None, own: Callable[[Path], None] | None = None,
+    wave_slack_s: float = Timing().wave_slack_s,
 ) -> tuple[list[dict[str, float]], dict[str, int], int, str, str, list[Any]]:
-    # ``timeout_s`` is each block's own limit (the job's limit shared out over its waves)
     """Sample-and-aggregate's runs: split ``snapshot`` into ``k`` blocks by privacy unit and
-    run the algorithm once per block, each in a fresh sandbox, a few at a time.
+    run the algorithm once per block, each in a fresh sandbox of its own, ``parallel`` at a time.
 
-    Returns the block outputs (a failed block gives ``{FAILED_SHARE: 1}``, others their
-    result with ``FAILED_SHARE: 0``), the count of each sandbox status, the CPU time, the
-    backend and runtime digest, and the sandbox reports (for the department's own logs).
+    ``timeout_s`` is each block's own limit (the job's limit shared out over its waves). No
+    two blocks share a sandbox (docs/sandbox.md, "Sample-and-aggregate blocks"); a block
+    takes a warm one from the backend's pool when one is ready (already running, its
+    libraries imported) and otherwise starts a cold one, never waiting. Wave ``i`` (blocks
+    ``i·parallel`` to ``(i+1)·parallel - 1``) starts at ``i · (timeout_s + wave_slack_s)``
+    after the block files are written, whatever earlier blocks did, and every block file has
+    the modification time 0: a block cannot learn from when it starts how long an earlier
+    block ran. Returns the block outputs (a failed block gives ``{FAILED_SHARE: 1}``, others
+    their result with ``FAILED_SHARE: 0``), the count of each sandbox status, the CPU time,
+    the backend and runtime digest, and the sandbox reports (for the department's own
+    logs), in block order.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -254,25 +262,41 @@ def run_blocks(
     from yumen.privacy import partition_blocks
     from yumen.sandbox import SandboxRequest, Status
 
-    blocks = partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)
     workers = parallel or max(1, min(4, os.cpu_count() or 1))
+
+    def request(path: Path | None) -> Any:
+        return SandboxRequest(algorithm=source, inputs={reg.id: path} if path else {}, params=params,
+                              timeout_s=timeout_s, memory_mb=memory_mb)
+
+    warm_up = getattr(backend, "warm_up", None)
+    if callable(warm_up):
+        warm_up(request(None))  # the pool of this shape fills while the blocks are written
     # block files go to the job's scratch (destroyed and checked after the job), or a temporary folder
     with tempfile.TemporaryDirectory(prefix="yumen-blocks-") if block_dir is None else _existing(block_dir) as tmp:
-        paths = []
-        for i, block in enumerate(blocks):
+        paths: list[Path] = []
+        for i, block in enumerate(partition_blocks(pl.scan_parquet(snapshot), reg, k, seed)):
             path = Path(tmp) / f"block-{i}.parquet"
-            block.write_parquet(path)
+            # read once, right away, then destroyed: not worth compressing
+            block.write_parquet(path, compression="uncompressed")
+            os.utime(path, (0, 0))  # its times say nothing about when it was written
             if own is not None:
                 own(path)  # readable by the job's sandbox user only
             paths.append(path)
-        del blocks
-
-        def one(path: Path) -> Any:
-            return backend.run(SandboxRequest(algorithm=source, inputs={reg.id: path}, params=params,
-                                              timeout_s=timeout_s, memory_mb=memory_mb))
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="block") as pool:
-            reports = list(pool.map(one, paths))
+        if len(paths) != k:
+            raise YumenError(Code.INTERNAL, f"the partition gave {len(paths)} blocks, not {k}")
+        period = timeout_s + wave_slack_s
+        with ThreadPoolExecutor(max_workers=k, thread_name_prefix="block") as pool:
+            origin = time.monotonic()
+            futures = []
+            for first in range(0, k, workers):
+                wave = first // workers
+                late = time.monotonic() - (origin + wave * period)
+                if late < 0:
+                    time.sleep(-late)
+                elif wave and late > 0.05:
+                    log.warning("wave %d of blocks started %.0f ms late (the machine is overloaded)", wave, late * 1000)
+                futures += [pool.submit(backend.run, request(paths[i])) for i in range(first, min(k, first + workers))]
+            reports = [f.result() for f in futures]
     outputs: list[dict[str, float]] = []
     statuses: dict[str, int] = {}
     for report in reports:
@@ -363,7 +387,7 @@ class Executor:
         if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
             name = required
         if name not in self._sandboxes:
-            backend = get_backend(name)
+            backend = get_backend(name, **self._pool_option(name))
             backend.check()  # raises SANDBOX_UNAVAILABLE saying what is missing
             self._sandboxes[name] = backend
         return self._sandboxes[name]
@@ -824,10 +848,17 @@ class Executor:
         name = getattr(backend, "name", "")
         if scratch is None or name not in BACKENDS:
             return backend
-        if name == "bwrap" and scratch.owner is not None:
-            # every sandbox of the job runs as the uid its staged files belong to
+        pool = self._pool_option(name)
+        if name == "bwrap" and scratch.owner is not None and not pool["pool_size"]:
+            # every sandbox of the job runs as the uid its staged files belong to (a warm
+            # sandbox has a uid of its own and gets a copy of each input in its private folder)
             return get_backend(name, staging_dir=scratch.sandbox, uid_base=scratch.owner, uid_count=1)
-        return get_backend(name, staging_dir=scratch.sandbox)
+        return get_backend(name, staging_dir=scratch.sandbox, **pool)
+
+    def _pool_option(self, name: str) -> dict[str, int]:
+        """Warm sandboxes (the pool itself is shared by the process): at least one per block of a wave."""
+        size = self.config.sandbox_pool
+        return {"pool_size": max(size, self.config.timing.parallel) if size else 0}
 
     @staticmethod
     def _encrypt(fields: dict[str, Any], he_context: bytes) -> tuple[dict[str, Any], bytes]:
@@ -962,7 +993,7 @@ class Executor:
         seed = hashlib.blake2b(b"yumen-blocks", key=salt[:32]).digest()
         outputs, statuses, cpu_ms, backend_name, runtime, reports = run_blocks(
             backend, source, reg, snapshot, k, seed, params=algo.get("params", {}), timeout_s=run_timeout,
-            memory_mb=memory_mb, parallel=self.config.timing.parallel,
+            memory_mb=memory_mb, parallel=self.config.timing.parallel, wave_slack_s=self.config.timing.wave_slack_s,
             block_dir=scratch.blocks if scratch is not None else None, own=scratch.own if scratch is not None else None,
         )
         for i, block_report in enumerate(reports):

@@ -8,7 +8,9 @@ from the job's declared limits and the department's static settings only:
 
     approved algorithm:  allowance + timeout_s
     custom algorithm:    allowance + waves · wave_slack + timeout_s
-                         (waves = ⌈blocks / parallel⌉; each block gets timeout_s / waves)
+                         (waves = ⌈blocks / parallel⌉; each block gets timeout_s / waves;
+                          wave i starts at i · (timeout_s / waves + wave_slack) after the
+                          first, whatever the blocks before it did: ``run_blocks``)
 
 and holds the signed receipt (and the worker that ran the job) until then, whatever the
 code did. The receipt's time is the release time; it meters no wall or CPU time. Holding

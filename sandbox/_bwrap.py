@@ -24,6 +24,7 @@ kills every process left in the pid namespace, daemons included.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -35,6 +36,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from yumen.errors import Code, YumenError
 from ._cgroup import JobCgroup, cgroup_support
 from ._outcome import HostFacts, classify, parse_bundle
 from ._runtime import Runtime, load_runtime
+from ._pool import PoolShape, WarmContainer, WarmPool, fresh, pool_for
 from ._seccomp import seccomp_memfd
 from ._types import SandboxReport, SandboxRequest
 
@@ -52,7 +55,17 @@ log = logging.getLogger(__name__)
 
 _LAUNCHER_PATH = Path(__file__).with_name("_launcher.py")
 _BWRAP_STDERR_CAP = 16 * 1024
+_WARM_START_S = 120.0  # how long a warm sandbox may take to start and import its libraries
 _SANDBOX_UID = 65534  # "nobody" inside the sandbox's user namespace
+_NAMESPACES = (
+    "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net",
+    "--unshare-uts", "--unshare-cgroup", "--disable-userns",
+    # The launcher is the namespace's pid 1 (no bwrap reaper): the outer bwrap then
+    # reaps it itself instead of leaving a zombie for the host's init, and when
+    # it exits the kernel kills whatever else is left in the namespace.
+    "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), "--hostname", "sandbox",
+)
 
 
 @functools.cache
@@ -161,7 +174,14 @@ class BwrapBackend:
         uid_count: int = 1_000_000,
         use_cgroups: bool = True,
         staging_dir: Path | str | None = None,
+        pool_size: int = 0,
+        pool_dir: Path | str | None = None,
     ) -> None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or not 0 <= pool_size <= 64:
+            raise YumenError(Code.INVALID_ARGUMENT, f"pool_size must be an integer from 0 to 64, got {pool_size!r}",
+                             hint="0 turns warm sandboxes off")
+        self.pool_size = pool_size
+        self._pool_dir = str(pool_dir) if pool_dir else None
         self._runtime_dir = Path(runtime_dir) if runtime_dir else None
         self._bwrap = bwrap
         self._uid_base = uid_base
@@ -280,14 +300,7 @@ class BwrapBackend:
         scratch = str(request.scratch_mb << 20)
         output = str(max(request.output_limit_bytes * 2, 1 << 20))
         argv = [
-            self._bwrap_bin(),
-            "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-net",
-            "--unshare-uts", "--unshare-cgroup", "--disable-userns",
-            # The launcher is the namespace's pid 1 (no bwrap reaper): the outer bwrap then
-            # reaps it itself instead of leaving a zombie for the host's init, and when
-            # it exits the kernel kills whatever else is left in the namespace.
-            "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), "--hostname", "sandbox",
+            self._bwrap_bin(), *_NAMESPACES,
             "--ro-bind", str(runtime.rootfs), "/",
             "--proc", "/proc", "--dev", "/dev",
             "--size", scratch, "--tmpfs", "/dev/shm",
@@ -295,8 +308,8 @@ class BwrapBackend:
             "--size", str(1 << 20), "--tmpfs", "/data",
             "--ro-bind-data", str(algo_fd), "/data/algorithm.py",
             "--ro-bind-data", str(params_fd), "/data/params.json",
-            "--dir", "/data/input",
         ]
+        argv += ["--dir", "/data/input"]
         for source, dest in binds:
             argv += ["--ro-bind", source, dest]
         argv += [
@@ -311,7 +324,39 @@ class BwrapBackend:
         argv.append(json.dumps(launcher_config(request, as_bytes=as_bytes)))
         return argv
 
+    @staticmethod
+    def _wrap(argv: list[str], uid: int | None, cgroup: JobCgroup | None) -> list[str]:
+        """The exec chain that puts bwrap under the job's host uid and into its cgroups."""
+        if uid is not None:
+            # The switch to the job's uid happens in the exec chain (setpriv), not in
+            # Popen: asking Popen for user/group makes CPython fork() instead of vfork(),
+            # and forking a connector that holds gigabytes of data frames costs ~100 ms.
+            argv = [_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
+        if cgroup is not None:
+            # The first process joins the job's groups itself, before bwrap forks anything.
+            join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
+            argv = ["/bin/sh", "-c", join, "sh", *cgroup.procs_files, "--", *argv]
+        return argv
+
     def run(self, request: SandboxRequest) -> SandboxReport:
+        """Run one job: in a warm sandbox when the pool has one of its shape, else in a cold one."""
+        pool = self.pool(PoolShape.of(request))
+        if pool is None:
+            return self._run_cold(request)
+        warm = pool.take()
+        if warm is not None:
+            report = self._run_warm(request, warm, pool)
+            if report is not None:
+                return report
+        # None ready: one started now the way the pool starts them, so that what the job finds
+        # inside does not depend on whether the pool had one (only when it starts does).
+        report = self._run_warm(request, fresh(pool), None)
+        if report is None:
+            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
+                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
+        return report
+
+    def _run_cold(self, request: SandboxRequest) -> SandboxReport:
         runtime = self.runtime
         job_id = secrets.token_hex(6)
         uid = self._job_uid()
@@ -339,15 +384,7 @@ class BwrapBackend:
                 as_bytes = (request.memory_mb + 1024) << 20
             argv = self._argv(request, seccomp_fd=seccomp_fd, algo_fd=algo_fd, params_fd=params_fd,
                               binds=binds, as_bytes=as_bytes)
-            if uid is not None:
-                # The switch to the job's uid happens in the exec chain (setpriv), not in
-                # Popen: asking Popen for user/group makes CPython fork() instead of vfork(),
-                # and forking a connector that holds gigabytes of data frames costs ~100 ms.
-                argv = [_SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv]
-            if cgroup is not None:
-                # The first process joins the job's groups itself, before bwrap forks anything.
-                join = 'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 125; shift; done; shift; exec "$@"'
-                argv = ["/bin/sh", "-c", join, "sh", *cgroup.procs_files, "--", *argv]
+            argv = self._wrap(argv, uid, cgroup)
             started = time.monotonic()
             deadline = started + request.timeout_s
             proc = subprocess.Popen(
@@ -422,6 +459,128 @@ class BwrapBackend:
             for path in staging:
                 shutil.rmtree(path, ignore_errors=True)
 
+    # -- warm sandboxes ----------------------------------------------------------------
+
+    def pool(self, shape: PoolShape) -> WarmPool | None:
+        """The process-wide pool of warm bubblewrap sandboxes of ``shape`` (None when pooling is off)."""
+        if self.pool_size <= 0:
+            return None
+        key = ("bwrap", str(self.runtime.rootfs), self.uses_cgroups, os.geteuid() == 0)
+        return pool_for(key, shape, size=self.pool_size, root=self._pool_dir or _pool_root(), create=self._create_warm,
+                        remove=_destroy, name=self.name)
+
+    def warm_up(self, request: SandboxRequest | None = None) -> WarmPool | None:
+        """Start filling the pool for ``request``'s shape (the default request's when None)."""
+        return self.pool(PoolShape.of(request or SandboxRequest(algorithm=b"")))
+
+    def _create_warm(self, shape: PoolShape, directory: str) -> tuple[_Warm, None]:
+        """Start one sandbox for ``directory``: the launcher imports, then waits on stdin for its job.
+
+        It gets everything a cold one gets (its own host uid, cgroup, namespaces, filter,
+        tmpfs), allocated now; its ``/data`` is ``directory``, bound read-only, still empty.
+        """
+        uid = self._job_uid()
+        layout = cgroup_support() if self._use_cgroups and uid is not None else None
+        job_id = secrets.token_hex(6)
+        cgroup = None
+        seccomp_fd = -1
+        try:
+            if uid is not None and not _traversable(Path(directory)):
+                raise YumenError(Code.CONFIG, f"the sandbox pool directory {directory} is not traversable by other users",
+                                 hint="choose a pool_dir whose every parent has o+x (e.g. chmod 711)")
+            os.rmdir(os.path.join(directory, "scratch"))  # a tmpfs below, like /tmp; never the host's disk
+            os.mkdir(os.path.join(directory, "scratch"), 0o755)
+            if layout is not None:
+                cgroup = JobCgroup(layout, job_id, memory_bytes=shape.memory_mb << 20, max_pids=shape.max_processes,
+                                   owner_uid=uid)
+            as_bytes = None if cgroup is not None else (shape.memory_mb + 1024) << 20
+            seccomp_fd = seccomp_memfd()
+            scratch = str(shape.scratch_mb << 20)
+            argv = [
+                self._bwrap_bin(), *_NAMESPACES,
+                "--ro-bind", str(self.runtime.rootfs), "/",
+                "--proc", "/proc", "--dev", "/dev",
+                "--size", scratch, "--tmpfs", "/dev/shm",
+                "--size", scratch, "--perms", "1777", "--tmpfs", "/tmp",
+                "--ro-bind", directory, "/data",
+                "--size", str(max(shape.output_limit_bytes * 2, 1 << 20)), "--perms", "0777", "--tmpfs", "/data/output",
+                "--size", scratch, "--perms", "1777", "--tmpfs", "/data/scratch",
+                "--chdir", "/tmp", "--clearenv",
+            ]
+            for key, value in sandbox_env(shape).items():
+                argv += ["--setenv", key, value]
+            config = {"from_stdin": True, "protect": True, "preload": list(shape.preload)}
+            argv += ["--seccomp", str(seccomp_fd), "--", "/usr/bin/python3", "-I", "-c", launcher_source(),
+                     json.dumps(config)]
+            argv = self._wrap(argv, uid, cgroup)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    pass_fds=[seccomp_fd], env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        finally:
+            if seccomp_fd >= 0:
+                os.close(seccomp_fd)
+        warm = _Warm(id=job_id, proc=proc, cgroup=cgroup, uid=uid, as_bytes=as_bytes)
+        # Ready only once its libraries are imported: a job that takes it must not wait for them.
+        if not _read_waiting(proc, time.monotonic() + _WARM_START_S):
+            _destroy(warm)
+            raise YumenError(Code.SANDBOX, f"a warm bubblewrap sandbox did not start (exit {proc.returncode})")
+        return warm, None
+
+    def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool | None) -> SandboxReport | None:
+        """Run on a warm sandbox; None when it turned out unusable before the job was sent."""
+        sandbox: _Warm = warm.container
+        proc = sandbox.proc
+        try:
+            if proc.poll() is not None:
+                log.warning("warm sandbox %s had ended (exit %s); starting a cold one", sandbox.id, proc.returncode)
+                return None
+            _fill_directory(request, warm.directory)
+            config = launcher_config(request, as_bytes=sandbox.as_bytes, protect=True)
+            started = time.monotonic()
+            try:
+                os.write(proc.stdin.fileno(), json.dumps(config).encode() + b"\n")
+                proc.stdin.close()
+            except OSError as e:
+                log.warning("warm sandbox %s was unusable (%s); starting a cold one", sandbox.id, e)
+                return None
+            deadline = started + request.timeout_s
+            pump = _Pump({proc.stdout.fileno(): bundle_cap(request), proc.stderr.fileno(): _BWRAP_STDERR_CAP})
+            try:
+                timed_out = not pump.run(deadline)
+            finally:
+                pump.close()
+            if timed_out:
+                self._kill(proc, sandbox.cgroup, sandbox.uid)
+            elif not self._wait_exit(proc, deadline + 2.0):
+                timed_out = True
+                self._kill(proc, sandbox.cgroup, sandbox.uid)
+            proc.wait()
+            wall_ms = int((time.monotonic() - started) * 1000)
+            runner_stderr = bytes(pump.buffers[proc.stderr.fileno()])
+            bundle = parse_bundle(bytes(pump.buffers[proc.stdout.fileno()]))
+            if bundle is None and not timed_out and proc.returncode in (1, 125) and (
+                    runner_stderr.startswith(b"bwrap:") or proc.returncode == 125):
+                log.warning("sandbox %s failed to start: %r", sandbox.id, runner_stderr[:2000])
+                raise YumenError(Code.SANDBOX, "the bubblewrap sandbox could not be created",
+                                 hint="see the connector's log; `yumen sandbox check` tests the set-up")
+            facts = HostFacts(backend=self.name, runtime_digest=self.runtime.digest, wall_ms=wall_ms,
+                              timed_out=timed_out,
+                              oom_killed=sandbox.cgroup.oom_killed() if sandbox.cgroup is not None else False,
+                              max_rss_kb=sandbox.cgroup.peak_kb() if sandbox.cgroup is not None else None,
+                              runner_stderr=runner_stderr)
+            report = classify(request, facts, bundle)
+            log.info("sandbox %s (%s, warm) finished: %s in %d ms", sandbox.id, self.name, report.status.value, wall_ms)
+            return report
+        finally:
+            # Used or not, a warm sandbox never runs a second job.
+            _destroy(sandbox)
+            shutil.rmtree(warm.directory, ignore_errors=True)
+            if pool is not None:
+                pool.done()
+
     @staticmethod
     def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:
         """Wait for bwrap to exit without reaping it (wait4 collects its rusage afterwards)."""
@@ -460,6 +619,95 @@ def _traversable(directory: Path, *, owner: int | None = None) -> bool:
 
 
 _SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+
+
+@dataclasses.dataclass
+class _Warm:
+    """One started bubblewrap sandbox waiting on stdin, with what was allocated for it."""
+
+    id: str
+    proc: subprocess.Popen
+    cgroup: JobCgroup | None
+    uid: int | None
+    as_bytes: int | None
+
+
+def _read_waiting(proc: subprocess.Popen, deadline: float) -> bool:
+    """Read the launcher's ``waiting`` line, byte by byte (nothing after it may be consumed here)."""
+    fd = proc.stdout.fileno()
+    got = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while not got.endswith(b"\n") and len(got) < 64:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                return False
+            byte = os.read(fd, 1)
+            if not byte:
+                return False
+            got += byte
+    return bytes(got) == b"waiting\n"
+
+
+def _destroy(sandbox: _Warm) -> None:
+    """Kill a warm sandbox whatever its state (idle, or done with its job) and free its cgroup."""
+    BwrapBackend._kill(sandbox.proc, sandbox.cgroup, sandbox.uid)
+    sandbox.proc.wait()
+    for stream in (sandbox.proc.stdin, sandbox.proc.stdout, sandbox.proc.stderr):
+        try:
+            stream.close()
+        except OSError:
+            pass
+    if sandbox.cgroup is not None:
+        sandbox.cgroup.remove()
+
+
+def _fill_directory(request: SandboxRequest, directory: str) -> None:
+    """Put one job's algorithm, parameters and inputs into a warm sandbox's ``/data`` (read-only to it)."""
+    for name, data in (("algorithm.py", bytes(request.algorithm)), ("params.json", request.params_json)):
+        path = os.path.join(directory, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o444)
+    for dataset, path in sorted(request.inputs.items()):
+        source = Path(path).resolve()
+        if not source.is_file():
+            raise YumenError(Code.INVALID_ARGUMENT, f"input {dataset!r} is not an existing regular file",
+                             hint="pass an existing parquet file")
+        dest = os.path.join(directory, "input", f"{dataset}.parquet")
+        try:
+            if not source.stat().st_mode & 0o004:
+                raise OSError("private file: copy")
+            os.link(source, dest)
+        except OSError:
+            shutil.copyfile(source, dest)
+            os.chmod(dest, 0o444)
+
+
+_ROOT_PREFIX = "yumen-bwrap-pool-"
+_root_lock = threading.Lock()
+_root: list[str] = []
+
+
+def _pool_root() -> str:
+    """This process's directory for warm sandboxes' private directories; those of dead processes go.
+
+    A crashed connector's idle sandboxes die with it (``--die-with-parent``, and their stdin
+    closes) and their cgroups are swept as empty orphans; their directories are removed here.
+    """
+    with _root_lock:
+        if _root:
+            return _root[0]
+        base = tempfile.gettempdir()
+        for entry in os.scandir(base):
+            if not entry.name.startswith(_ROOT_PREFIX):
+                continue
+            pid = entry.name[len(_ROOT_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                shutil.rmtree(entry.path, ignore_errors=True)
+        root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-", dir=base)
+        os.chmod(root, 0o711)
+        _root.append(root)
+        return root
 
 
 def kill_uid(uid: int) -> int:

@@ -143,16 +143,20 @@ class JobCgroup:
         return [str(g / "cgroup.procs") for g in self.groups]
 
     def oom_killed(self) -> bool:
+        return self.oom_kills() > 0
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for memory in this group so far (-1 under OOM now)."""
         try:
             if self.layout.version == 1:
                 text = (self.memory / "memory.oom_control").read_text()
                 fields = dict(line.split() for line in text.splitlines() if line.strip())
-                return int(fields.get("oom_kill", "0")) > 0 or fields.get("under_oom") == "1"
+                return -1 if fields.get("under_oom") == "1" else int(fields.get("oom_kill", "0"))
             events = (self.memory / "memory.events").read_text()
             fields = dict(line.split() for line in events.splitlines() if line.strip())
-            return int(fields.get("oom_kill", "0")) > 0
+            return int(fields.get("oom_kill", "0"))
         except (OSError, ValueError):
-            return False
+            return 0
 
     def peak_kb(self) -> int:
         name = "memory.max_usage_in_bytes" if self.layout.version == 1 else "memory.peak"

@@ -6,6 +6,8 @@ inside the sandbox, so it uses the standard library only. It:
 1. forks; the child lowers its resource limits (they cannot be raised again without
    privileges the sandbox does not have), points stdout/stderr at pipes, and executes
    ``/data/algorithm.py`` as ``__main__`` in the same interpreter (no second start-up);
+   (a warm sandbox first imports the libraries the algorithm names, then blocks reading its
+   limits from stdin; see ``_pool``);
 2. the parent drains both pipes, keeping at most ``log_limit`` bytes of each and counting
    the rest (so 1 GiB of output costs CPU, never memory or disk), and waits for the child
    through a pidfd, so a daemon that keeps the pipes open cannot hold the job;
@@ -124,6 +126,33 @@ def _set_dumpable(value):
     ctypes.CDLL(None).prctl(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
 
 
+_STDIN = bytearray()  # read from stdin but not yet used: lines can arrive together
+
+
+def _next_line(limit):
+    """The next line on stdin as JSON, or None at its end (or past ``limit`` bytes)."""
+    while True:
+        end = _STDIN.find(b"\n")
+        if end >= 0:
+            line = bytes(_STDIN[:end])
+            del _STDIN[: end + 1]
+            return json.loads(line)
+        if len(_STDIN) > limit:
+            return None
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            return None
+        _STDIN.extend(chunk)
+
+
+def _read_job_settings():
+    """A warm sandbox's settings: one JSON line on stdin, sent by the host when a job takes it."""
+    settings = _next_line(1 << 20)
+    if settings is None:
+        os._exit(125)  # the host went away before sending a job: nothing ran
+    return settings
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     if cfg.get("protect"):
@@ -131,6 +160,27 @@ def main():
         # non-dumpable launcher cannot be traced or have its fds opened via /proc by the
         # algorithm, which runs as the same user. The child becomes dumpable again.
         _set_dumpable(0)
+    if cfg.get("from_stdin"):
+        # A warm sandbox: started before any job existed. It imports the libraries its job's
+        # algorithm names (so the job does not pay for them), then waits here for that job.
+        for name in cfg.get("preload", ()):
+            __import__(name)
+        os.write(1, b"waiting\n")  # the host counts it as warm only from here
+        settings = _read_job_settings()
+        settings["protect"] = cfg.get("protect", False)
+        cfg = settings
+    _write_line(_run_once(cfg))
+    os._exit(0)
+
+
+def _write_line(obj):
+    data = memoryview(("\n" + json.dumps(obj) + "\n").encode())
+    while data:
+        data = data[os.write(1, data) :]
+
+
+def _run_once(cfg):
+    """Run the algorithm once in a forked child; return the bundle."""
     cap = cfg["log_limit"]
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -218,10 +268,7 @@ def main():
         "stderr_bytes": total[err_r],
     }
     bundle.update(_read_result(cfg["output_limit"]))
-    data = memoryview(("\n" + json.dumps(bundle) + "\n").encode())
-    while data:
-        data = data[os.write(1, data) :]
-    os._exit(0)
+    return bundle
 
 
 main()

@@ -17,6 +17,7 @@ import pytest
 from yumen.errors import YumenError
 from yumen.sandbox import get_backend
 from yumen.sandbox._docker import OWNER_LABEL, _owner
+from yumen.sandbox._pool import POOL_LABEL, pools, reaper
 
 
 def pytest_configure(config):
@@ -35,35 +36,43 @@ def pytest_unconfigure(config):
 
 _CHECKED: dict[str, object] = {}
 
-# Each test's bubblewrap jobs run as host user ids from a range of their own, drawn at random
+# This session's bubblewrap jobs run as host user ids from a range of its own, drawn at random
 # from a span no other Yumen component uses, and a private staging directory serves the
 # session: other sandboxes on the same host (a connector, another test run, the stress run's
-# twin) can neither be mistaken for traces of these tests nor be blamed on them.
+# twin) can neither be mistaken for traces of these tests nor be blamed on them; tests run one
+# after another, so a trace is found by the test that left it.
 # (bubblewrap's uid map takes ids below 2**31; connectors use 2,000,000,000 and up by default.)
 _UID_SPAN = range(2_100_000_000, 2_147_000_000)
-_UIDS_PER_TEST = 1_000
+_UIDS_PER_SESSION = 100_000
+_UID_BASE = _UID_SPAN.start + secrets.randbelow(len(_UID_SPAN) // _UIDS_PER_SESSION - 1) * _UIDS_PER_SESSION
+JOB_UID_RANGE = range(_UID_BASE, _UID_BASE + _UIDS_PER_SESSION)
 STAGING_DIR = tempfile.mkdtemp(prefix="yumen-escape-suite-")
 os.chmod(STAGING_DIR, 0o711)  # job users must traverse it to reach staged inputs
-
-# backend object -> the host uids its jobs run as (bwrap only)
-_JOB_UIDS: dict[int, range] = {}
+# Every backend runs with warm sandboxes on (as connectors do by default), so every escape
+# test below whose shape is warmed runs in a sandbox taken from the pool; their private
+# directories live apart from STAGING_DIR, which must be empty after each job.
+POOL_SIZE = 2
+POOL_DIR = tempfile.mkdtemp(prefix="yumen-escape-pool-")
+os.chmod(POOL_DIR, 0o711)
+SESSION_STARTED = time.time()
 
 
 def _backend(name: str):
     if name not in _CHECKED:
-        backend = get_backend(name, staging_dir=STAGING_DIR)
+        options = {"staging_dir": STAGING_DIR}
+        if name == "bwrap":
+            options.update(uid_base=JOB_UID_RANGE.start, uid_count=len(JOB_UID_RANGE))
+        options.update(pool_size=POOL_SIZE, pool_dir=POOL_DIR)
+        backend = get_backend(name, **options)
         try:
             backend.check()
+            backend.warm_up().wait_full(120)
             _CHECKED[name] = backend
         except YumenError as e:
             _CHECKED[name] = f"{name} backend unavailable: {e}"
     value = _CHECKED[name]
     if isinstance(value, str):
         pytest.skip(value)
-    if name == "bwrap":
-        base = _UID_SPAN.start + secrets.randbelow((len(_UID_SPAN) - _UIDS_PER_TEST) // _UIDS_PER_TEST) * _UIDS_PER_TEST
-        value = get_backend(name, staging_dir=STAGING_DIR, uid_base=base, uid_count=_UIDS_PER_TEST)
-        _JOB_UIDS[id(value)] = range(base, base + _UIDS_PER_TEST)
     return value
 
 
@@ -75,9 +84,7 @@ def _backend(name: str):
     ]
 )
 def backend(request):
-    value = _backend(request.param)
-    yield value
-    _JOB_UIDS.pop(id(value), None)
+    return _backend(request.param)
 
 
 def _alive(pid: str) -> bool:
@@ -96,18 +103,30 @@ def _containers_created_since(backend, since: float) -> set[str]:
     return {e["id"] for e in events if e.get("id")}
 
 
-def leftover_sandbox_processes(*, uids: range | None = None, containers: frozenset[str] = frozenset()) -> list[int]:
-    """Host processes still alive of this test's own jobs: running as one of its job users
-    (bubblewrap), or in, or serving, one of its containers (the container's cgroup, the shim
-    and gVisor's sentry name the container id). Nobody else's sandbox counts."""
+def idle_bwrap_uids() -> set[int]:
+    """Host uids of idle warm bubblewrap sandboxes: started, never given a job, not a job's trace."""
+    return {sandbox.uid for pool in pools() if pool.name == "bwrap" for sandbox in pool.idle()}
+
+
+def idle_container_ids() -> set[str]:
+    """Warm containers not yet taken: this process's, but they have run nothing."""
+    return set().union(*(pool.idle_ids() for pool in pools() if pool.name != "bwrap"))
+
+
+def leftover_sandbox_processes(*, containers: frozenset[str] = frozenset()) -> list[int]:
+    """Host processes still alive of this session's own jobs: running as one of its job users
+    (bubblewrap; idle warm sandboxes aside), or in, or serving, one of ``containers`` (the
+    container's cgroup, the shim and gVisor's sentry name the container id). Nobody else's
+    sandbox counts."""
     found = []
+    idle = idle_bwrap_uids()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if not _alive(entry.name):
                 continue
-            if uids is not None and entry.stat().st_uid in uids:
+            if entry.stat().st_uid in JOB_UID_RANGE and entry.stat().st_uid not in idle:
                 found.append(int(entry.name))
                 continue
             if not containers:
@@ -130,17 +149,20 @@ def no_trace():
     return lambda backend: assert_no_trace(backend, since=started)
 
 
-def assert_no_trace(backend, *, since: float) -> None:
+def assert_no_trace(backend, *, since: float = SESSION_STARTED) -> None:
     """After a job: no process, container, cgroup or staging directory of it remains.
 
     Container engines tear down their shim and (gVisor) sentry processes asynchronously
     after a container is removed, so processes get a short grace period to finish dying.
     """
-    uids = _JOB_UIDS.get(id(backend))
-    containers = frozenset(_containers_created_since(backend, since)) if backend.name != "bwrap" else frozenset()
+    assert reaper().drain(60.0), "used sandbox containers were not removed"
+    for pool in pools():
+        pool.wait_full(120.0)  # a sandbox being started is not yet idle: let it finish
+    containers = frozenset(_containers_created_since(backend, since) - idle_container_ids()) \
+        if backend.name != "bwrap" else frozenset()
 
     def left() -> list[int]:
-        return leftover_sandbox_processes(uids=uids, containers=containers)
+        return leftover_sandbox_processes(containers=containers)
 
     grace = time.monotonic() + (1.0 if backend.name == "bwrap" else 5.0)
     while left() and time.monotonic() < grace:
@@ -148,5 +170,9 @@ def assert_no_trace(backend, *, since: float) -> None:
     assert left() == []
     assert os.listdir(STAGING_DIR) == []
     if backend.name != "bwrap":
-        left_containers = backend.client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
-        assert left_containers == []
+        # Warm containers not yet taken (idle or still starting) are this process's too, but
+        # have run nothing; every container a job used must be gone.
+        used = set().union(*(p.taken_ids for p in pools()))
+        left_containers = backend.client.api.containers(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
+        assert [c["Id"] for c in left_containers
+                if (c.get("Labels") or {}).get(POOL_LABEL) != "1" or c["Id"] in used] == []
