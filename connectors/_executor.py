@@ -45,7 +45,7 @@ from yumen.tickets import Receipt, ReleasedValue, Ticket
 from yumen.connectors._config import ConnectorConfig
 from yumen.connectors._sources import DataSource, open_source
 from yumen.connectors._state import ConnectorState
-from yumen.connectors._timing import Schedule, release_at, schedule_for
+from yumen.connectors._timing import Schedule, Timing, release_at, schedule_for
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ host kernel, so a Linux kernel bug reachable from a system call is not enough to
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
