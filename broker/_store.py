@@ -105,7 +105,8 @@ class Store(abc.ABC):
     Two implementations keep the same contract (``tests/unit/broker/test_store_contract.py``
     runs against both): :class:`SqliteStore` (one broker) and
     :class:`~yumen.broker._store_postgres.PostgresStore` (several replicas on one database).
-    Every method is abstract, so an implementation missing one fails when it is constructed.
+    Every method but :meth:`close` is abstract, so an implementation missing one fails when it
+    is constructed.
 
     Rules every method follows unless its own docstring says more:
 
@@ -113,8 +114,9 @@ class Store(abc.ABC):
       exception) leaves nothing behind. Inside :meth:`atomic` (which the broker opens through
       ``Broker.recorded()``) the write joins that block's transaction as a savepoint instead,
       so it commits together with the log entries appended in the same block, or not at all.
-    * A write returns only after its commit is durable (SQLite: synchronous FULL; PostgreSQL:
-      the store refuses to run with ``synchronous_commit`` off).
+    * A write outside :meth:`atomic`, and an atomic block, returns only once its commit is
+      durable (SQLite: synchronous FULL; PostgreSQL: the store refuses to run with
+      ``synchronous_commit`` off).
     * A read sees committed state, and inside :meth:`atomic` also that block's own writes. Reads
       are not repeatable across calls: two reads may see different commits in between.
     * Text keys order bytewise (SQLite's order; PostgreSQL uses the ``"C"`` collation).
@@ -177,8 +179,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def count_jobs(self, license: str, *states: JobState) -> int:
-        """How many jobs of ``license`` are in one of ``states`` (the queued-jobs limit). A read: a
-        limit enforced with it is approximate under concurrent submissions."""
+        """How many jobs of ``license`` are in one of ``states`` (the queued-jobs limit). Read inside
+        :meth:`atomic`, as the broker does before creating a job, the count and the creation are
+        serialized with every other block, so the limit holds exactly; outside, a plain read."""
 
     @abc.abstractmethod
     def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
