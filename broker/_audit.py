@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yumen.audit import (
     DatasetRegistered,
@@ -34,6 +34,9 @@ from yumen.identity import Identity
 from yumen.jobs import JobRequest, format_epsilon
 from yumen.policy import Decision, PolicyEngine, Reservation
 from yumen.tickets import Receipt
+
+if TYPE_CHECKING:
+    from yumen.broker._store import Store
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +290,7 @@ class BrokerAudit:
         return LogSummary(latest_policy=latest, allowed=frozenset(allowed), cancelled=frozenset(cancelled),
                           executed=frozenset(executed))
 
-    def recover_receipts(self, store: Any, summary: LogSummary) -> list[tuple[Any, Receipt, int]]:
+    def recover_receipts(self, store: Store, summary: LogSummary) -> list[tuple[Any, Receipt, int]]:
         """Log receipts the store holds but the log lacks; return them with their jobs."""
         import json
 
@@ -308,7 +311,7 @@ class BrokerAudit:
             log.warning("recovered %d receipts missing from the log", len(out))
         return out
 
-    def recover(self, store: Any, summary: LogSummary) -> None:
+    def recover(self, store: Store, summary: LogSummary) -> None:
         """Append ``job_decided`` for jobs the store holds but the log lacks (crash recovery)."""
         from yumen.jobs import JobState  # local: avoids a cycle at import time
 

@@ -20,26 +20,21 @@ given back only for a job cancelled before any ticket ran, or refused by the dep
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
 import queue
 import re
 import threading
-import time
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Iterator
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError, echo
-from yumen.identity import Identity, Role, sign_payload, verify_payload
+from yumen.identity import Identity, Role, sign_payload
 from yumen.jobs import Aggregate, JobRequest, JobState, format_epsilon
 from yumen.loss import Accounting, epsilon_of_rho
 from yumen.policy import (
@@ -56,7 +51,10 @@ from yumen.policy import (
 from yumen.tickets import Receipt, Ticket
 
 from yumen.broker._assembly import combine, needs_counts, needs_parts
-from yumen.broker._audit import BrokerAudit, LogSummary
+from yumen.broker._audit import BrokerAudit
+from yumen.broker._links import ConnectorLink, ConnectorLinks, OutgoingControl, OutgoingTicket
+from yumen.broker._recovery import Recovery
+from yumen.broker._reexecution import Reexecution
 from yumen.broker._store import EventRecord, JobRecord, Store, now_ms
 
 log = logging.getLogger(__name__)
@@ -70,46 +68,12 @@ EXPIRED = ("the ticket expired before the department's connector started the job
 OVERDUE = ("the job did not finish within its limits at the department; nothing was released and the budget stays "
            "spent (the department may have read the data)")
 
-# A dataset version is the content digest of the data, as the log's entries require it.
-_VERSION = re.compile(r"sha256:[0-9a-f]{64}")
+class Broker(ConnectorLinks, Reexecution, Recovery):
+    """The job path: identity, policy and licenses, the catalog, jobs, cancellation and
+    expiry, results. Connector links and receipt intake (:mod:`yumen.broker._links`), audit
+    re-execution (:mod:`yumen.broker._reexecution`) and start-up recovery
+    (:mod:`yumen.broker._recovery`) are mixed in."""
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class OutgoingTicket:
-    payload: bytes
-    signature: bytes
-    algorithm_source: bytes
-    he_context: bytes = b""
-    reexecution: bool = False  # an auditor's re-execution, not a job
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class OutgoingControl:
-    """A message about a job already ticketed: the answer to a connector's start request
-    (``kind="start"``), or an order to stop a job (``kind="stop"``)."""
-
-    kind: str
-    job_id: str
-    dataset: str = ""
-    go: bool = False
-    reason: str = ""
-
-
-class ConnectorLink:
-    """One connected connector: identity, certificate and the queue of tickets for it."""
-
-    def __init__(self, identity: Identity, certificate: x509.Certificate) -> None:
-        self.identity = identity
-        self.certificate = certificate
-        self.outbox: "queue.Queue[OutgoingTicket | OutgoingControl | None]" = queue.Queue()
-        self.closed = threading.Event()
-
-    def close(self) -> None:
-        self.closed.set()
-        self.outbox.put(None)
-
-
-class Broker:
     def __init__(
         self,
         *,
@@ -257,103 +221,6 @@ class Broker:
         reg, conn = found
         with self._links_lock:
             return reg, conn in self._links
-
-    # -- connectors --------------------------------------------------------------
-    def connect(
-        self, identity: Identity, certificate: x509.Certificate, registrations: list[DatasetRegistration],
-        refused: list[tuple[str, str]] | None = None,
-    ) -> tuple[ConnectorLink, list[str]]:
-        """Register a connector's datasets and open its ticket queue. Datasets that cannot be
-        registered are refused one by one (``refused`` collects their ids and why); the others
-        are served."""
-        refused = refused if refused is not None else []
-        if identity.role is not Role.CONNECTOR:
-            raise YumenError(Code.PERMISSION_DENIED, "only connector certificates may open a connector stream")
-        accepted: list[str] = []
-        # the connector's certificate goes into the log once, with the first registration this
-        # connection logs (or a re-registration of its current version when none changed), so
-        # every receipt and statement it signs can be checked offline
-        pem = ""
-        if self.steward is not None and not self.steward.store.certificate_logged(identity.fingerprint):
-            pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
-        for reg in registrations:
-            if reg.department != identity.department:
-                log.warning("connector %s offered dataset %s of department %s; refused",
-                            identity.name, reg.id, reg.department)
-                refused.append((reg.id, f"it belongs to department {reg.department}, not {identity.department}"))
-                continue
-            if not _VERSION.fullmatch(reg.version):
-                log.warning("connector %s offered dataset %s without a content digest as its version; refused",
-                            identity.name, reg.id)
-                refused.append((reg.id, "its version is not a content digest (sha256:…)"))
-                continue
-            logged_pem = False
-            with self.recorded():  # the catalog and the log change together, or neither
-                existing = self.store.get_dataset(reg.id)
-                if existing and existing[1] != identity.name:
-                    log.warning("dataset %s already served by %s; %s refused", reg.id, existing[1], identity.name)
-                    refused.append((reg.id, "another connector serves a dataset of that id"))
-                    continue
-                clash = self._namespace_clash(reg)
-                if clash:
-                    log.warning("dataset %s of %s refused: %s", reg.id, identity.name, clash)
-                    refused.append((reg.id, clash))
-                    continue
-                if existing is None or existing[0].digest() != reg.digest():
-                    self.store.put_dataset(reg, identity.name)
-                    self.audit.dataset_registered(reg, identity, certificate_pem=pem)
-                    logged_pem = bool(pem)
-            if logged_pem:  # only once the entry carrying it is committed
-                pem = self._certificate_logged(identity, pem)
-            accepted.append(reg.id)
-        if pem and accepted:
-            current = self.store.get_dataset(accepted[0])
-            if current is not None:
-                with self.recorded():
-                    self.audit.dataset_registered(current[0], identity, certificate_pem=pem)
-                self._certificate_logged(identity, pem)
-        link = ConnectorLink(identity, certificate)
-        with self._links_lock:
-            old = self._links.get(identity.name)
-            self._links[identity.name] = link
-        if old is not None:
-            old.close()
-        log.info("connector %s connected with %d datasets", identity.name, len(accepted))
-        if self.steward is not None:
-            self.steward.on_connect(identity.name)  # quality feedback that waited for it
-        self._dispatch_waiting(identity.name)
-        return link, accepted
-
-    def _certificate_logged(self, identity: Identity, pem: str) -> str:
-        """Remember that the log carries ``identity``'s certificate (after the append: a crash in
-        between logs it twice, never not at all); returns "" (nothing left to log)."""
-        if pem:
-            self.steward.store.mark_certificate_logged(identity.fingerprint, identity.name)
-        return ""
-
-    def _namespace_clash(self, reg: DatasetRegistration) -> str:
-        """Why ``reg`` cannot join its shared privacy-unit namespace, or "".
-
-        Datasets on one shared namespace hold the same people and add up in one ledger
-        account, so they must account loss the same way (pure ε, or ρ at the same δ).
-        """
-        unit = reg.privacy_unit
-        if not unit.shared:
-            return ""
-        for other, _ in self.store.list_datasets():
-            ou = other.privacy_unit
-            if other.id != reg.id and ou.shared and ou.namespace == unit.namespace \
-                    and (ou.accounting, ou.delta) != (unit.accounting, unit.delta):
-                return (f"shared namespace {unit.namespace!r} is accounted as {ou.accounting.value} by dataset {other.id}; "
-                        f"every dataset on it must account the same way (and with the same δ)")
-        return ""
-
-    def disconnect(self, link: ConnectorLink) -> None:
-        with self._links_lock:
-            if self._links.get(link.identity.name) is link:
-                del self._links[link.identity.name]
-        link.close()
-        log.info("connector %s disconnected", link.identity.name)
 
     # -- jobs --------------------------------------------------------------------
     def _lock_for(self, job_id: str) -> threading.Lock:
@@ -605,7 +472,7 @@ class Broker:
                 self.billing.close(job)  # nothing ran: the hold is released
             self._notify(job.job_id)
 
-    # -- cancellation, ticket expiry and the start handshake ----------------------------
+    # -- cancellation and ticket expiry (the start and stop handshakes: _links) -------------
     def cancel(self, identity: Identity, job_id: str) -> JobRecord:
         """An operator cancels its own queued or running job.
 
@@ -650,37 +517,6 @@ class Broker:
         self._notify()
         self._stop_tickets(final, "the operator cancelled the job")
         return final
-
-    def _stop_tickets(self, job: JobRecord, reason: str) -> None:
-        """Tell the connectors connected here that hold a started ticket of ``job`` to stop it."""
-        for ds, st in self.store.ticket_states(job.job_id).items():
-            if not st.started_ms:
-                continue
-            found = self.store.get_dataset(ds)
-            with self._links_lock:
-                link = self._links.get(found[1]) if found else None
-            if link is not None:
-                link.outbox.put(OutgoingControl(kind="stop", job_id=job.job_id, dataset=ds, reason=reason))
-
-    def on_start(self, link: ConnectorLink, job_id: str, dataset: str) -> None:
-        """A connector asks whether it may start ``job_id`` on ``dataset`` (before reading any
-        data); the answer is recorded and sent back. Only the connector serving the dataset may
-        ask; anything else is answered no."""
-        found = self.store.get_dataset(dataset)
-        if found is None or found[1] != link.identity.name:
-            why = f"{link.identity.name} does not serve {echo(dataset)}"
-        else:
-            before = self.store.ticket_states(job_id).get(dataset)
-            why = self.store.start_ticket(job_id, dataset, now_ms())
-            if not why and before is not None and not before.started_ms:
-                # the operator sees when a department started (never data-dependent: the
-                # connector asks before it reads anything)
-                self.store.set_state(job_id, JobState.RUNNING, f"started at department {found[0].department}",
-                                     expect=JobState.RUNNING)
-                self._notify()
-        if why:
-            log.info("start of job %s on %s refused: %s", echo(job_id), echo(dataset), why)
-        link.outbox.put(OutgoingControl(kind="start", job_id=job_id[:200], dataset=dataset[:200], go=not why, reason=why))
 
     def _run_limit_ms(self, job: JobRecord) -> int:
         """How long a started ticket may take before its job is failed as overdue: the ticket's
@@ -814,44 +650,7 @@ class Broker:
             raise YumenError(Code.JOB_FAILED, f"job {job_id} {job.state.value}: {job.message}")
         raise YumenError(Code.JOB_NOT_READY, f"job {job_id} is {job.state.value}", hint="wait with `yumen job watch`")
 
-    # -- receipts ----------------------------------------------------------------
-    def on_receipt(self, link: ConnectorLink, payload: bytes, signature: bytes, ciphertext: bytes = b"") -> None:
-        receipt = Receipt.verify(payload, signature, link.certificate)
-        if receipt.ciphertext_digest:
-            if "sha256:" + hashlib.sha256(ciphertext).hexdigest() != receipt.ciphertext_digest:
-                raise YumenError(Code.VERIFICATION_FAILED, "the ciphertext does not match the digest in the receipt")
-        elif ciphertext:
-            raise YumenError(Code.VERIFICATION_FAILED, "a ciphertext came with a receipt that names none")
-        if receipt.connector != link.identity.name:
-            raise YumenError(Code.VERIFICATION_FAILED, f"receipt names connector {receipt.connector}, sent by {link.identity.name}")
-        with self._lock_for(receipt.job_id):
-            job = self.store.get_job(receipt.job_id)
-            if job is None or receipt.dataset not in job.request["datasets"]:
-                raise YumenError(Code.VERIFICATION_FAILED,
-                                 f"receipt for unknown job/dataset {echo(receipt.job_id)}/{echo(receipt.dataset)}")
-            owner = self.store.get_dataset(receipt.dataset)
-            if owner is None or owner[1] != link.identity.name:
-                raise YumenError(Code.VERIFICATION_FAILED, f"{link.identity.name} does not serve {echo(receipt.dataset)}")
-            if receipt.dataset_version and not _VERSION.fullmatch(receipt.dataset_version):
-                raise YumenError(Code.VERIFICATION_FAILED, "the receipt's dataset version is not a content digest")
-            with self.recorded():  # receipt, refund and their entries together (module docstring)
-                if receipt.dataset_version and receipt.dataset_version != owner[0].version:
-                    # The department's data changed while it was connected: the new version is
-                    # registered (and logged) before the execution that used it.
-                    fresh = dataclasses.replace(owner[0], version=receipt.dataset_version)
-                    self.store.put_dataset(fresh, link.identity.name)
-                    self.audit.dataset_registered(fresh, link.identity)
-                if not self.store.put_partial(job.job_id, receipt.dataset, {
-                    "payload": payload.decode(), "signature": signature.hex(),
-                }, ciphertext):
-                    log.info("duplicate receipt for %s/%s ignored", receipt.job_id, receipt.dataset)
-                    return
-                index = self.audit.job_executed(receipt, payload, signature, link.identity)
-                complete = self._advance(job, receipt)
-            self._notify(job.job_id)
-            if complete:
-                self._release(job.job_id, index)
-
+    # -- results: each receipt advances its job, the last one releases it ----------------
     def _advance(self, job: JobRecord, receipt: Receipt) -> bool:
         """Move a job on after one of its receipts was stored and logged (inside the same
         transaction); True when every dataset has answered and the result can be assembled."""
@@ -906,129 +705,10 @@ class Broker:
                 self.store.set_state(job_id, JobState.SUCCEEDED, "result released", result=result)
         self._notify(job_id)
 
-    def complete_stalled(self, *, older_than_ms: int = 30_000) -> int:
-        """Release jobs whose every dataset answered but whose result was never assembled (a
-        broker died between the two). Jobs changed in the last ``older_than_ms`` are left
-        alone: another replica may be assembling them right now."""
-        done = 0
-        for job in self.store.jobs_in_state(JobState.PENDING, JobState.RUNNING):
-            if now_ms() - job.updated_ms < older_than_ms:
-                continue
-            partials = self.store.partials(job.job_id)
-            if partials and set(partials) == set(job.request["datasets"]):
-                with self._lock_for(job.job_id):
-                    self._release(job.job_id, 0)
-                done += 1
-        return done
 
-    # -- audit re-execution ------------------------------------------------------------
-    def reexecute(self, identity: Identity, job_id: str, *, timeout: float = 300) -> list[dict[str, Any]]:
-        """Ask each department of a logged job to run it again on the same data version.
 
-        Nothing is released and no budget is spent: the connector recomputes the pre-noise
-        output with the salt it kept, and answers only whether its commitment matches.
-        """
-        if identity.role not in (Role.AUDITOR, Role.ADMIN):
-            raise YumenError(Code.PERMISSION_DENIED, "re-execution is for auditors and administrators")
-        job = self.store.get_job(job_id)
-        if job is None:
-            raise YumenError(Code.NOT_FOUND, f"no job {echo(job_id)}")
-        partials = self.store.partials(job_id)
-        if not partials:
-            raise YumenError(Code.JOB_NOT_READY, f"job {job_id} has not been executed anywhere")
-        waiting = []
-        out = []
-        for dataset in sorted(partials):
-            found = self.store.get_dataset(dataset)
-            receipt = Receipt.from_dict(json.loads(partials[dataset]["payload"]))
-            with self._links_lock:
-                link = self._links.get(found[1]) if found else None
-            if link is None or found is None:
-                out.append({"dataset": dataset, "department": receipt.department, "error": "the department's connector is offline"})
-                continue
-            ticket = self._ticket_for(job, dataset_version_of(found[0], receipt), found[1], reexecution=True)
-            answer: "queue.Queue[tuple[bytes, bytes]]" = queue.Queue(maxsize=1)
-            self._reexecutions[(job_id, dataset)] = answer
-            link.outbox.put(ticket)
-            waiting.append((dataset, receipt, link, answer))
-        deadline = time.monotonic() + timeout
-        for dataset, receipt, link, answer in waiting:
-            try:
-                payload, signature = answer.get(timeout=max(deadline - time.monotonic(), 0.1))
-            except queue.Empty:
-                out.append({"dataset": dataset, "department": receipt.department, "error": "no answer in time"})
-                continue
-            finally:
-                self._reexecutions.pop((job_id, dataset), None)
-            verify_payload(link.certificate, "reexecution-report", payload, signature)
-            report = json.loads(payload)
-            out.append({**report, "report": payload, "signature": signature})
-        return out
 
-    def on_reexecuted(self, link: ConnectorLink, payload: bytes, signature: bytes) -> None:
-        """A connector's re-execution report; anything unreadable is bad input (the caller
-        logs it and the connector's stream goes on)."""
-        from yumen.canonical import parse_json
 
-        report = parse_json(payload, what="the re-execution report")
-        if not isinstance(report, dict) or not isinstance(report.get("job_id"), str) \
-                or not isinstance(report.get("dataset"), str):
-            raise YumenError(Code.INVALID_ARGUMENT, "a re-execution report names its job_id and dataset as strings")
-        answer = self._reexecutions.get((report["job_id"], report["dataset"]))
-        if answer is not None:
-            answer.put((payload, signature))
-
-    # -- recovery ----------------------------------------------------------------
-    def recover(self, seed: PolicyBundle | None = None) -> "LogSummary":
-        """Bring the log level with the store at start-up (see module docstring).
-
-        Since every change and its entry commit together, a store written by this version
-        never lacks an entry; this repairs stores written before that, or by hand. It runs
-        under the log's write lock (one :meth:`recorded` transaction), so a replica starting
-        up never races a live one: live replicas wait, and whatever they committed before is
-        in the log it scans. Jobs whose every dataset answered but whose result was never
-        assembled are left to :meth:`complete_stalled`, which skips recent ones.
-
-        ``seed``: the policy of the configuration files, put in force if the state has none
-        yet (a first start); otherwise the version in force stays, whatever the files say.
-        """
-        with self.recorded() as conn:
-            summary = self.audit.scan(self.audit.tlog.size_within(conn))
-            self.audit.recover(self.store, summary)
-            for job in self.store.jobs_in_state(JobState.CANCELLED):
-                # idempotent: released rows are skipped; started ones keep their charge
-                self.store.release_reservation(job.job_id, keep_started=True)
-            complete = []
-            for job, receipt, index in self.audit.recover_receipts(self.store, summary):
-                current = self.store.get_job(job.job_id)
-                if current is not None and self._advance(current, receipt):
-                    complete.append((job.job_id, index))
-            self._settle_policy(summary.latest_policy, seed)
-        for job_id, index in complete:  # logged just now, under the lock: no other replica has them
-            with self._lock_for(job_id):
-                self._release(job_id, index)
-        self.complete_stalled()
-        return summary
-
-    def _settle_policy(self, logged: str, seed: PolicyBundle | None) -> None:
-        """At start-up, under the log's write lock: the version in force (or the seed on a first
-        start) is this process's engine, and the log's last ``policy_changed`` names it."""
-        current = self.store.current_policy_version()
-        stored = self.store.policy_version(current) if current else None
-        if stored is None:
-            if seed is None:
-                return
-            bundle = seed
-            self.store.put_policy_version(seed.version, seed.to_dict(), current=True)
-        else:
-            bundle = PolicyBundle(**stored)
-            if seed is not None and seed.version != current:
-                log.warning("policy files differ from the current policy version %s, which stays in force; "
-                            "change policy with `yumen admin policy set`", current)
-        engine = bundle.version == self._policy.version and self._policy or PolicyEngine(bundle)
-        if logged != engine.version:
-            self.audit.policy_changed(engine, previous=logged, changed_by=self.id)
-        self._policy = engine
 
 
 def budget_facts(r: Reservation) -> dict[str, str]:
@@ -1036,8 +716,3 @@ def budget_facts(r: Reservation) -> dict[str, str]:
     return {"accounting": r.accounting.value, "namespace": r.namespace,
             "delta": f"{r.delta.numerator}/{r.delta.denominator}" if r.delta else "",
             "amount": f"{r.amount.numerator}/{r.amount.denominator}"}
-
-
-def dataset_version_of(reg: DatasetRegistration, receipt: Receipt) -> DatasetRegistration:
-    """The registration as it was when the receipt's job ran (its logged data version)."""
-    return dataclasses.replace(reg, version=receipt.dataset_version or reg.version)

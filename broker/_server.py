@@ -36,7 +36,7 @@ from yumen.broker._admin import Administration
 from yumen.broker._service import AdminServicer, CatalogServicer, ConnectorServicer, JobServicer
 from yumen.broker._guard import Guard
 from yumen.broker._health import HealthServicer
-from yumen.broker._store import SqliteStore
+from yumen.broker._store import SqliteStore, Store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ def release_free_memory() -> None:
 
 def build_broker(config: BrokerConfig) -> Broker:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    store: Store
+    log_storage: Any
     if config.store == "postgres":
         # Replicas share one PostgreSQL database for state and log; each needs the same log
         # key and origin. The DSN comes from the environment, never from the config file.
@@ -83,8 +85,8 @@ def build_broker(config: BrokerConfig) -> Broker:
         if not dsn:
             raise YumenError(Code.CONFIG, f'[broker] store = "postgres" needs the DSN in ${config.postgres_dsn_env}',
                              hint=f"export {config.postgres_dsn_env}=postgresql://user@host:5432/db?connect_timeout=10")
-        store: Any = PostgresStore(dsn, schema=config.postgres_schema, max_connections=config.postgres_max_connections)
-        log_storage: Any = PostgresLogStorage(dsn, schema=config.postgres_schema)
+        store = PostgresStore(dsn, schema=config.postgres_schema, max_connections=config.postgres_max_connections)
+        log_storage = PostgresLogStorage(dsn, schema=config.postgres_schema)
     else:
         store, log_storage = SqliteStore(config.db_path), config.db_path
     tlog = open_log(log_storage, key_path=config.log_key, origin=config.log_origin)

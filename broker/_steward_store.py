@@ -14,9 +14,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 from yumen.errors import Code, YumenError
+
+if TYPE_CHECKING:
+    from yumen.broker._store import Store
 
 __all__ = ["StewardStore", "SqliteStewardStore", "PostgresStewardStore"]
 
@@ -237,7 +240,7 @@ class PostgresStewardStore(_SqlStewardStore):
         return tx()
 
 
-def steward_store_for(store: Any, *, dsn: str = "", schema: str = "public") -> StewardStore:
+def steward_store_for(store: Store, *, dsn: str = "", schema: str = "public") -> StewardStore:
     """The stewardship store beside the broker's ``store`` (same SQLite file, or same PostgreSQL schema)."""
     path: Callable[[], Any] | None = getattr(store, "path", None)
     if dsn:

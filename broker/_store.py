@@ -1,6 +1,7 @@
 """Broker state: catalog, jobs, budget ledger and partial results.
 
-``Store`` is the contract; :class:`SqliteStore` is the embedded default (WAL, synchronous
+``Store`` is the contract (an abstract class: what every method returns and guarantees under
+concurrency); :class:`SqliteStore` is the embedded default (WAL, synchronous
 FULL, a reader connection per thread, and every write on one writer connection whose
 transactions are group-committed: see :mod:`yumen.groupcommit` and docs/broker-state.md).
 Write blocks run one at a time, so budget reservations are serialized. Budgets are stored
@@ -12,6 +13,7 @@ its budget reserved, or neither happened. Job ids are idempotency keys.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -20,7 +22,7 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator
 
 from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
@@ -96,35 +98,229 @@ class EventRecord:
     at_ms: int
 
 
-class Store(Protocol):
-    def put_dataset(self, reg: DatasetRegistration, connector: str) -> None: ...
-    def list_datasets(self) -> list[tuple[DatasetRegistration, str]]: ...
-    def get_dataset(self, dataset_id: str) -> tuple[DatasetRegistration, str] | None: ...
-    def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]: ...
-    def get_job(self, job_id: str) -> JobRecord | None: ...
-    def jobs_in_state(self, *states: JobState) -> list[JobRecord]: ...
-    def count_jobs(self, license: str, *states: JobState) -> int: ...
-    def atomic(self) -> Any: ...
+class Store(abc.ABC):
+    """The broker's state: catalog, jobs and their events, the budget ledger, reservations and
+    tickets, partial results, licenses, policy versions and revoked certificates.
+
+    Two implementations keep the same contract (``tests/unit/broker/test_store_contract.py``
+    runs against both): :class:`SqliteStore` (one broker) and
+    :class:`~yumen.broker._store_postgres.PostgresStore` (several replicas on one database).
+    Every method but :meth:`close` is abstract, so an implementation missing one fails when it
+    is constructed.
+
+    Rules every method follows unless its own docstring says more:
+
+    * A write is one transaction: it happens whole or not at all, and a failed write (any
+      exception) leaves nothing behind. Inside :meth:`atomic` (which the broker opens through
+      ``Broker.recorded()``) the write joins that block's transaction as a savepoint instead,
+      so it commits together with the log entries appended in the same block, or not at all.
+    * A write outside :meth:`atomic`, and an atomic block, returns only once its commit is
+      durable (SQLite: synchronous FULL; PostgreSQL: the store refuses to run with
+      ``synchronous_commit`` off).
+    * A read sees committed state, and inside :meth:`atomic` also that block's own writes. Reads
+      are not repeatable across calls: two reads may see different commits in between.
+    * Text keys order bytewise (SQLite's order; PostgreSQL uses the ``"C"`` collation).
+    * ε values are exact :class:`~fractions.Fraction` s, never floats.
+    """
+
+    # -- transactions ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def atomic(self) -> contextlib.AbstractContextManager[Any]:
+        """A context manager: one write transaction for everything this thread writes in it.
+
+        Yields the database connection, on which the broker appends log entries
+        (``BrokerAudit.joined``), so a ledger change and the entry recording it commit together,
+        in the order the ledger saw them. The store's own writes inside the block join it as
+        savepoints (a refused reservation undoes only its own rows). Blocks are serialized
+        with each other and with every log append: SQLite runs them one at a time on its
+        writer connection; PostgreSQL first takes the log's transaction-level advisory lock
+        (``LOG_LOCK_KEY``), so blocks of different replicas queue too. Blocks do not nest:
+        opening one inside another raises ``INTERNAL``. An exception rolls back the whole block.
+        """
+
+    # -- catalog ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_dataset(self, reg: DatasetRegistration, connector: str) -> None:
+        """Record ``reg`` as served by ``connector``, replacing any earlier registration of the same
+        dataset id (an upsert: concurrent writers of one id leave one of them, whole)."""
+
+    @abc.abstractmethod
+    def list_datasets(self) -> list[tuple[DatasetRegistration, str]]:
+        """Every registered dataset with its connector's name, ordered by dataset id."""
+
+    @abc.abstractmethod
+    def get_dataset(self, dataset_id: str) -> tuple[DatasetRegistration, str] | None:
+        """The dataset's registration and connector name, or None when it was never registered."""
+
+    # -- jobs ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_job(self, job: JobRecord, reservations: list[Reservation]) -> tuple[JobRecord, bool]:
+        """Insert ``job`` with its first event (seq 1) and reserve its budget, in one transaction.
+
+        Returns ``(job, True)`` when created, ``(existing, False)`` when the same operator already
+        submitted the same request digest under this id (an idempotent retry: nothing more is
+        reserved). Raises ``ALREADY_EXISTS`` when the id belongs to a different job, and
+        ``BUDGET_EXHAUSTED`` when a reservation would pass one of its limits (the checks and
+        messages are :func:`yumen.policy.refusal`); either way nothing is written. Every limit of
+        every reservation is checked before anything is charged.
+
+        Concurrency: reservations on one account are serialized, across threads, processes and
+        (PostgreSQL) replicas, so concurrent jobs can never together spend past a cap; two
+        creators of one id get one creation and one idempotent answer (or ``ALREADY_EXISTS``).
+        """
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job as last committed, or None when there is no such job. Jobs are never deleted."""
+
+    @abc.abstractmethod
+    def jobs_in_state(self, *states: JobState) -> list[JobRecord]:
+        """Every job now in one of ``states``, oldest (``created_ms``) first."""
+
+    @abc.abstractmethod
+    def count_jobs(self, license: str, *states: JobState) -> int:
+        """How many jobs of ``license`` are in one of ``states`` (the queued-jobs limit). Read inside
+        :meth:`atomic`, as the broker does before creating a job, the count and the creation are
+        serialized with every other block, so the limit holds exactly; outside, a plain read."""
+
+    @abc.abstractmethod
     def set_state(self, job_id: str, state: JobState, message: str, *, result: dict[str, Any] | None = None,
-                  expect: JobState | None = None) -> EventRecord | None: ...
-    def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]: ...
-    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool: ...
-    def partials(self, job_id: str) -> dict[str, dict[str, Any]]: ...
-    def spent(self, license: str, dataset: str, period: str = "total") -> Fraction: ...
+                  expect: JobState | None = None) -> EventRecord | None:
+        """Move a job to ``state`` (keeping its result unless ``result`` is given) and append the
+        event with the next sequence number; returns that event.
+
+        With ``expect`` this is a compare-and-set: the move happens only if the job is in
+        ``expect`` now, else nothing changes and None is returned. A final job never moves
+        (``INTERNAL``); an unknown job raises ``NOT_FOUND``. Moves of one job are serialized
+        (PostgreSQL locks its row), so of two replicas racing on one ``expect`` exactly one wins,
+        and event numbers stay 1, 2, 3, … without gaps or repeats.
+        """
+
+    @abc.abstractmethod
+    def events(self, job_id: str, after_seq: int = 0) -> list[EventRecord]:
+        """The job's events numbered above ``after_seq``, in sequence order ([] for an unknown job)."""
+
+    # -- receipts --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_partial(self, job_id: str, dataset: str, receipt: dict[str, Any], ciphertext: bytes = b"") -> bool:
+        """Store a connector's receipt (and ciphertext) for one dataset of a job, once: True when
+        stored, False for a duplicate delivery, which changes nothing (the first one stays).
+        Concurrent deliveries of the same receipt store it once and return True to one of them."""
+
+    @abc.abstractmethod
+    def partials(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """The job's receipts by dataset; each dict is the stored receipt plus ``ciphertext``
+        (bytes, ``b""`` when none)."""
+
+    # -- budget ledger ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def spent(self, license: str, dataset: str, period: str = "total") -> Fraction:
+        """What the account (``license`` or ``"*"``, dataset or ``ns:…``, period) has spent; 0 when
+        it was never charged."""
+
+    @abc.abstractmethod
+    def runs(self, license: str, dataset: str, period: str = "total") -> int:
+        """How many runs the account has been charged (net of refunds); 0 when never charged."""
+
+    @abc.abstractmethod
+    def balance(self, account: Account) -> tuple[Fraction, int]:
+        """An account's (spent, runs), read together from one row; (0, 0) when never charged."""
+
+    @abc.abstractmethod
+    def ledger(self) -> list[tuple[str, str, str, Fraction, int]]:
+        """Every budget row, (license or ``"*"``, dataset, period, ε spent, runs), ordered by
+        license, dataset, period. A refunded account stays, at zero."""
+
+    @abc.abstractmethod
+    def iter_reservations(self) -> Iterator[tuple[str, str, str, str, Fraction, bool, tuple[Charge, ...]]]:
+        """Every reservation, (job, dataset, license, period, ε asked, released, charges), in the
+        order they were made (``at_ms``, then job id). The charges are exactly what the
+        reservation added to each account, which is what a release takes back."""
+
+    @abc.abstractmethod
     def release_reservation(self, job_id: str, *, dataset: str = "",
-                            keep_started: bool = False) -> list[tuple[str, tuple[Charge, ...]]]: ...
-    def ticket_expiry(self, job_id: str, dataset: str, proposed_ms: int) -> int: ...
-    def start_ticket(self, job_id: str, dataset: str, at_ms: int) -> str: ...
-    def ticket_states(self, job_id: str) -> dict[str, "TicketState"]: ...
-    def balance(self, account: Account) -> tuple[Fraction, int]: ...
-    def put_license(self, record: dict[str, Any]) -> None: ...
-    def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]: ...
-    def revoked(self, fingerprint: str) -> dict[str, Any] | None: ...
-    def get_license(self, license_id: str) -> dict[str, Any] | None: ...
-    def list_licenses(self) -> list[dict[str, Any]]: ...
-    def put_policy_version(self, version: str, bundle: dict[str, str], *, current: bool) -> None: ...
-    def policy_version(self, version: str) -> dict[str, str] | None: ...
-    def current_policy_version(self) -> str: ...
+                            keep_started: bool = False) -> list[tuple[str, tuple[Charge, ...]]]:
+        """Give back a job's budget (one ``dataset``'s, or all of it), exactly as it was charged,
+        and return what was given back: (dataset, charges) in dataset order.
+
+        Only for data never touched: a job cancelled before dispatch, a dataset whose department
+        refused, or (``keep_started``) every dataset of a cancelled or expired job that no
+        department was let start. Idempotent: released reservations are skipped, so a second
+        call returns []. Serialized with :meth:`start_ticket` on the same reservation (one
+        transaction each; PostgreSQL locks the rows), so a dataset is either started and keeps
+        its charge, or refunded and never starts.
+        """
+
+    # -- tickets ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def ticket_expiry(self, job_id: str, dataset: str, proposed_ms: int) -> int:
+        """The expiry of the job's ticket on ``dataset``: ``proposed_ms`` the first time (set only
+        if none is set, so of racing issuers the first commit wins), the same value for every
+        re-issue after (a redelivery never extends it). ``proposed_ms`` when there is no such
+        reservation (nothing is written)."""
+
+    @abc.abstractmethod
+    def start_ticket(self, job_id: str, dataset: str, at_ms: int) -> str:
+        """Let the department start the job on ``dataset`` and record when, or say why not.
+
+        Returns "" when it may start, or why not: no such job or reservation, the job is final,
+        the reservation was released, or the ticket expired before ``at_ms``. A second call for a
+        started dataset returns "" again and keeps the first start time (a retry). One write
+        transaction that reads the job's state and the reservation (PostgreSQL: ``FOR UPDATE``),
+        so it is serialized with a cancellation's :meth:`set_state` and
+        :meth:`release_reservation`.
+        """
+
+    @abc.abstractmethod
+    def ticket_states(self, job_id: str) -> dict[str, TicketState]:
+        """Where each dataset's ticket of the job stands, by dataset ({} for an unknown job)."""
+
+    # -- certificate revocation ------------------------------------------------------------
+    @abc.abstractmethod
+    def revoke_certificate(self, fingerprint: str, *, name: str, reason: str, by: str) -> dict[str, Any]:
+        """Revoke a certificate and return its revocation record (keys ``fingerprint``, ``name``,
+        ``reason``, ``revoked_by``, ``at_ms``). Idempotent: revoking it again keeps and returns
+        the first record (insert-if-absent, also under concurrent revocations)."""
+
+    @abc.abstractmethod
+    def revoked(self, fingerprint: str) -> dict[str, Any] | None:
+        """The certificate's revocation record, or None when it is not revoked."""
+
+    @abc.abstractmethod
+    def list_revoked(self) -> list[dict[str, Any]]:
+        """Every revocation record, oldest first."""
+
+    # -- licenses and policy versions ------------------------------------------------------
+    @abc.abstractmethod
+    def put_license(self, record: dict[str, Any]) -> None:
+        """Store a license record under ``record["id"]``, replacing any earlier one (an upsert; the
+        caller decides issue versus change inside :meth:`atomic` to make it a compare-and-set)."""
+
+    @abc.abstractmethod
+    def get_license(self, license_id: str) -> dict[str, Any] | None:
+        """The license record as stored, or None."""
+
+    @abc.abstractmethod
+    def list_licenses(self) -> list[dict[str, Any]]:
+        """Every license record, ordered by id."""
+
+    @abc.abstractmethod
+    def put_policy_version(self, version: str, bundle: dict[str, str], *, current: bool) -> None:
+        """Store a policy bundle under ``version`` and, with ``current``, make it the current one,
+        both in one transaction. A version is immutable: storing it again keeps the first bundle."""
+
+    @abc.abstractmethod
+    def policy_version(self, version: str) -> dict[str, str] | None:
+        """The bundle stored under ``version``, or None."""
+
+    @abc.abstractmethod
+    def current_policy_version(self) -> str:
+        """The version last made current ("" when none). A compare-and-set on it (a policy swap)
+        reads and writes it inside one :meth:`atomic` block."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:  # not abstract: a store holding no pooled connections needs nothing
+        """Release the store's connections; the default does nothing. After it, calls may fail."""
 
 
 _SCHEMA = """
@@ -211,7 +407,7 @@ CREATE TABLE IF NOT EXISTS partials (
 """
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """The embedded store (see module docstring)."""
 
     def __init__(self, path: Path) -> None:

@@ -61,7 +61,7 @@ from yumen.errors import Code, YumenError
 from yumen.jobs import JobState
 
 from yumen.policy import Account, Charge, Reservation, refusal
-from ._store import EventRecord, JobRecord, TicketState, _frac_text, _start_refusal, now_ms
+from ._store import EventRecord, JobRecord, Store, TicketState, _frac_text, _start_refusal, now_ms
 
 __all__ = ["PostgresStore"]
 
@@ -234,7 +234,7 @@ class _LockedBudget:
         self._dirty.clear()
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """The broker's state in PostgreSQL (``psycopg`` 3); see the module docstring."""
 
     def __init__(self, dsn: str, *, schema: str = "public", max_connections: int = 8,

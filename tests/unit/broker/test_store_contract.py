@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import multiprocessing
 import queue
+import re
 import threading
 import time
 import urllib.parse
@@ -140,12 +141,60 @@ def _refused(store: Any, job: JobRecord, reservations: list[Reservation]) -> Yum
 # -- the implementations agree on the surface ------------------------------------------------
 
 
-def test_every_store_offers_the_protocol_and_the_sqlite_store_methods_with_the_same_signatures(store):
+def test_every_store_offers_the_contract_and_the_sqlite_store_methods_with_the_same_signatures(store):
+    assert isinstance(store, Store)
     names = {n for n in dir(SqliteStore) if not n.startswith("_")}
     names |= {n for n in dir(Store) if not n.startswith("_")}
     for name in sorted(names):
         assert callable(getattr(store, name, None)), f"{type(store).__name__} lacks {name}"
         assert inspect.signature(getattr(type(store), name)) == inspect.signature(getattr(SqliteStore, name)), name
+
+
+def _parameters(fn: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+@pytest.mark.parametrize("cls", [SqliteStore, PostgresStore])
+def test_both_stores_implement_every_abstract_method_of_the_contract(cls):
+    assert issubclass(cls, Store) and not inspect.isabstract(cls) and cls.__abstractmethods__ == frozenset()
+    for name in Store.__abstractmethods__:
+        assert getattr(cls, name) is not getattr(Store, name), f"{cls.__name__} does not implement {name}"
+        assert _parameters(getattr(cls, name)) == _parameters(getattr(Store, name)), name
+        assert (getattr(Store, name).__doc__ or "").strip(), f"Store.{name} has no contract docstring"
+
+
+def test_a_store_missing_a_method_fails_when_it_is_constructed():
+    incomplete = type("Incomplete", (Store,), {
+        n: getattr(SqliteStore, n) for n in Store.__abstractmethods__ if n != "ticket_states"})
+    with pytest.raises(TypeError, match="ticket_states"):
+        incomplete()
+
+
+def _abstract_methods() -> list[str]:
+    return sorted(Store.__abstractmethods__)
+
+
+def test_every_abstract_method_is_exercised_by_a_contract_test():
+    source = Path(__file__).read_text()
+    tests = [chunk for chunk in re.split(r"\n(?=def test_)", source) if chunk.startswith("def test_")]
+    missing = [n for n in _abstract_methods()
+               if not any(re.search(rf"\bstore\.{n}\(", chunk) for chunk in tests)]
+    assert not missing, f"no contract test calls store.<name>( for: {missing}"
+    assert len(_abstract_methods()) >= 30  # the scan itself found the contract
+
+
+# What the broker, its audit and its administration call on a store: the code is scanned, so a
+# new call to a method the contract lacks fails here (stewardship has a store of its own).
+_CALLERS = [p for folder in ("broker", "audit", "yumen") for p in sorted((ROOT / folder).rglob("*.py"))
+            if p.name not in ("_store.py", "_store_postgres.py", "_steward_store.py", "_stewardship.py")]
+_CALL = re.compile(r"(?<!steward\.)\bstore\.([a-z_]+)\(")
+
+
+def test_every_method_callers_use_on_a_store_is_declared_by_the_contract():
+    used = {name: path.relative_to(ROOT).as_posix() for path in _CALLERS for name in _CALL.findall(path.read_text())}
+    assert {"create_job", "runs", "ledger", "list_revoked", "iter_reservations"} & set(used)  # the scan sees callers
+    undeclared = {n: where for n, where in used.items() if n not in Store.__abstractmethods__}
+    assert not undeclared, f"callers use store methods the Store contract does not declare: {undeclared}"
 
 
 # -- catalog ----------------------------------------------------------------------------------
@@ -231,6 +280,50 @@ def test_a_state_change_without_a_result_keeps_the_earlier_result(store):
     assert store.get_job("j1").result == {"partial": 1}
 
 
+def test_count_jobs_counts_a_license_s_jobs_in_the_given_states(store):
+    store.create_job(_job("j1"), [_res("0.1")])
+    store.create_job(_job("j2"), [_res("0.1")])
+    store.create_job(_job("j3", license="LIC-2"), [_res("0.1", license="LIC-2")])
+    store.set_state("j2", JobState.RUNNING, "ticket sent")
+    assert store.count_jobs("LIC-1", JobState.PENDING) == 1
+    assert store.count_jobs("LIC-1", JobState.PENDING, JobState.RUNNING) == 2
+    assert store.count_jobs("LIC-2", JobState.PENDING, JobState.RUNNING) == 1
+    assert store.count_jobs("LIC-9", JobState.PENDING) == 0 and store.count_jobs("LIC-1", JobState.FAILED) == 0
+    store.set_state("j2", JobState.FAILED, "lost")
+    assert store.count_jobs("LIC-1", JobState.PENDING, JobState.RUNNING) == 1
+
+
+def test_a_compare_and_set_moves_only_from_the_expected_state(store):
+    store.create_job(_job("j1"), [_res("0.1")])
+    assert store.set_state("j1", JobState.CANCELLED, "too late", expect=JobState.RUNNING) is None
+    assert store.get_job("j1").state is JobState.PENDING and len(store.events("j1")) == 1
+    moved = store.set_state("j1", JobState.RUNNING, "ticket sent", expect=JobState.PENDING)
+    assert moved is not None and moved.seq == 2 and store.get_job("j1").state is JobState.RUNNING
+
+
+def test_an_atomic_block_commits_whole_or_not_at_all_and_does_not_nest(store):
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), store.atomic():
+        store.create_job(_job("j1"), [_res("0.5")])
+        store.put_license({"id": "LIC-1"})
+        assert store.get_job("j1") is not None  # the block sees its own writes
+        raise Boom
+    assert store.get_job("j1") is None and store.get_license("LIC-1") is None
+    assert store.ledger() == [] and list(store.iter_reservations()) == []
+    with store.atomic():
+        store.create_job(_job("j1"), [_res("0.5")])
+        _refused(store, _job("j2"), [_res("0.9")])  # a refused write undoes only its own rows
+        store.set_state("j1", JobState.RUNNING, "ticket sent")
+        with pytest.raises(YumenError) as nested:
+            with store.atomic():
+                pass
+        assert nested.value.code is Code.INTERNAL
+    assert store.get_job("j1").state is JobState.RUNNING and store.get_job("j2") is None
+    assert store.spent("LIC-1", "ds", P) == Fraction(1, 2)
+
+
 # -- budget -----------------------------------------------------------------------------------
 
 
@@ -308,6 +401,17 @@ def test_the_ledger_lists_every_budget_row_in_key_order(store):
         ("j1", "ds", "LIC-B", P, Fraction(1, 3), False),
         ("j2", "ds", "LIC-A", P, Fraction(1, 2), False),
     ]
+
+
+def test_balance_reads_an_account_s_spent_and_runs_together(store):
+    assert store.balance(("LIC-1", "ds", P)) == (Fraction(0), 0)
+    store.create_job(_job("j1"), [_res("0.2")])
+    store.create_job(_job("j2"), [_res("0.3")])
+    assert store.balance(("LIC-1", "ds", P)) == (Fraction(1, 2), 2)
+    assert store.balance(("*", _ns(), "lifetime")) == (Fraction(1, 2), 2)
+    assert store.balance(("LIC-1", "ds", P)) == (store.spent("LIC-1", "ds", P), store.runs("LIC-1", "ds", P))
+    store.release_reservation("j1")
+    assert store.balance(("LIC-1", "ds", P)) == (Fraction(3, 10), 1)
 
 
 def test_budget_arithmetic_is_exact(store):
