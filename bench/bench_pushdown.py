@@ -24,7 +24,6 @@ under ~/.cache/yumen-tools). Set ``YUMEN_BENCH_PUSHDOWN_ROWS=1000000`` to skip t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess

@@ -78,7 +78,9 @@ def _backend_ms(name: str, *, pool_size: int = 0) -> tuple[float, float]:
 def run(results: dict) -> None:
     bare = _bare_ms()
     results["sandbox_start.bare.p50_ms"] = bare
-    for name in ("bwrap", "docker", "gvisor"):
+    from yumen.sandboxes import BACKENDS
+
+    for name in BACKENDS:
         cold = _backend_ms(name)
         results[f"sandbox_start_cold.{name}.p50_ms"] = cold[0]
         ms, kb = _backend_ms(name, pool_size=2)

@@ -65,6 +65,7 @@ from yumen.config import Table, read_toml, unknown_key_error
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
 from yumen.rpc import TlsFiles
+from yumen.sandboxes import BACKENDS
 
 __all__ = ["ConnectorConfig", "DatasetConfig", "LocalPolicy", "load_connector_config"]
 
@@ -125,9 +126,9 @@ class ConnectorConfig:
     sandbox_pool: int = 2  # warm sandboxes per job shape, every backend (docs/sandbox.md); 0 turns it off
 
     def __post_init__(self) -> None:
-        if self.sandbox not in SANDBOXES:
+        if self.sandbox not in BACKENDS:
             raise YumenError(Code.CONFIG, f"[connector] sandbox {self.sandbox!r} is unknown",
-                             hint=f"use {', '.join(SANDBOXES)}")
+                             hint=f"use {', '.join(BACKENDS)}")
         if not 1 <= self.max_parallel_jobs <= 256:
             raise YumenError(Code.CONFIG, "[connector] max_parallel_jobs must be from 1 to 256")
         if not self.snapshot_retention_days >= 0:
@@ -136,8 +137,6 @@ class ConnectorConfig:
             raise YumenError(Code.CONFIG, f"[connector] sandbox_pool must be an integer from 0 to 64, got {self.sandbox_pool}",
                              hint="it is the number of warm sandboxes kept ready per job shape; 0 turns them off")
 
-
-SANDBOXES = ("bwrap", "docker", "gvisor")
 
 # The keys of each table. [[datasets]] entries take the registration's fields (yumen.catalog)
 # plus their source and verification; every other key is an error naming the closest one.

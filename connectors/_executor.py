@@ -40,6 +40,7 @@ from yumen.catalog import DatasetRegistration
 from yumen.errors import Code, YumenError
 from yumen.jobs import OutputRange, Query, format_epsilon
 from yumen.loss import Accounting, rho_of_epsilon
+from yumen.sandboxes import stronger
 from yumen.tickets import Receipt, ReleasedValue, Ticket
 
 from yumen.connectors._config import ConnectorConfig
@@ -87,7 +88,6 @@ class JobFailure(Exception):
         self.detail = detail
         self.fields = fields
 
-_STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
 # The users a job's sandboxes run as (as root): bubblewrap's range of per-job uids (its
 # defaults), and the container user of the Docker backends.
@@ -383,9 +383,7 @@ class Executor:
         """The configured backend, or a stronger one when the job's policy requires it."""
         from yumen.sandbox import get_backend
 
-        name = self.config.sandbox
-        if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
-            name = required
+        name = stronger(self.config.sandbox, required)
         if name not in self._sandboxes:
             backend = get_backend(name, **self._pool_option(name))
             backend.check()  # raises SANDBOX_UNAVAILABLE saying what is missing
@@ -821,10 +819,7 @@ class Executor:
         None when the connector is not root (its sandboxes then run as its own user)."""
         if os.geteuid() != 0:
             return None
-        name = self.config.sandbox
-        required = str(ticket.obligations.get("sandbox", ""))
-        if required and _STRENGTH.get(required, 0) > _STRENGTH.get(name, 0):
-            name = required
+        name = stronger(self.config.sandbox, str(ticket.obligations.get("sandbox", "")))
         if name == "bwrap":
             import secrets
 

@@ -40,6 +40,7 @@ from yumen.canonical import sha256_hex
 from yumen.config import Table, unknown_key_error
 from yumen.errors import Code, YumenError
 from yumen.jobs import Purpose, Tier, format_epsilon, parse_epsilon
+from yumen.sandboxes import BACKENDS, at_least
 
 from yumen.licenses import License, format_time, parse_time
 
@@ -56,8 +57,6 @@ _TIERS = tuple(t.value for t in Tier)
 _PURPOSES = tuple(p.value for p in Purpose)
 _LEVELS = ("L1", "L2", "L3", "L4")
 _MECHANISMS = ("dp", "he", "dp+he")
-_SANDBOXES = ("bwrap", "docker", "gvisor")
-_SANDBOX_STRENGTH = {"bwrap": 0, "docker": 1, "gvisor": 2}
 
 
 # One lock for every engine in the process. pycasbin's enforcer is not documented as
@@ -309,8 +308,8 @@ class PolicyEngine:
                 raise _cfg(f"{where} tiers: use only {', '.join(_TIERS)}")
             if d.get("mechanism", "dp") not in _MECHANISMS:
                 raise _cfg(f"{where} mechanism: use one of {', '.join(_MECHANISMS)}")
-            if d.get("sandbox", "bwrap") not in _SANDBOXES:
-                raise _cfg(f"{where} sandbox: use one of {', '.join(_SANDBOXES)}")
+            if d.get("sandbox", "bwrap") not in BACKENDS:
+                raise _cfg(f"{where} sandbox: use one of {', '.join(BACKENDS)}")
             levels[name] = {
                 "tiers": frozenset(tiers),
                 "mechanism": d.get("mechanism", "dp"),
@@ -348,8 +347,8 @@ class PolicyEngine:
                     r[opt] = d[opt]
             if r.get("mechanism", "dp") not in _MECHANISMS:
                 raise _cfg(f"{where} mechanism: use one of {', '.join(_MECHANISMS)}")
-            if r.get("sandbox", "bwrap") not in _SANDBOXES:
-                raise _cfg(f"{where} sandbox: use one of {', '.join(_SANDBOXES)}")
+            if r.get("sandbox", "bwrap") not in BACKENDS:
+                raise _cfg(f"{where} sandbox: use one of {', '.join(BACKENDS)}")
             rules[name] = r
         return rules
 
@@ -385,7 +384,7 @@ class PolicyEngine:
         lv, r = self._levels[level], self._rules[rule]
         merged = {**lv, **{k: v for k, v in r.items() if k in lv}}
         sandbox = merged["sandbox"]
-        if _SANDBOX_STRENGTH[r.get("sandbox", sandbox)] < _SANDBOX_STRENGTH[lv["sandbox"]]:
+        if not at_least(r.get("sandbox", sandbox), lv["sandbox"]):
             sandbox = lv["sandbox"]  # a rule may ask for a stronger sandbox, never a weaker one
         return Obligations(
             mechanism=merged["mechanism"], max_epsilon=r["max_epsilon"], epsilon_cap=r["epsilon_cap"],

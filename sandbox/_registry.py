@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from yumen.errors import Code, YumenError
+from yumen.sandboxes import BACKENDS
 
 from ._types import SandboxBackend
 
 __all__ = ["BACKENDS", "get_backend"]
-
-BACKENDS = ("bwrap", "docker", "gvisor")
 
 
 def get_backend(name: str = "bwrap", **options) -> SandboxBackend:
