@@ -372,6 +372,7 @@ class Executor:
         }
         self._running: set[tuple[str, str]] = set()
         self._stopped: dict[str, threading.Event] = {}  # jobs the broker ordered stopped, while they run
+        self._job_backends: dict[str, list[Any]] = {}  # per-job sandbox backends, while the job runs
         self._running_lock = threading.Lock()
         self._sandboxes: dict[str, Any] = {}
         from yumen.connectors._metrics import ConnectorMetrics
@@ -438,6 +439,8 @@ class Executor:
         finally:
             with self._running_lock:
                 self._running.discard(key)
+                if not any(job == key[0] for job, _ in self._running):
+                    self._job_backends.pop(key[0], None)
                 self._stopped.pop(ticket.job_id, None)
 
     def _loss_or_pure(self, ticket: Ticket) -> tuple[Accounting, Fraction]:
@@ -652,6 +655,11 @@ class Executor:
             for _ in range(120):
                 for ds in datasets:
                     for what in self._scratch_for(job_id, ds).kill_sandboxes(engine=self._any_engine()):
+                        log.warning("job %s: killed %s", job_id, what)
+                with self._running_lock:
+                    backends = list(self._job_backends.get(job_id, ()))
+                for job_backend in backends:  # warm sandboxes do not mount the job's scratch
+                    for what in job_backend.kill_running():
                         log.warning("job %s: killed %s", job_id, what)
                 with self._running_lock:
                     if not any(job == job_id for job, _ in self._running):
@@ -957,8 +965,12 @@ class Executor:
         if "sha256:" + hashlib.sha256(source).hexdigest() != algo["digest"]:
             raise YumenError(Code.VERIFICATION_FAILED, "the algorithm does not match the digest in the ticket")
         ranges = [OutputRange(name=o["name"], lower=float(o["lower"]), upper=float(o["upper"])) for o in algo["outputs"]]
-        backend = _Stoppable(self._job_backend(self.sandbox(str(ticket.obligations.get("sandbox", ""))), scratch),
-                             ticket.job_id, self._stopped_event)
+        shared = self.sandbox(str(ticket.obligations.get("sandbox", "")))
+        own = self._job_backend(shared, scratch)
+        if own is not shared and callable(getattr(own, "kill_running", None)):
+            with self._running_lock:  # a stop order kills the warm sandboxes of this job's own backend
+                self._job_backends.setdefault(ticket.job_id, []).append(own)
+        backend = _Stoppable(own, ticket.job_id, self._stopped_event)
         reg, snapshot = pinned.registration, pinned.snapshot
         if scratch is not None and ticket.tier == "approved-algorithm":
             snapshot = scratch.stage_input(snapshot)  # the sandbox reads this, inside the job's scratch

@@ -37,6 +37,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from typing import Callable
 import time
 from pathlib import Path
 
@@ -181,6 +182,8 @@ class BwrapBackend:
             raise YumenError(Code.INVALID_ARGUMENT, f"pool_size must be an integer from 0 to 64, got {pool_size!r}",
                              hint="0 turns warm sandboxes off")
         self.pool_size = pool_size
+        self._running: dict[int, Callable[[], None]] = {}  # warm sandboxes of this backend running a job
+        self._running_lock = threading.Lock()
         self._pool_dir = str(pool_dir) if pool_dir else None
         self._runtime_dir = Path(runtime_dir) if runtime_dir else None
         self._bwrap = bwrap
@@ -533,6 +536,8 @@ class BwrapBackend:
         """Run on a warm sandbox; None when it turned out unusable before the job was sent."""
         sandbox: _Warm = warm.container
         proc = sandbox.proc
+        with self._running_lock:
+            self._running[id(warm)] = lambda: self._kill(proc, sandbox.cgroup, sandbox.uid)
         try:
             if proc.poll() is not None:
                 log.warning("warm sandbox %s had ended (exit %s); starting a cold one", sandbox.id, proc.returncode)
@@ -575,11 +580,22 @@ class BwrapBackend:
             log.info("sandbox %s (%s, warm) finished: %s in %d ms", sandbox.id, self.name, report.status.value, wall_ms)
             return report
         finally:
+            with self._running_lock:
+                self._running.pop(id(warm), None)
             # Used or not, a warm sandbox never runs a second job.
             _destroy(sandbox)
             shutil.rmtree(warm.directory, ignore_errors=True)
             if pool is not None:
                 pool.done()
+
+    def kill_running(self) -> list[str]:
+        """SIGKILL every warm sandbox this backend has given a job and that still runs it (a
+        cold sandbox names its job's staging folder on its command line and is found there)."""
+        with self._running_lock:
+            kills = list(self._running.items())
+        for _, kill in kills:
+            kill()
+        return [f"warm sandbox {key}" for key, _ in kills]
 
     @staticmethod
     def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from yumen.errors import Code, YumenError
 
@@ -73,6 +73,8 @@ class DockerBackend:
             raise YumenError(Code.INVALID_ARGUMENT, f"pool_size must be an integer from 0 to 64, got {pool_size!r}",
                              hint="0 turns warm sandboxes off")
         self.pool_size = pool_size
+        self._running: dict[int, Callable[[], None]] = {}  # warm containers of this backend running a job
+        self._running_lock = threading.Lock()
         self._pool_dir = str(pool_dir) if pool_dir else None
         self._client: Any = None
         self._runtime: Runtime | None = None
@@ -316,6 +318,8 @@ class DockerBackend:
     def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool | None) -> SandboxReport | None:
         """Run on a warm container; None when it turned out unusable before the job was sent."""
         container = warm.container
+        with self._running_lock:
+            self._running[id(warm)] = lambda: _kill(container)
         try:
             self._fill_directory(request, warm.directory)
             config = launcher_config(request, as_bytes=None, protect=True)
@@ -342,6 +346,8 @@ class DockerBackend:
                      report.status.value, wall_ms)
             return report
         finally:
+            with self._running_lock:
+                self._running.pop(id(warm), None)
             # Used or not, a warm container never runs a second job.
             warm.attachment.close()
             shutil.rmtree(warm.directory, ignore_errors=True)
@@ -350,6 +356,15 @@ class DockerBackend:
                 pool.done()
 
     # -- one execution ----------------------------------------------------------------
+
+    def kill_running(self) -> list[str]:
+        """Kill every warm container this backend has given a job and that still runs it (a
+        cold container mounts its job's staging folder and is found by it)."""
+        with self._running_lock:
+            kills = list(self._running.items())
+        for _, kill in kills:
+            kill()
+        return [f"warm container {key}" for key, _ in kills]
 
     def run(self, request: SandboxRequest) -> SandboxReport:
         self._sweep()

@@ -50,7 +50,10 @@ def space(tmp_path_factory):
     issue(s.pki, role=Role.OPERATOR, name="operator-2", license=OPERATOR_LICENSE)
     for dep in ("weather-bureau", "transport-dept"):
         config = s.root / f"{dep}.toml"
-        text = config.read_text().replace('sandbox = "bwrap"', f'sandbox = "bwrap"\nscratch_dir = "{scratch}/{dep}"')
+        # cold sandboxes: these tests find a job's sandboxes by the scratch they mount (a warm
+        # sandbox is stopped through its backend: tests/sandbox/test_warm_pool.py)
+        text = config.read_text().replace('sandbox = "bwrap"',
+                                          f'sandbox = "bwrap"\nsandbox_pool = 0\nscratch_dir = "{scratch}/{dep}"')
         if dep == "transport-dept":
             text = text.replace('broker_certificate = "pki/broker.crt"', 'broker_certificate = "pki/impostor.crt"')
         config.write_text(text)

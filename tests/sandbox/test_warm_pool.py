@@ -145,3 +145,29 @@ def test_pool_size_outside_its_range_is_refused(size):
 def test_pool_size_is_the_configured_one(engine_backend):
     assert engine_backend.pool_size == POOL_SIZE
     assert json.loads(json.dumps(_full_pool(engine_backend).stats))["idle"] >= 1
+
+
+@pytest.mark.parametrize("name", ["bwrap", pytest.param("docker", marks=pytest.mark.docker),
+                                  pytest.param("gvisor", marks=pytest.mark.gvisor)])
+def test_a_stop_order_kills_a_job_running_in_a_warm_sandbox(name):
+    """A warm sandbox does not mount its job's staging folder, so the connector's stop order
+    (an operator's cancel) reaches it through the backend that gave it the job."""
+    import threading
+    import time
+
+    backend = _backend(name)
+    assert backend.warm_up().wait_full(120), "the pool did not fill"
+    request = SandboxRequest(algorithm=b"import time\ntime.sleep(600)\n", timeout_s=120)
+    reports = []
+    runner = threading.Thread(target=lambda: reports.append(backend.run(request)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    killed = []
+    while not killed and time.monotonic() < deadline:
+        time.sleep(0.5)
+        killed = backend.kill_running()
+    runner.join(60)
+    assert killed and not runner.is_alive(), "the job was not stopped"
+    assert reports and reports[0].status is not Status.OK
+    assert backend.kill_running() == []  # nothing of it runs any more
+    assert_no_trace(backend)
