@@ -37,7 +37,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-from typing import Callable
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from yumen.errors import Code, YumenError
 from ._cgroup import JobCgroup, cgroup_support
 from ._outcome import HostFacts, classify, parse_bundle
 from ._runtime import Runtime, load_runtime
-from ._pool import PoolShape, WarmContainer, WarmPool, fresh, pool_for
+from ._pool import PooledRuns, PoolShape, WarmContainer, WarmPool, pool_for
 from ._seccomp import seccomp_memfd
 from ._types import SandboxReport, SandboxRequest
 
@@ -161,7 +160,7 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-class BwrapBackend:
+class BwrapBackend(PooledRuns):
     """Runs buyer code under bubblewrap on this host (see the module docstring)."""
 
     name = "bwrap"
@@ -182,8 +181,7 @@ class BwrapBackend:
             raise YumenError(Code.INVALID_ARGUMENT, f"pool_size must be an integer from 0 to 64, got {pool_size!r}",
                              hint="0 turns warm sandboxes off")
         self.pool_size = pool_size
-        self._running: dict[int, Callable[[], None]] = {}  # warm sandboxes of this backend running a job
-        self._running_lock = threading.Lock()
+        self._init_pooled_runs()
         self._pool_dir = str(pool_dir) if pool_dir else None
         self._runtime_dir = Path(runtime_dir) if runtime_dir else None
         self._bwrap = bwrap
@@ -343,21 +341,7 @@ class BwrapBackend:
 
     def run(self, request: SandboxRequest) -> SandboxReport:
         """Run one job: in a warm sandbox when the pool has one of its shape, else in a cold one."""
-        pool = self.pool(PoolShape.of(request))
-        if pool is None:
-            return self._run_cold(request)
-        warm = pool.take()
-        if warm is not None:
-            report = self._run_warm(request, warm, pool)
-            if report is not None:
-                return report
-        # None ready: one started now the way the pool starts them, so that what the job finds
-        # inside does not depend on whether the pool had one (only when it starts does).
-        report = self._run_warm(request, fresh(pool), None)
-        if report is None:
-            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
-                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
-        return report
+        return self.run_pooled(request)
 
     def _run_cold(self, request: SandboxRequest) -> SandboxReport:
         runtime = self.runtime
@@ -536,8 +520,7 @@ class BwrapBackend:
         """Run on a warm sandbox; None when it turned out unusable before the job was sent."""
         sandbox: _Warm = warm.container
         proc = sandbox.proc
-        with self._running_lock:
-            self._running[id(warm)] = lambda: self._kill(proc, sandbox.cgroup, sandbox.uid)
+        self._track(warm, lambda: self._kill(proc, sandbox.cgroup, sandbox.uid))
         try:
             if proc.poll() is not None:
                 log.warning("warm sandbox %s had ended (exit %s); starting a cold one", sandbox.id, proc.returncode)
@@ -580,22 +563,12 @@ class BwrapBackend:
             log.info("sandbox %s (%s, warm) finished: %s in %d ms", sandbox.id, self.name, report.status.value, wall_ms)
             return report
         finally:
-            with self._running_lock:
-                self._running.pop(id(warm), None)
+            self._untrack(warm)
             # Used or not, a warm sandbox never runs a second job.
             _destroy(sandbox)
             shutil.rmtree(warm.directory, ignore_errors=True)
             if pool is not None:
                 pool.done()
-
-    def kill_running(self) -> list[str]:
-        """SIGKILL every warm sandbox this backend has given a job and that still runs it (a
-        cold sandbox names its job's staging folder on its command line and is found there)."""
-        with self._running_lock:
-            kills = list(self._running.items())
-        for _, kill in kills:
-            kill()
-        return [f"warm sandbox {key}" for key, _ in kills]
 
     @staticmethod
     def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:

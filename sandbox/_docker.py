@@ -26,14 +26,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from yumen.errors import Code, YumenError
 
 from ._bwrap import bundle_cap, launcher_config, launcher_source, sandbox_env
 from ._outcome import HostFacts, classify, parse_bundle
 from ._attach import read_attached, wait_until_waiting
-from ._pool import POOL_LABEL, PoolShape, WarmContainer, WarmPool, fresh, new_id, pool_for, reaper
+from ._pool import POOL_LABEL, PooledRuns, PoolShape, WarmContainer, WarmPool, new_id, pool_for, reaper
 from ._runtime import Runtime, load_runtime
 from ._types import SandboxReport, SandboxRequest
 
@@ -49,7 +49,7 @@ _SWEPT: set[str | None] = set()
 _SWEEP_LOCK = threading.Lock()
 
 
-class DockerBackend:
+class DockerBackend(PooledRuns):
     """Runs buyer code in a locked-down container under runc or runsc (gVisor)."""
 
     def __init__(
@@ -73,8 +73,7 @@ class DockerBackend:
             raise YumenError(Code.INVALID_ARGUMENT, f"pool_size must be an integer from 0 to 64, got {pool_size!r}",
                              hint="0 turns warm sandboxes off")
         self.pool_size = pool_size
-        self._running: dict[int, Callable[[], None]] = {}  # warm containers of this backend running a job
-        self._running_lock = threading.Lock()
+        self._init_pooled_runs()
         self._pool_dir = str(pool_dir) if pool_dir else None
         self._client: Any = None
         self._runtime: Runtime | None = None
@@ -318,8 +317,7 @@ class DockerBackend:
     def _run_warm(self, request: SandboxRequest, warm: WarmContainer, pool: WarmPool | None) -> SandboxReport | None:
         """Run on a warm container; None when it turned out unusable before the job was sent."""
         container = warm.container
-        with self._running_lock:
-            self._running[id(warm)] = lambda: _kill(container)
+        self._track(warm, lambda: _kill(container))
         try:
             self._fill_directory(request, warm.directory)
             config = launcher_config(request, as_bytes=None, protect=True)
@@ -346,8 +344,7 @@ class DockerBackend:
                      report.status.value, wall_ms)
             return report
         finally:
-            with self._running_lock:
-                self._running.pop(id(warm), None)
+            self._untrack(warm)
             # Used or not, a warm container never runs a second job.
             warm.attachment.close()
             shutil.rmtree(warm.directory, ignore_errors=True)
@@ -357,32 +354,10 @@ class DockerBackend:
 
     # -- one execution ----------------------------------------------------------------
 
-    def kill_running(self) -> list[str]:
-        """Kill every warm container this backend has given a job and that still runs it (a
-        cold container mounts its job's staging folder and is found by it)."""
-        with self._running_lock:
-            kills = list(self._running.items())
-        for _, kill in kills:
-            kill()
-        return [f"warm container {key}" for key, _ in kills]
-
     def run(self, request: SandboxRequest) -> SandboxReport:
+        """Run one job: in a warm sandbox when the pool has one of its shape, else in a cold one."""
         self._sweep()
-        pool = self.pool(PoolShape.of(request))
-        if pool is None:
-            return self._run_cold(request)
-        warm = pool.take()
-        if warm is not None:
-            report = self._run_warm(request, warm, pool)
-            if report is not None:
-                return report
-        # None ready: one started now the way the pool starts them, so that what the job finds
-        # inside does not depend on whether the pool had one (only when it starts does).
-        report = self._run_warm(request, fresh(pool), None)
-        if report is None:
-            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
-                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
-        return report
+        return self.run_pooled(request)
 
     def _run_cold(self, request: SandboxRequest) -> SandboxReport:
         import docker.errors

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-__all__ = ["PRELOAD", "PoolShape", "WarmContainer", "WarmPool"]
+__all__ = ["PRELOAD", "PoolShape", "PooledRuns", "WarmContainer", "WarmPool"]
 
 log = logging.getLogger(__name__)
 
@@ -340,3 +340,56 @@ atexit.register(close_pools)
 
 def new_id() -> str:
     return secrets.token_hex(6)
+
+
+class PooledRuns:
+    """The run path of a backend with warm sandboxes (bubblewrap and Docker alike).
+
+    A job takes a warm sandbox of its shape when one is ready; when none is, one is started
+    right then the way the pool starts them, so that what the job finds inside does not
+    depend on whether the pool had one (only when it starts does). A backend provides
+    ``name``, ``pool(shape)``, ``_run_cold(request)`` and ``_run_warm(request, warm, pool)``
+    (None when the warm sandbox turned out unusable before the job was sent), and registers
+    each warm sandbox running a job with :meth:`_track` so a stop order can reach it.
+    """
+
+    name: str
+
+    def _init_pooled_runs(self) -> None:
+        self._running: dict[int, Callable[[], None]] = {}  # warm sandboxes running a job: how to kill each
+        self._running_lock = threading.Lock()
+
+    def run_pooled(self, request: Any) -> Any:
+        from yumen.errors import Code, YumenError
+
+        pool = self.pool(PoolShape.of(request))  # type: ignore[attr-defined]  # provided by the backend
+        if pool is None:
+            return self._run_cold(request)  # type: ignore[attr-defined]  # provided by the backend
+        warm = pool.take()
+        if warm is not None:
+            report = self._run_warm(request, warm, pool)  # type: ignore[attr-defined]  # provided by the backend
+            if report is not None:
+                return report
+        report = self._run_warm(request, fresh(pool), None)  # type: ignore[attr-defined]  # provided by the backend
+        if report is None:
+            raise YumenError(Code.SANDBOX, f"the {self.name} sandbox could not be started",
+                             hint="see the connector's log; `yumen sandbox check` tests the set-up")
+        return report
+
+    def _track(self, warm: WarmContainer, kill: Callable[[], None]) -> None:
+        with self._running_lock:
+            self._running[id(warm)] = kill
+
+    def _untrack(self, warm: WarmContainer) -> None:
+        with self._running_lock:
+            self._running.pop(id(warm), None)
+
+    def kill_running(self) -> list[str]:
+        """Kill every warm sandbox this backend has given a job and that still runs it (a cold
+        sandbox names its job's staging folder, on its command line or as a mount, and is found
+        there)."""
+        with self._running_lock:
+            kills = list(self._running.items())
+        for _, kill in kills:
+            kill()
+        return [f"warm {self.name} sandbox {key}" for key, _ in kills]
